@@ -1,0 +1,292 @@
+"""The `dallmi` command: headless fine-tuning, adaptation, scoring, evaluation and benchmarks.
+
+Every command prints a one-line error (exit 2) for input the user can fix (DallmiError);
+anything else is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def _add_training(p: argparse.ArgumentParser, *, epochs_default: str) -> None:
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--epochs", type=float, help=f"passes over the training data ({epochs_default})")
+    g.add_argument("--max-steps", type=int, help="optimizer steps (instead of --epochs)")
+    p.add_argument("--lr", type=float, help="learning rate")
+    p.add_argument("--batch-size", type=int, help="documents per batch (unlabeled batch for DALLMi)")
+    p.add_argument("--max-length", type=int, help="max tokens per document (default 128)")
+    p.add_argument("--seed", type=int, default=13)
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
+    p.add_argument("--precision", default="auto", choices=["auto", "no", "bf16", "fp16"])
+
+
+def _add_adapt_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--variational", choices=["log", "norm"], help="variational PU loss variant (default log)")
+    p.add_argument(
+        "--step-positives",
+        dest="positives_per_label",
+        type=int,
+        help="tagged positives per label in every step (default 4)",
+    )
+    p.add_argument("--mixup-pairs", type=int, help="MixUp pairs per label per step (default 1)")
+    p.add_argument("--lambda-mix", type=float, help="weight of the MixUp regulariser (default 1)")
+    p.add_argument("--mixup-at", choices=["word_embeddings", "embedding_output"])
+    p.add_argument("--detach-target", action="store_true", default=None, help="stop the MixUp target's gradient")
+    p.add_argument("--tag-passes", type=float, help="step budget: passes over each label's tags (default 20)")
+    p.add_argument(
+        "--selection",
+        choices=["val_variational", "val_pu_ap", "last"],
+        help="checkpoint selection on held-out PU data (default val_variational)",
+    )
+    p.add_argument("--eval-every", type=int, help="validate every N steps (default 10)")
+
+
+_ADAPT_FIELDS = (
+    "epochs",
+    "max_steps",
+    "lr",
+    "batch_size",
+    "max_length",
+    "seed",
+    "device",
+    "precision",
+    "variational",
+    "positives_per_label",
+    "mixup_pairs",
+    "lambda_mix",
+    "mixup_at",
+    "detach_target",
+    "tag_passes",
+    "selection",
+    "eval_every",
+    "method",
+)
+
+
+def _config_kwargs(args: argparse.Namespace, fields: tuple[str, ...]) -> dict:
+    return {f: getattr(args, f) for f in fields if getattr(args, f, None) is not None}
+
+
+def _source_config(args):
+    from dallmi_core.config import SourceConfig
+
+    kw = _config_kwargs(
+        args, ("epochs", "max_steps", "lr", "batch_size", "max_length", "seed", "device", "precision", "head_lr")
+    )
+    if "max_steps" in kw:
+        kw["epochs"] = None
+    return SourceConfig(**kw)
+
+
+def cmd_finetune_source(args) -> None:
+    from dallmi_core.callbacks import TqdmProgress
+    from dallmi_core.data import read_corpus
+    from dallmi_core.model import new_classifier, save_classifier
+    from dallmi_core.train import finetune_source
+
+    corpus = read_corpus(args.data).where_domain("source")
+    if len(corpus) == 0:
+        from dallmi_core.errors import DataError
+
+        raise DataError(f"{Path(args.data).name}: no rows with domain=source; add a domain column.")
+    labels = args.labels.split(",") if args.labels else corpus.label_names()
+    clf = new_classifier(args.backbone, labels)
+    cfg = _source_config(args)
+    finetune_source(clf, corpus.texts, corpus.label_matrix(labels), cfg, callbacks=[TqdmProgress("finetune-source")])
+    save_classifier(clf, args.out)
+    print(f"Source model ({len(labels)} labels, {len(corpus)} documents) written to {args.out}")
+
+
+def cmd_adapt(args) -> None:
+    from dallmi_core.callbacks import TqdmProgress
+    from dallmi_core.config import AdaptConfig
+    from dallmi_core.data import read_corpus
+    from dallmi_core.model import load_classifier, save_classifier
+    from dallmi_core.train import adapt
+
+    clf = load_classifier(args.model)
+    corpus = read_corpus(args.target).where_domain("target")
+    tags_matrix = corpus.label_matrix(clf.label_names)
+    tags = [list(map(int, (tags_matrix[:, j] > 0).nonzero()[0])) for j in range(clf.num_labels)]
+    cfg = AdaptConfig(**_config_kwargs(args, _ADAPT_FIELDS))
+    skipped = [name for name, t in zip(clf.label_names, tags, strict=True) if not t]
+    if skipped:
+        print(f"No tagged positive for: {', '.join(skipped)} (skipped by the PU loss)", file=sys.stderr)
+    result = adapt(
+        clf,
+        corpus.texts,
+        tags,
+        cfg,
+        callbacks=[TqdmProgress(f"adapt ({cfg.method})")],
+        checkpoint_dir=args.checkpoint_dir,
+    )
+    save_classifier(result.clf, args.out)
+    state = result.state
+    print(
+        f"Adapted model written to {args.out} after {state.step} steps; kept step {state.best_step}"
+        + (f" ({state.stop_reason})" if state.stop_reason else "")
+    )
+
+
+def _score(model_dir, data_path, device="auto"):
+    from tqdm.auto import tqdm
+
+    from dallmi_core.data import read_corpus
+    from dallmi_core.model import load_classifier
+    from dallmi_core.scoring import score_texts
+
+    clf = load_classifier(model_dir)
+    corpus = read_corpus(data_path)
+    with tqdm(total=len(corpus), desc="score", unit="doc") as bar:
+        scores = score_texts(clf, corpus.texts, device=None if device == "auto" else device, on_batch=bar.update)
+    return clf, corpus, scores
+
+
+def cmd_score(args) -> None:
+    import pandas as pd
+
+    from dallmi_core.errors import DataError
+
+    out = Path(args.out)
+    if out.suffix not in (".csv", ".parquet"):
+        raise DataError(f"--out {out.name}: write predictions to a .csv or .parquet file.")
+    clf, corpus, scores = _score(args.model, args.data, args.device)
+    thresholds = clf.thresholds()
+    frame = pd.DataFrame({"id": corpus.ids})
+    for j, name in enumerate(clf.label_names):
+        frame[f"score_{name}"] = scores[:, j]
+    for j, name in enumerate(clf.label_names):
+        frame[f"pred_{name}"] = (scores[:, j] >= thresholds[name]).astype(int)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile(dir=out.parent, suffix=out.suffix, delete=False) as tmp:
+        (frame.to_csv if out.suffix == ".csv" else frame.to_parquet)(tmp.name, index=False)
+    os.replace(tmp.name, out)
+    print(f"{len(frame)} predictions written to {out}")
+
+
+def cmd_evaluate(args) -> None:
+    from dallmi_core.metrics import ap_report, thresholded_ap
+
+    clf, corpus, scores = _score(args.model, args.data, args.device)
+    gold = corpus.label_matrix(clf.label_names)
+    report = ap_report(gold, scores, clf.label_names)
+    print(report.to_markdown())
+    paper = thresholded_ap(gold, scores, clf.label_names)
+    print(f"\nThresholded AP at 0.5 (paper-comparison only): macro {paper.map_macro}")
+    if args.json:
+        payload = {**report.to_dict(), "thresholded_ap_macro": paper.map_macro}
+        Path(args.json).write_text(json.dumps(payload, indent=2))
+
+
+def cmd_bench_quality(args) -> None:
+    from dallmi_core.config import AdaptConfig, SourceConfig
+    from dallmi_core.data import read_corpus
+    from dallmi_core.quality import run_quality
+
+    corpus = read_corpus(args.data)
+    labels = args.labels.split(",") if args.labels else corpus.label_names()
+    adapt_cfg = AdaptConfig(**_config_kwargs(args, _ADAPT_FIELDS))
+    source_kw = {"max_length": adapt_cfg.max_length, "device": adapt_cfg.device, "precision": adapt_cfg.precision}
+    if args.source_epochs is not None:
+        source_kw["epochs"] = args.source_epochs
+    result = run_quality(
+        corpus,
+        labels=labels,
+        methods=args.methods.split(","),
+        seeds=range(args.seeds),
+        adapt_cfg=adapt_cfg,
+        source_cfg=SourceConfig(**source_kw),
+        backbone=args.backbone,
+        work_dir=Path(args.work_dir),
+        positives_per_label=args.k_tags,
+        remove_ratio=args.remove_ratio,
+    )
+    print(result.to_markdown())
+    if args.json:
+        payload = {
+            **result.summary(),
+            "command": " ".join(sys.argv),
+            "config": adapt_cfg.to_dict(),
+            "runs": result.runs,
+        }
+        Path(args.json).write_text(json.dumps(payload, indent=2, default=str))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="dallmi", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("finetune-source", help="BCE fine-tune a backbone on the labelled source rows of a file")
+    p.add_argument("--data", required=True, help="file with id,text,labels,domain (rows with domain=source are used)")
+    p.add_argument("--out", required=True, help="folder for the source model")
+    p.add_argument("--backbone", default="default", help="HF id or folder (default: offline all-MiniLM-L6-v2)")
+    p.add_argument("--labels", help="comma-separated label set (default: labels found in the file)")
+    p.add_argument("--head-lr", type=float, help="learning rate of the new head (default 2e-3)")
+    _add_training(p, epochs_default="default 4")
+    p.set_defaults(func=cmd_finetune_source)
+
+    p = sub.add_parser("adapt", help="adapt a model to target text from tagged positives (DALLMi or a baseline)")
+    p.add_argument("--model", required=True, help="source model folder")
+    p.add_argument("--target", required=True, help="target file; its labels column holds the tagged positives")
+    p.add_argument("--out", required=True, help="folder for the adapted model")
+    p.add_argument("--method", default="dallmi", choices=["dallmi", "bce-partial"])
+    p.add_argument("--checkpoint-dir", help="write resumable checkpoints here; an existing one is resumed")
+    _add_training(p, epochs_default="default: a step budget of --tag-passes over the tags")
+    _add_adapt_options(p)
+    p.set_defaults(func=cmd_adapt)
+
+    p = sub.add_parser("score", help="write per-label scores and 0/1 predictions for a file")
+    p.add_argument("--model", required=True)
+    p.add_argument("--data", required=True)
+    p.add_argument("--out", required=True, help="F.csv or F.parquet")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
+    p.set_defaults(func=cmd_score)
+
+    p = sub.add_parser("evaluate", help="per-label AP and macro/micro mAP against gold labels")
+    p.add_argument("--model", required=True)
+    p.add_argument("--data", required=True, help="file whose labels column holds gold labels")
+    p.add_argument("--json", help="also write the figures as JSON here")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("bench-quality", help="the paper's protocol: source-only vs baselines vs DALLMi")
+    p.add_argument("--data", required=True, help="file with source and target rows and gold labels")
+    k = p.add_mutually_exclusive_group(required=True)
+    k.add_argument("--positives-per-label", dest="k_tags", type=int, help="K gold positives kept as tags per label")
+    k.add_argument("--remove-ratio", type=float, help="hide this share of each label's positives")
+    p.add_argument("--seeds", type=int, default=3)
+    p.add_argument("--methods", default="source-only,bce-partial,dallmi,target-oracle")
+    p.add_argument("--backbone", default="default")
+    p.add_argument("--labels", help="comma-separated label set (default: labels found in the file)")
+    p.add_argument("--source-epochs", type=float, help="source fine-tuning epochs (default 4)")
+    p.add_argument("--work-dir", default="bench_out", help="caches the source model between runs")
+    p.add_argument("--json", help="write summary and per-run figures as JSON here")
+    p.add_argument("--method", default=None, help=argparse.SUPPRESS)
+    _add_training(p, epochs_default="adaptation; default: tag budget")
+    _add_adapt_options(p)
+    p.set_defaults(func=cmd_bench_quality)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    from dallmi_core.errors import DallmiError
+
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except DallmiError as exc:
+        print(f"dallmi {args.command}: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,161 @@
+"""Frozen, validated run configurations that round-trip through plain dicts (stored as JSON).
+
+Every run (source fine-tuning, adaptation, baselines) is described by one of these, so any run
+can be reproduced from its stored config alone.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, fields
+from typing import Any, ClassVar, Self
+
+from dallmi_core.errors import ConfigError
+
+DEVICES = ("auto", "cpu", "cuda", "mps")
+PRECISIONS = ("auto", "no", "bf16", "fp16")
+METHODS = ("dallmi", "bce-partial", "target-oracle")
+VARIATIONAL = ("log", "norm")
+MIXUP_AT = ("word_embeddings", "embedding_output")
+SELECTIONS = ("val_variational", "val_pu_ap", "last")
+
+
+def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise ConfigError(f"{name}={value!r} is not one of {', '.join(choices)}.")
+
+
+def _check_positive(name: str, value: float, *, allow_zero: bool = False) -> None:
+    if value < 0 or (value == 0 and not allow_zero):
+        bound = ">= 0" if allow_zero else "> 0"
+        raise ConfigError(f"{name} must be {bound}, got {value!r}.")
+
+
+@dataclass(frozen=True)
+class _Config:
+    """Shared to/from dict; subclasses validate in __post_init__."""
+
+    kind: ClassVar[str] = "config"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"kind": self.kind, **dataclasses.asdict(self)}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Self:
+        data = dict(data)
+        kind = data.pop("kind", cls.kind)
+        if kind != cls.kind:
+            raise ConfigError(f"Expected a {cls.kind!r} config, got {kind!r}.")
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ConfigError(f"Unknown {cls.kind} settings: {', '.join(unknown)}. Known: {', '.join(sorted(known))}.")
+        return cls(**data)
+
+    def replace(self, **changes: Any) -> Self:
+        return dataclasses.replace(self, **changes)
+
+
+@dataclass(frozen=True)
+class TrainingBase(_Config):
+    """Settings every training run shares."""
+
+    lr: float = 5e-5
+    weight_decay: float = 0.01
+    warmup_ratio: float = 0.0
+    max_length: int = 128
+    epochs: float | None = None
+    max_steps: int | None = None
+    seed: int = 13
+    device: str = "auto"
+    precision: str = "auto"
+    grad_clip: float = 1.0
+
+    def __post_init__(self) -> None:
+        _check_positive("lr", self.lr)
+        _check_positive("weight_decay", self.weight_decay, allow_zero=True)
+        if not 0 <= self.warmup_ratio < 1:
+            raise ConfigError(f"warmup_ratio must be in [0, 1), got {self.warmup_ratio!r}.")
+        if not 8 <= self.max_length <= 512:
+            raise ConfigError(f"max_length must be between 8 and 512 tokens, got {self.max_length!r}.")
+        if self.epochs is not None and self.max_steps is not None:
+            raise ConfigError("Give either epochs or max_steps, not both.")
+        if self.epochs is not None:
+            _check_positive("epochs", self.epochs)
+        if self.max_steps is not None:
+            _check_positive("max_steps", self.max_steps)
+        _check_positive("grad_clip", self.grad_clip, allow_zero=True)
+        _check_choice("device", self.device, DEVICES)
+        _check_choice("precision", self.precision, PRECISIONS)
+
+
+@dataclass(frozen=True)
+class SourceConfig(TrainingBase):
+    """BCE fine-tuning of a backbone on labelled source-domain rows."""
+
+    kind: ClassVar[str] = "finetune-source"
+    batch_size: int = 16
+    head_lr: float = 2e-3
+    epochs: float | None = 4.0
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _check_positive("batch_size", self.batch_size)
+        _check_positive("head_lr", self.head_lr)
+
+
+@dataclass(frozen=True)
+class AdaptConfig(TrainingBase):
+    """Adaptation of a source model on target text (DESIGN.md section 4).
+
+    `max_steps=None and epochs=None` means the step budget tied to the tags: `tag_passes`
+    passes over each label's training tags (a prototype found 12-30 robust).
+    """
+
+    kind: ClassVar[str] = "adapt"
+    method: str = "dallmi"
+    variational: str = "log"
+    batch_size: int = 16
+    positives_per_label: int = 4
+    mixup_pairs: int = 1
+    mixup_alpha: float = 0.3
+    lambda_mix: float = 1.0
+    mixup_at: str = "word_embeddings"
+    detach_target: bool = False
+    tag_passes: float = 20.0
+    min_steps: int = 20
+    selection: str = "val_variational"
+    val_fraction: float = 0.2
+    val_unlabeled: int = 256
+    eval_every: int = 10
+    patience: int | None = None
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _check_choice("method", self.method, METHODS)
+        _check_choice("variational", self.variational, VARIATIONAL)
+        _check_choice("mixup_at", self.mixup_at, MIXUP_AT)
+        _check_choice("selection", self.selection, SELECTIONS)
+        for name in ("batch_size", "positives_per_label", "eval_every", "min_steps"):
+            _check_positive(name, getattr(self, name))
+        _check_positive("mixup_pairs", self.mixup_pairs, allow_zero=True)
+        _check_positive("mixup_alpha", self.mixup_alpha)
+        _check_positive("lambda_mix", self.lambda_mix, allow_zero=True)
+        _check_positive("tag_passes", self.tag_passes)
+        _check_positive("val_unlabeled", self.val_unlabeled, allow_zero=True)
+        if not 0 <= self.val_fraction < 1:
+            raise ConfigError(f"val_fraction must be in [0, 1), got {self.val_fraction!r}.")
+        if self.patience is not None:
+            _check_positive("patience", self.patience)
+
+    @property
+    def uses_mixup(self) -> bool:
+        return self.method == "dallmi" and self.mixup_pairs > 0 and self.lambda_mix > 0
+
+
+def config_from_dict(data: dict[str, Any]) -> SourceConfig | AdaptConfig:
+    """Rebuild a stored config by its `kind`."""
+    for cls in (SourceConfig, AdaptConfig):
+        if data.get("kind") == cls.kind:
+            return cls.from_dict(data)
+    raise ConfigError(f"Unknown config kind {data.get('kind')!r}.")

@@ -1,0 +1,64 @@
+"""Score documents with a classifier: length-sorted batches, dynamic padding, inference mode."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import numpy as np
+import torch
+
+from dallmi_core.model import Classifier, forward_logits
+from dallmi_core.tokens import TokenizedCorpus, length_sorted_batches
+
+
+def logits_for(
+    model,
+    tokens: TokenizedCorpus,
+    indices: Sequence[int] | None = None,
+    *,
+    batch_size: int = 64,
+    device: torch.device | None = None,
+    on_batch: Callable[[int], None] | None = None,
+) -> np.ndarray:
+    """Logits [n, L] for `indices` (default: all) in their given order; restores train mode."""
+    indices = np.arange(len(tokens)) if indices is None else np.asarray(indices, dtype=np.int64)
+    device = device or next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    out: np.ndarray | None = None
+    try:
+        with torch.inference_mode():
+            lengths = np.array([len(tokens.ids[i]) for i in indices], dtype=np.int64)
+            for batch in length_sorted_batches(lengths, batch_size):
+                ids, mask = (t.to(device) for t in tokens.collate(indices[batch]))
+                logits = forward_logits(model, input_ids=ids, attention_mask=mask).float().cpu().numpy()
+                if out is None:
+                    out = np.empty((len(indices), logits.shape[1]), dtype=np.float32)
+                out[batch] = logits
+                if on_batch is not None:
+                    on_batch(len(batch))
+    finally:
+        model.train(was_training)
+    if out is None:
+        out = np.empty((0, len(getattr(model.config, "id2label", {}) or [])), dtype=np.float32)
+    return out
+
+
+def sigmoid(x: np.ndarray) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-np.clip(x, -60, 60)))
+
+
+def score_texts(
+    clf: Classifier,
+    texts: Sequence[str],
+    *,
+    max_length: int = 128,
+    batch_size: int = 64,
+    device: torch.device | str | None = None,
+    on_batch: Callable[[int], None] | None = None,
+) -> np.ndarray:
+    """Probabilities [n, L] for raw texts."""
+    if device is not None:
+        clf.model.to(device)
+    tokens = TokenizedCorpus.build(clf.tokenizer, texts, max_length)
+    return sigmoid(logits_for(clf.model, tokens, batch_size=batch_size, on_batch=on_batch))

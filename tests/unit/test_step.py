@@ -1,0 +1,116 @@
+"""The vectorised DALLMi step computes exactly the per-label reference loss, and MixUp trains the model."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from conftest import LABELS, make_texts
+
+from dallmi_core.config import AdaptConfig
+from dallmi_core.model import word_embedding_matrix
+from dallmi_core.sampling import BalancedBatch, LabelBalancedSampler
+from dallmi_core.step import MixupDraws, draw_mixup, reference_dallmi_step, vectorised_dallmi_step
+from dallmi_core.tokens import TokenizedCorpus
+
+CPU = torch.device("cpu")
+
+
+@pytest.fixture()
+def setup(tiny_clf):
+    texts, y = make_texts(60, seed=3)
+    tokens = TokenizedCorpus.build(tiny_clf.tokenizer, texts, 32)
+    tags = [list(np.flatnonzero(y[:, j])[:5]) for j in range(len(LABELS))]
+    sampler = LabelBalancedSampler(np.arange(60), tags, batch_size=8, positives_per_label=3, seed=0)
+    tiny_clf.model.eval()  # dropout off: the two paths must then agree exactly
+    return tiny_clf.model, tokens, sampler
+
+
+def _loss_and_grads(step, model, tokens, batch, mix, cfg):
+    model.zero_grad(set_to_none=True)
+    loss, parts = step(model, tokens, batch, mix, cfg, CPU)
+    loss.backward()
+    grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    return float(loss), parts, grads
+
+
+@pytest.mark.parametrize("variational", ["log", "norm"])
+@pytest.mark.parametrize("mixup_at", ["word_embeddings", "embedding_output"])
+@pytest.mark.parametrize("pairs", [0, 1, 3])
+def test_vectorised_step_equals_reference(setup, variational, mixup_at, pairs):
+    model, tokens, sampler = setup
+    cfg = AdaptConfig(variational=variational, mixup_at=mixup_at, mixup_pairs=pairs)
+    batch = sampler.next()
+    mix = draw_mixup(np.random.default_rng(1), batch, pairs, 0.3) if pairs else None
+    fast, fast_parts, fast_grads = _loss_and_grads(vectorised_dallmi_step, model, tokens, batch, mix, cfg)
+    ref, ref_parts, ref_grads = _loss_and_grads(reference_dallmi_step, model, tokens, batch, mix, cfg)
+    assert fast == pytest.approx(ref, abs=1e-5)
+    for key in ("variational", "mixup"):
+        assert fast_parts[key] == pytest.approx(ref_parts[key], abs=1e-5)
+    assert fast_grads.keys() == ref_grads.keys()
+    for name, grad in fast_grads.items():
+        torch.testing.assert_close(grad, ref_grads[name], atol=1e-5, rtol=1e-4, msg=name)
+
+
+def test_reference_padded_to_128_matches_too(setup):
+    """The official shape (every text padded to a fixed length) changes speed, not the loss."""
+    model, tokens, sampler = setup
+    cfg = AdaptConfig()
+    batch = sampler.next()
+    mix = draw_mixup(np.random.default_rng(2), batch, 1, 0.3)
+    fast, _ = vectorised_dallmi_step(model, tokens, batch, mix, cfg, CPU)
+    ref, _ = reference_dallmi_step(model, tokens, batch, mix, cfg, CPU, pad_to=32)
+    assert float(fast) == pytest.approx(float(ref), abs=1e-5)
+
+
+def test_labels_without_tags_are_skipped_identically(setup):
+    model, tokens, sampler = setup
+    full = sampler.next()
+    active = full.active.copy()
+    active[1] = False
+    positives = full.positives.copy()
+    positives[1] = -1
+    batch = BalancedBatch(full.unlabeled, positives, active)
+    mix = draw_mixup(np.random.default_rng(3), batch, 2, 0.3)
+    cfg = AdaptConfig(mixup_pairs=2)
+    fast, _ = vectorised_dallmi_step(model, tokens, batch, mix, cfg, CPU)
+    ref, _ = reference_dallmi_step(model, tokens, batch, mix, cfg, CPU)
+    assert float(fast) == pytest.approx(float(ref), abs=1e-5)
+
+
+def test_mixup_regulariser_gradient_reaches_embeddings_and_encoder(setup):
+    """The official code took the MixUp term with .item(): no gradient. Ours must train the model."""
+    model, tokens, sampler = setup
+    batch = sampler.next()
+    mix = draw_mixup(np.random.default_rng(4), batch, 1, 0.3)
+    with_mix = AdaptConfig(lambda_mix=1.0)
+    _, parts, grads_with = _loss_and_grads(vectorised_dallmi_step, model, tokens, batch, mix, with_mix)
+    _, _, grads_without = _loss_and_grads(vectorised_dallmi_step, model, tokens, batch, None, with_mix)
+    assert parts["mixup"] > 0
+    embedding = "bert.embeddings.word_embeddings.weight"
+    encoder = "bert.encoder.layer.0.attention.self.query.weight"
+    for name in (embedding, encoder):
+        delta = (grads_with[name] - grads_without[name]).abs().max()
+        assert delta > 1e-7, f"the MixUp term does not reach {name}"
+
+
+def test_mixed_input_interpolates_word_embeddings(setup, monkeypatch):
+    """At mu=1 the mixed sequence is the unlabeled document's embeddings, at mu=0 the positive's."""
+    model, tokens, sampler = setup
+    batch = sampler.next()
+    seen = {}
+
+    def spy(model_, *, input_ids=None, inputs_embeds=None, attention_mask):
+        seen["embeds"], seen["mask"] = inputs_embeds, attention_mask
+        return torch.zeros(inputs_embeds.shape[0], len(LABELS), requires_grad=True)
+
+    monkeypatch.setattr("dallmi_core.step.forward_logits", spy)
+    W = word_embedding_matrix(model)
+    for mu, doc_of in ((1.0, lambda lab: batch.unlabeled[0]), (0.0, lambda lab: batch.positives[lab, 0])):
+        labels = batch.positives.shape[0]
+        mix = MixupDraws(np.zeros((labels, 1), int), np.zeros((labels, 1), int), np.full((labels, 1), mu, np.float32))
+        vectorised_dallmi_step(model, tokens, batch, mix, AdaptConfig(), CPU)
+        mixed = seen["embeds"][-labels:]
+        for lab in range(labels):
+            ids = torch.as_tensor(tokens.ids[doc_of(lab)])
+            torch.testing.assert_close(mixed[lab, : len(ids)], W[ids])
