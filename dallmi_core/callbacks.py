@@ -146,6 +146,14 @@ class EarlyStopping(Callback):
     def __init__(self, patience: int):
         self.patience, self.bad = patience, 0
 
+    def on_train_begin(self, state):
+        """On resume, count the trailing evaluations without improvement from the history."""
+        self.bad = 0
+        for metrics in reversed(state.history):
+            if metrics.get("improved"):
+                break
+            self.bad += 1
+
     def on_evaluate(self, state, metrics):
         self.bad = 0 if metrics.get("improved") else self.bad + 1
         if self.bad >= self.patience:

@@ -68,6 +68,7 @@ _ADAPT_FIELDS = (
     "selection",
     "eval_every",
     "method",
+    "patience",
 )
 
 
@@ -81,8 +82,6 @@ def _source_config(args):
     kw = _config_kwargs(
         args, ("epochs", "max_steps", "lr", "batch_size", "max_length", "seed", "device", "precision", "head_lr")
     )
-    if "max_steps" in kw:
-        kw["epochs"] = None
     return SourceConfig(**kw)
 
 
@@ -106,7 +105,7 @@ def cmd_finetune_source(args) -> None:
 
 
 def cmd_adapt(args) -> None:
-    from dallmi_core.callbacks import TqdmProgress
+    from dallmi_core.callbacks import CheckpointEvery, TqdmProgress
     from dallmi_core.config import AdaptConfig
     from dallmi_core.data import read_corpus
     from dallmi_core.model import load_classifier, save_classifier
@@ -120,14 +119,10 @@ def cmd_adapt(args) -> None:
     skipped = [name for name, t in zip(clf.label_names, tags, strict=True) if not t]
     if skipped:
         print(f"No tagged positive for: {', '.join(skipped)} (skipped by the PU loss)", file=sys.stderr)
-    result = adapt(
-        clf,
-        corpus.texts,
-        tags,
-        cfg,
-        callbacks=[TqdmProgress(f"adapt ({cfg.method})")],
-        checkpoint_dir=args.checkpoint_dir,
-    )
+    callbacks = [TqdmProgress(f"adapt ({cfg.method})")]
+    if args.checkpoint_dir:
+        callbacks.append(CheckpointEvery(args.checkpoint_every))
+    result = adapt(clf, corpus.texts, tags, cfg, callbacks=callbacks, checkpoint_dir=args.checkpoint_dir)
     save_classifier(result.clf, args.out)
     state = result.state
     print(
@@ -208,6 +203,7 @@ def cmd_bench_quality(args) -> None:
         work_dir=Path(args.work_dir),
         positives_per_label=args.k_tags,
         remove_ratio=args.remove_ratio,
+        trace_test=args.trace_test,
     )
     print(result.to_markdown())
     if args.json:
@@ -239,8 +235,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="folder for the adapted model")
     p.add_argument("--method", default="dallmi", choices=["dallmi", "bce-partial"])
     p.add_argument("--checkpoint-dir", help="write resumable checkpoints here; an existing one is resumed")
+    p.add_argument("--checkpoint-every", type=int, default=10, help="steps between checkpoints (default 10)")
     _add_training(p, epochs_default="default: a step budget of --tag-passes over the tags")
     _add_adapt_options(p)
+    p.add_argument("--patience", type=int, help="stop after N validations without improvement")
     p.set_defaults(func=cmd_adapt)
 
     p = sub.add_parser("score", help="write per-label scores and 0/1 predictions for a file")
@@ -269,6 +267,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--source-epochs", type=float, help="source fine-tuning epochs (default 4)")
     p.add_argument("--work-dir", default="bench_out", help="caches the source model between runs")
     p.add_argument("--json", help="write summary and per-run figures as JSON here")
+    p.add_argument(
+        "--trace-test",
+        type=int,
+        default=0,
+        metavar="N",
+        help="diagnostics: record test mAP on N test docs at every validation (never used for selection)",
+    )
     p.add_argument("--method", default=None, help=argparse.SUPPRESS)
     _add_training(p, epochs_default="adaptation; default: tag budget")
     _add_adapt_options(p)

@@ -96,7 +96,7 @@ class SourceConfig(TrainingBase):
     kind: ClassVar[str] = "finetune-source"
     batch_size: int = 16
     head_lr: float = 2e-3
-    epochs: float | None = 4.0
+    default_epochs: ClassVar[float] = 4.0  # when neither epochs nor max_steps is given
 
     def __post_init__(self) -> None:
         super().__post_init__()

@@ -24,7 +24,8 @@ from dallmi_core.data import Corpus
 from dallmi_core.errors import DataError
 from dallmi_core.metrics import ap_report
 from dallmi_core.model import Classifier, load_classifier, new_classifier, save_classifier
-from dallmi_core.scoring import score_texts
+from dallmi_core.scoring import logits_for, score_texts, sigmoid
+from dallmi_core.tokens import TokenizedCorpus
 from dallmi_core.train import adapt, finetune_source
 
 METHODS = ("source-only", "bce-partial", "dallmi", "target-oracle")
@@ -67,6 +68,19 @@ def split_target(
         )
         tags.append(tuple(int(i) for i in np.sort(rng.permutation(positives)[: min(keep, len(positives))])))
     return TargetSplit(train, test, tuple(tags))
+
+
+class TestTrace(Callback):
+    """Diagnostics only: test mAP on a fixed sample at every validation. Never used for selection;
+    it lets a benchmark compare selection rules (which step each rule keeps vs the best step)."""
+
+    def __init__(self, clf: Classifier, texts: Sequence[str], gold: np.ndarray, labels: list[str], max_length: int):
+        self.clf, self.gold, self.labels = clf, gold, labels
+        self.tokens = TokenizedCorpus.build(clf.tokenizer, texts, max_length)
+
+    def on_evaluate(self, state, metrics):
+        scores = sigmoid(logits_for(self.clf.model, self.tokens))
+        metrics["test_map_macro"] = ap_report(self.gold, scores, self.labels).map_macro
 
 
 @dataclass
@@ -118,6 +132,11 @@ def _mean(values: Sequence) -> float | None:
     return float(np.mean(values)) if values else None
 
 
+def source_cache_key(source: Corpus, labels: list[str], backbone: str | None, cfg: SourceConfig) -> str:
+    """Same source rows, labels, backbone and config -> same cached source model."""
+    return hashlib.sha256(json.dumps([source.ids, labels, str(backbone), cfg.to_dict()]).encode()).hexdigest()[:12]
+
+
 def source_model(
     corpus: Corpus,
     labels: list[str],
@@ -130,8 +149,7 @@ def source_model(
     source = corpus.where_domain("source")
     if len(source) == 0:
         raise DataError("The benchmark file has no rows with domain=source to fine-tune on.")
-    key = hashlib.sha256(json.dumps([source.ids, labels, str(backbone), cfg.to_dict()]).encode()).hexdigest()[:12]
-    out = cache_dir / f"source-{key}"
+    out = cache_dir / f"source-{source_cache_key(source, labels, backbone, cfg)}"
     if (out / "config.json").exists():
         log(f"reusing source model {out}")
         return out
@@ -154,6 +172,7 @@ def run_quality(
     positives_per_label: int | None = None,
     remove_ratio: float | None = None,
     callbacks: Callable[[str, int], list[Callback]] | None = None,
+    trace_test: int = 0,
     log: Callable[[str], None] = print,
 ) -> QualityResult:
     unknown = [m for m in methods if m not in METHODS]
@@ -177,6 +196,12 @@ def run_quality(
                 if method != "dallmi":  # the BCE baselines keep their own epoch budget
                     cfg = cfg.replace(max_steps=None, epochs=None).replace(**METHOD_OVERRIDES[method])
                 extra = callbacks(method, seed) if callbacks else [TqdmProgress(f"{method} seed {seed}")]
+                if trace_test:
+                    sample = np.random.default_rng(seed).permutation(split.test)[:trace_test]
+                    extra = [
+                        *extra,
+                        TestTrace(clf, [target.texts[i] for i in sample], gold[sample], labels, cfg.max_length),
+                    ]
                 res = adapt(
                     clf,
                     train_texts,

@@ -19,7 +19,7 @@ import torch
 from accelerate import Accelerator
 from accelerate.utils import set_seed
 
-from dallmi_core.callbacks import Callback, CallbackList, TrainState
+from dallmi_core.callbacks import Callback, CallbackList, EarlyStopping, TrainState
 from dallmi_core.config import AdaptConfig, SourceConfig, TrainingBase
 from dallmi_core.errors import ConfigError, RunStateError
 from dallmi_core.losses import variational_term
@@ -59,21 +59,41 @@ class PUSplit:
 
 
 def pu_split(tags: Sequence[Sequence[int]], n_docs: int, cfg: AdaptConfig) -> PUSplit:
-    """Hold out `val_fraction` of each label's tags (labels with >= 2 tags keep >= 1 for training)
-    and `val_unlabeled` documents; held-out documents leave the training pool."""
+    """Hold out about `val_fraction` of each label's tags and `val_unlabeled` documents.
+
+    A held-out document is validation data for every label it carries and trains none; labels
+    are served rarest first and no label is left without a training tag. Held-out documents
+    leave the training pool.
+    """
     rng = np.random.default_rng(cfg.seed + 7919)
-    train, val = [], []
-    for label_tags in tags:
-        order = rng.permutation(np.asarray(sorted(set(label_tags)), dtype=np.int64))
-        n_val = min(int(round(cfg.val_fraction * len(order))), len(order) - 1) if len(order) >= 2 else 0
-        val.append(tuple(int(i) for i in order[:n_val]))
-        train.append(tuple(int(i) for i in order[n_val:]))
-    tagged_val = {i for v in val for i in v}
-    rest = np.setdiff1d(np.arange(n_docs), np.fromiter(tagged_val, dtype=np.int64, count=len(tagged_val)))
-    n_unl = min(cfg.val_unlabeled, max(len(rest) // 5, 0)) if cfg.selection != "last" else 0
+    distinct = [sorted({int(i) for i in label_tags}) for label_tags in tags]
+    labels_of: dict[int, list[int]] = {}
+    for label, docs in enumerate(distinct):
+        for doc in docs:
+            labels_of.setdefault(doc, []).append(label)
+    remaining = [len(docs) for docs in distinct]  # training tags left per label
+    held: set[int] = set()
+    for label in sorted(range(len(distinct)), key=lambda lab: len(distinct[lab])):
+        n = len(distinct[label])
+        want = min(int(round(cfg.val_fraction * n)), n - 1) if n >= 2 else 0
+        have = sum(doc in held for doc in distinct[label])
+        for doc in rng.permutation(np.asarray(distinct[label], dtype=np.int64)):
+            if have >= want:
+                break
+            doc = int(doc)
+            if doc in held or any(remaining[m] <= 1 for m in labels_of[doc]):
+                continue
+            held.add(doc)
+            have += 1
+            for m in labels_of[doc]:
+                remaining[m] -= 1
+    train = tuple(tuple(d for d in docs if d not in held) for docs in distinct)
+    val = tuple(tuple(d for d in docs if d in held) for docs in distinct)
+    rest = np.setdiff1d(np.arange(n_docs), np.fromiter(held, dtype=np.int64, count=len(held)))
+    n_unl = min(cfg.val_unlabeled, len(rest) // 5) if cfg.selection != "last" else 0
     val_unl = np.sort(rng.choice(rest, size=n_unl, replace=False)) if n_unl else np.empty(0, np.int64)
     pool = np.setdiff1d(rest, val_unl)
-    return PUSplit(tuple(train), tuple(val), tuple(int(i) for i in val_unl), tuple(int(i) for i in pool))
+    return PUSplit(train, val, tuple(int(i) for i in val_unl), tuple(int(i) for i in pool))
 
 
 @dataclass
@@ -118,6 +138,8 @@ class Trainer:
                 self.evaluate()
             if self.callbacks.on_checkpoint(self.state):
                 self.save_checkpoint()
+        if self.state.should_stop and self.state.stop_reason == "cancelled":
+            self.save_checkpoint()  # a cancelled run can be resumed without losing its steps
         return self.finish()
 
     def setup(self) -> None:
@@ -262,7 +284,8 @@ class SourceTrainer(Trainer):
     def step_budget(self):
         if self.cfg.max_steps is not None:
             return self.cfg.max_steps
-        return _steps_for_epochs(self.cfg.epochs or 1.0, len(self.tokens), self.cfg.batch_size, self.world)
+        epochs = self.cfg.epochs or SourceConfig.default_epochs
+        return _steps_for_epochs(epochs, len(self.tokens), self.cfg.batch_size, self.world)
 
     def compute_loss(self):
         batch = self.stream.next()
@@ -418,6 +441,9 @@ def adapt(
 ) -> TrainResult:
     """Adapt `clf` to target `texts`; `tags[l]` lists the documents tagged positive for label l."""
     tokens = tokens or TokenizedCorpus.build(clf.tokenizer, texts, cfg.max_length)
+    callbacks = list(callbacks)
+    if cfg.patience is not None:
+        callbacks.append(EarlyStopping(cfg.patience))
     kw = {"callbacks": callbacks, "checkpoint_dir": checkpoint_dir}
     if cfg.method == "dallmi":
         return DallmiTrainer(clf, tokens, tags, cfg, **kw).fit()

@@ -154,3 +154,50 @@ def test_every_command_has_help(command):
     args = [sys.executable, "-m", "dallmi_core.cli", *([command] if command else []), "--help"]
     result = subprocess.run(args, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0 and "usage: dallmi" in result.stdout
+
+
+def test_adapt_writes_checkpoints_and_resumes(files, tmp_path, tiny_backbone, capsys):
+    import torch
+
+    src = tmp_path / "src"
+    assert (
+        main(
+            [
+                "finetune-source",
+                "--data",
+                str(files["source"]),
+                "--out",
+                str(src),
+                "--backbone",
+                tiny_backbone,
+                "--max-steps",
+                "2",
+                "--max-length",
+                "32",
+            ]
+        )
+        == 0
+    )
+    ckpt = tmp_path / "ckpt"
+    args = [
+        "adapt",
+        "--model",
+        str(src),
+        "--target",
+        str(files["tagged"]),
+        "--out",
+        str(tmp_path / "a"),
+        "--max-steps",
+        "5",
+        "--max-length",
+        "32",
+        "--checkpoint-dir",
+        str(ckpt),
+        "--checkpoint-every",
+        "2",
+    ]
+    assert main(args) == 0
+    state = torch.load(ckpt / "trainer_state.pt", weights_only=False)
+    assert state["step"] == 4  # the last checkpoint before the end
+    assert main(args) == 0  # resumes at step 4 and runs the last step
+    assert "after 5 steps" in capsys.readouterr().out

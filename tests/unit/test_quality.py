@@ -1,0 +1,66 @@
+"""The benchmark protocol's split: tags come only from the train part, gold test rows stay hidden."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from dallmi_core.quality import QualityResult, split_target
+
+
+@pytest.fixture()
+def gold():
+    rng = np.random.default_rng(0)
+    y = (rng.random((200, 4)) < [0.5, 0.2, 0.05, 0.02]).astype(np.float32)
+    y[:3, 3] = 1  # the rare label has a few positives
+    return y
+
+
+def test_keeps_k_positives_per_label_from_the_train_part(gold):
+    split = split_target(gold, seed=1, positives_per_label=5)
+    assert not set(split.train) & set(split.test) and len(split.train) + len(split.test) == len(gold)
+    for label, tags in enumerate(split.tags):
+        positives_in_train = int(gold[split.train, label].sum())
+        assert len(tags) == min(5, positives_in_train)
+        assert all(gold[split.train[t], label] == 1 for t in tags)  # positions into the train part
+
+
+def test_remove_ratio_hides_that_share_of_each_labels_positives(gold):
+    split = split_target(gold, seed=2, remove_ratio=0.7)
+    for label, tags in enumerate(split.tags):
+        positives = int(gold[split.train, label].sum())
+        assert len(tags) == int(round(0.3 * positives))
+
+
+def test_split_is_seeded(gold):
+    a, b, c = (split_target(gold, seed=s, positives_per_label=3) for s in (4, 4, 5))
+    assert np.array_equal(a.test, b.test) and a.tags == b.tags
+    assert not np.array_equal(a.test, c.test)
+
+
+def test_exactly_one_of_k_and_ratio(gold):
+    with pytest.raises(ValueError):
+        split_target(gold, seed=0)
+    with pytest.raises(ValueError):
+        split_target(gold, seed=0, positives_per_label=3, remove_ratio=0.5)
+
+
+def test_summary_reports_mean_and_spread_over_seeds():
+    result = QualityResult(["a", "b"])
+    for seed, m in enumerate([0.4, 0.5, 0.6]):
+        result.runs.append(
+            {
+                "method": "dallmi",
+                "seed": seed,
+                "map_macro": m,
+                "map_micro": m,
+                "per_label_ap": {"a": m, "b": None},
+                "seconds": 1.0,
+                "steps": 10,
+                "best_step": 5,
+            }
+        )
+    s = result.summary()["methods"]["dallmi"]
+    assert s["map_macro_mean"] == pytest.approx(0.5) and s["map_macro_std"] == pytest.approx(0.1)
+    assert s["per_label_ap"] == {"a": pytest.approx(0.5), "b": None}
+    assert "0.500 ± 0.100" in result.to_markdown() and "n/a" in result.to_markdown()
