@@ -151,14 +151,18 @@ def _check_text_column(columns: Sequence[str], text_column: str, source: str) ->
 
 def _build(rows: list, columns: Sequence[str] | None, source: str, *, text_column: str,
            id_column: str, labels_column: str, domain_column: str, default_domain: str,
-           label_names: Sequence[str] | None) -> Corpus:
-    """The single validation path every format and corpus_from_records goes through."""
+           label_names: Sequence[str] | None, first_row: int = 1) -> Corpus:
+    """The single validation path every format and corpus_from_records goes through.
+
+    `first_row` numbers the rows of a chunk of a larger file (streaming imports), so messages
+    and generated ids (`row-<n>`) use the row's position in the whole file.
+    """
     if not rows:
         raise _fail(source, "has no data rows. Add at least one document.")
     if default_domain not in DOMAINS:
         raise _fail(source, f"default domain {default_domain!r} is not one of "
                             f"{', '.join(DOMAINS)}.")
-    for n, row in enumerate(rows, start=1):
+    for n, row in enumerate(rows, start=first_row):
         if not isinstance(row, Mapping):
             raise _fail(source, f"row {n} is a {type(row).__name__}, not an object with "
                                 f"a {text_column!r} field. Give one object per document.")
@@ -168,7 +172,7 @@ def _build(rows: list, columns: Sequence[str] | None, source: str, *, text_colum
     allowed = None if label_names is None else set(label_names)
     out: list[tuple] = []
     seen: dict[str, int] = {}
-    for n, row in enumerate(rows, start=1):
+    for n, row in enumerate(rows, start=first_row):
         given_id = _scalar_str(row.get(id_column), source, f"row {n}", id_column)
         where = f"row {n} (id {given_id!r})" if given_id else f"row {n}"
         doc_id = given_id or f"row-{n}"
@@ -226,6 +230,49 @@ def _decode(data: bytes, name: str) -> str:
                       "as Latin-1. Save it as UTF-8 if characters look wrong.",
                       EncodingFallbackWarning, stacklevel=3)
         return data.decode("latin-1")
+
+
+def sniff_encoding(path, *, limit: int | None = None, block: int = 1 << 20) -> tuple[str, str | None]:
+    """The codec `_decode` would choose, found by streaming the file (bounded memory).
+
+    Same policy and messages as `_decode`; returns (codec for open(), warning or None). `limit`
+    stops after that many bytes (a preview); an import checks the whole file.
+    """
+    name = Path(path).name
+    with open(path, "rb") as handle:
+        chunk = handle.read(block)
+        utf16 = chunk.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE))
+        bom = chunk.startswith(codecs.BOM_UTF8)
+        codec = "utf-16" if utf16 else "utf-8-sig" if bom else "utf-8"
+        decoder, offset = codecs.getincrementaldecoder(codec)(), 0
+        while True:
+            if not utf16 and b"\x00" in chunk:
+                raise _fail(name, "contains NUL characters: it is binary, or UTF-16 without a "
+                                  "byte-order mark. Save it as UTF-8 text.")
+            pending = len(decoder.getstate()[0])
+            try:
+                decoder.decode(chunk, final=not chunk)
+            except UnicodeDecodeError as exc:
+                if utf16 or bom:
+                    raise _fail(name, f"its byte-order mark promises {exc.encoding} but the bytes "
+                                      f"are not ({exc.reason}). Save it again as UTF-8.") from exc
+                return "latin-1", (f"{name} is not valid UTF-8 ({exc.reason} at byte "
+                                   f"{offset + exc.start - pending}); read it as Latin-1. Save it as "
+                                   "UTF-8 if characters look wrong.")
+            offset += len(chunk)
+            if not chunk or (limit is not None and offset >= limit):
+                return codec, None
+            chunk = handle.read(block)
+
+
+def validate_rows(rows: list, columns: Sequence[str] | None, source: str, *, first_row: int = 1,
+                  text_column: str = "text", id_column: str = "id", labels_column: str = "labels",
+                  domain_column: str = "domain", default_domain: str = "target",
+                  label_names: Sequence[str] | None = None) -> Corpus:
+    """Validate one chunk of a streamed file exactly as read_corpus validates a whole file."""
+    return _build(rows, columns, source, text_column=text_column, id_column=id_column,
+                  labels_column=labels_column, domain_column=domain_column,
+                  default_domain=default_domain, label_names=label_names, first_row=first_row)
 
 
 def _read_delimited(text: str, name: str, sep: str, text_column: str) -> tuple[list, list]:
