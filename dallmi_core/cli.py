@@ -192,6 +192,19 @@ def cmd_bench_quality(args) -> None:
     source_kw = {"max_length": adapt_cfg.max_length, "device": adapt_cfg.device, "precision": adapt_cfg.precision}
     if args.source_epochs is not None:
         source_kw["epochs"] = args.source_epochs
+
+    def write_json(result) -> None:
+        if args.json:
+            payload = {
+                **result.summary(),
+                "command": " ".join(sys.argv),
+                "config": adapt_cfg.to_dict(),
+                "runs": result.runs,
+            }
+            tmp = Path(args.json).with_suffix(".tmp")
+            tmp.write_text(json.dumps(payload, indent=2, default=str))
+            os.replace(tmp, args.json)
+
     result = run_quality(
         corpus,
         labels=labels,
@@ -204,16 +217,21 @@ def cmd_bench_quality(args) -> None:
         positives_per_label=args.k_tags,
         remove_ratio=args.remove_ratio,
         trace_test=args.trace_test,
+        on_run=write_json,
     )
     print(result.to_markdown())
-    if args.json:
-        payload = {
-            **result.summary(),
-            "command": " ".join(sys.argv),
-            "config": adapt_cfg.to_dict(),
-            "runs": result.runs,
-        }
-        Path(args.json).write_text(json.dumps(payload, indent=2, default=str))
+
+
+def cmd_worker(args) -> None:
+    from dallmi_core.worker import main as worker_main
+
+    argv = ["--poll", str(args.poll)] + (["--data-dir", args.data_dir] if args.data_dir else [])
+    argv += (["--idle-exit", str(args.idle_exit)] if args.idle_exit is not None else []) + (
+        ["--once"] if args.once else []
+    )
+    code = worker_main(argv)
+    if code:
+        raise SystemExit(code)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -278,6 +296,13 @@ def build_parser() -> argparse.ArgumentParser:
     _add_training(p, epochs_default="adaptation; default: tag budget")
     _add_adapt_options(p)
     p.set_defaults(func=cmd_bench_quality)
+
+    p = sub.add_parser("worker", help="serve the project store's run queue (the app starts one itself)")
+    p.add_argument("--data-dir", help="data directory (default: $DALLMI_DATA_DIR or ./dallmi_data)")
+    p.add_argument("--poll", type=float, default=1.0, help="seconds between queue checks")
+    p.add_argument("--idle-exit", type=float, help="exit after this many idle seconds (default: never)")
+    p.add_argument("--once", action="store_true", help="exit after one run")
+    p.set_defaults(func=cmd_worker)
     return parser
 
 

@@ -173,6 +173,7 @@ def run_quality(
     remove_ratio: float | None = None,
     callbacks: Callable[[str, int], list[Callback]] | None = None,
     trace_test: int = 0,
+    on_run: Callable[[QualityResult], None] | None = None,
     log: Callable[[str], None] = print,
 ) -> QualityResult:
     unknown = [m for m in methods if m not in METHODS]
@@ -224,5 +225,7 @@ def run_quality(
                 **info,
             }
             result.runs.append(run)
+            if on_run is not None:
+                on_run(result)  # e.g. rewrite the JSON, so a late failure loses nothing
             log(f"seed {seed} {method}: macro mAP {report.map_macro:.4f} ({run['seconds']:.0f}s)")
     return result

@@ -45,6 +45,13 @@ def make_accelerator(device: str, precision: str) -> Accelerator:
             precision = "no"
         else:
             precision = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    if int(os.environ.get("WORLD_SIZE", "1")) == 1:
+        # accelerate keeps one process-wide state that refuses another device or precision; a
+        # long-lived process (the worker, a test session) starts every run from a clean one.
+        # Under torchrun/accelerate launch the distributed state must stay as it is.
+        from accelerate.state import AcceleratorState
+
+        AcceleratorState._reset_state(reset_partial_state=True)
     return Accelerator(cpu=cpu, mixed_precision=precision)
 
 

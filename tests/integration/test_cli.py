@@ -149,7 +149,7 @@ def test_user_errors_are_one_line_messages(tmp_path, capsys):
     assert "bad.csv" in err and "text" in err and "Traceback" not in err
 
 
-@pytest.mark.parametrize("command", ["", "finetune-source", "adapt", "score", "evaluate", "bench-quality"])
+@pytest.mark.parametrize("command", ["", "finetune-source", "adapt", "score", "evaluate", "bench-quality", "worker"])
 def test_every_command_has_help(command):
     args = [sys.executable, "-m", "dallmi_core.cli", *([command] if command else []), "--help"]
     result = subprocess.run(args, capture_output=True, text=True, timeout=120)

@@ -1,0 +1,396 @@
+"""The use-cases the pages and the CLI call, so pages stay thin: no SQL, no torch, no file layout.
+
+Every user error is a DallmiError subclass whose message says how to fix it. Runs are only queued
+here; the worker process (started on demand by `ensure_worker`) executes them, and the store is
+the only channel between the two.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+import dallmi_core
+from dallmi_core import exporter, importer
+from dallmi_core.config import AdaptConfig, SourceConfig
+from dallmi_core.errors import ConfigError, DataError, RunStateError
+from dallmi_core.store import Document, Project, Run, Store, open_store
+from dallmi_core.worker import LOG_FILE, RUN_KINDS, worker_running
+
+RECOMMENDED_TAGS = 8  # positives per label below which the coverage meter warns
+STRATEGIES = ("likely", "uncertain", "similar")
+PENDING = ("queued", "running", "interrupted")
+_spawned: list[subprocess.Popen] = []  # reaped on the next call, so finished workers leave no zombies
+
+
+def ensure_worker(data_dir: str | os.PathLike) -> subprocess.Popen | None:
+    """Start a worker for `data_dir` unless a process holds its lock; returns the new process.
+
+    A fresh interpreter in a new session (never a fork of the server), its output appended to
+    <data_dir>/worker.log. Two callers racing may both start one: the lock makes the later exit.
+    $DALLMI_WORKER_ARGS adds arguments (e.g. `--idle-exit 20`).
+    """
+    _spawned[:] = [proc for proc in _spawned if proc.poll() is None]
+    root = Path(data_dir).resolve()
+    root.mkdir(parents=True, exist_ok=True)
+    if worker_running(root):
+        return None
+    args = [sys.executable, "-m", "dallmi_core.worker", "--data-dir", str(root),
+            *shlex.split(os.environ.get("DALLMI_WORKER_ARGS", ""))]
+    env = dict(os.environ)  # the worker must import this very package, installed or not
+    package_root = str(Path(dallmi_core.__file__).resolve().parent.parent)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, env.get("PYTHONPATH")) if p)
+    with open(root / LOG_FILE, "ab") as log:
+        proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                                start_new_session=True, env=env)
+    _spawned.append(proc)
+    return proc
+
+
+@dataclass(frozen=True)
+class LabelCoverage:
+    label: str
+    positives: int
+    minimum: int
+
+    @property
+    def enough(self) -> bool:
+        return self.positives >= self.minimum
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """A document to look at next for one label, with the score that ranked it."""
+
+    document: Document
+    score: float
+    run_id: int | None  # the predictions it came from; None for TF-IDF similarity
+
+
+@dataclass(frozen=True)
+class RunStatus:
+    run_id: int
+    kind: str
+    status: str
+    progress: dict
+    metrics: dict
+    error: str | None
+    attempts: int
+    heartbeat_age_s: float | None  # seconds since the worker last reported (running runs only)
+    worker_alive: bool
+    can_cancel: bool
+    can_resume: bool
+
+
+@dataclass(frozen=True)
+class RunResults:
+    run: Run
+    labels: tuple[str, ...]
+    document_ids: np.ndarray  # int64 [n]
+    scores: np.ndarray  # float32 [n, L]
+    series: dict[str, list[tuple[int, float]]]  # metric name -> (step, value), one value per step
+
+
+def _has_checkpoint(run: Run) -> bool:
+    folder = Path(run.checkpoint_dir) if run.checkpoint_dir else None
+    return folder is not None and folder.is_dir() and any(p.suffix == ".pt" for p in folder.iterdir())
+
+
+def _model_labels(folder: str) -> list[str]:
+    """Check a model folder without loading it (no torch in the app process) and read its label
+    names; the worker's full check (model.check_model_dir) runs again when it loads the folder."""
+    path = Path(folder)
+    try:
+        config = json.loads((path / "config.json").read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ConfigError(f"{path} is not a model folder: {path / 'config.json'} cannot be read "
+                          f"({exc.strerror or exc}).") from exc
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ConfigError(f"{path / 'config.json'} is not valid JSON ({exc}).") from exc
+    if not any(path.glob("*.safetensors")):
+        raise ConfigError(f"{path} has no *.safetensors weights: not a usable model folder.")
+    id2label = (config.get("id2label") if isinstance(config, dict) else None) or {}
+    return [str(id2label[k]) for k in sorted(id2label, key=int)]
+
+
+def open_services(data_dir: str | os.PathLike | None = None, *, autostart_worker: bool = True) -> Services:
+    """Open the store of `data_dir` (default $DALLMI_DATA_DIR or ./dallmi_data); with
+    `autostart_worker`, a worker is started when runs are pending (e.g. after an app restart)."""
+    services = Services(open_store(data_dir), autostart_worker=autostart_worker)
+    if autostart_worker and services.store.list_runs(status=PENDING):
+        ensure_worker(services.data_dir)
+    return services
+
+
+class Services:
+    """One handle per app/CLI process; its Store is safe to share between Streamlit's threads."""
+
+    def __init__(self, store: Store, *, autostart_worker: bool = True):
+        self.store, self.autostart_worker = store, autostart_worker
+
+    @property
+    def data_dir(self) -> Path:
+        return self.store.data_dir
+
+    def close(self) -> None:
+        self.store.close()
+
+    def __enter__(self) -> Services:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def ensure_worker(self) -> subprocess.Popen | None:
+        return ensure_worker(self.data_dir)
+
+    # ---- projects -------------------------------------------------------------------------------
+
+    def create_project(self, name: str, labels: Sequence[str] = (), *, source_model: str | None = None,
+                       backbone: str | None = None) -> Project:
+        """A source model folder (its labels are the default label set) or a backbone (default:
+        the offline MiniLM) that a finetune-source run or pure PU adaptation starts from."""
+        if source_model and backbone:
+            raise ConfigError("give a source model folder or a backbone, not both.")
+        if source_model:
+            source_model = str(Path(source_model).expanduser().resolve())
+            model_labels = _model_labels(source_model)
+            labels = list(labels) or model_labels
+            missing = [label for label in labels if label not in model_labels]
+            if missing:
+                raise ConfigError(f"the source model has no output for {', '.join(missing)}; its labels are "
+                                  f"{', '.join(model_labels)}.")
+        return self.store.create_project(name, labels, source_model=source_model,
+                                         settings={"backbone": backbone or "default"})
+
+    def list_projects(self) -> list[Project]:
+        return self.store.list_projects()
+
+    def get_project(self, project_id: int) -> Project:
+        return self.store.get_project(project_id)
+
+    def rename_project(self, project_id: int, name: str) -> Project:
+        return self.store.rename_project(project_id, name)
+
+    def delete_project(self, project_id: int) -> None:
+        """Rows go by cascade (a running run sees that and stops); finished runs' folders go too."""
+        runs = self.store.list_runs(project_id)
+        self.store.delete_project(project_id)
+        for run in runs:
+            if run.status != "running":
+                for folder in (self.store.models_dir / f"run-{run.id}", self.data_dir / "runs" / str(run.id)):
+                    shutil.rmtree(folder, ignore_errors=True)
+
+    # ---- data -------------------------------------------------------------------------------------
+
+    def preview_import(self, path, mapping: importer.ColumnMapping | None = None, n: int = 20):
+        return importer.preview_import(path, mapping, n)
+
+    def guess_mapping(self, columns: list[str], frame=None) -> importer.ColumnMapping:
+        return importer.guess_mapping(columns, frame)
+
+    def import_file(self, project_id: int, path, **options) -> importer.ImportReport:
+        """See importer.import_file: mapping, domain, label_policy."""
+        return importer.import_file(self.store, project_id, path, **options)
+
+    def document_counts(self, project_id: int) -> dict[str, int]:
+        return self.store.count_documents(project_id)
+
+    def documents(self, project_id: int, *, domain: str | None = None, limit: int = 50,
+                  offset: int = 0) -> list[Document]:
+        return self.store.get_documents(project_id, domain=domain, limit=limit, offset=offset)
+
+    def search(self, project_id: int, query: str, *, domain: str | None = None, limit: int = 50) -> list[Document]:
+        return self.store.search(project_id, query, domain=domain, limit=limit)
+
+    # ---- annotation -------------------------------------------------------------------------------
+
+    def tag(self, project_id: int, document_id: int, label: str, annotator: str = "user") -> bool:
+        return self.store.tag(project_id, document_id, label, annotator)
+
+    def tag_many(self, project_id: int, document_ids: Iterable[int], label: str, annotator: str = "user") -> int:
+        return self.store.tag_many(project_id, document_ids, label, annotator)
+
+    def untag(self, project_id: int, document_id: int, label: str, annotator: str = "user") -> bool:
+        return self.store.untag(project_id, document_id, label, annotator)
+
+    def undo(self, project_id: int, annotator: str = "user") -> list[tuple[int, str]]:
+        return self.store.undo_last(project_id, annotator)
+
+    def tags_for(self, document_ids: Sequence[int]) -> dict[int, list[str]]:
+        return self.store.tags_for(document_ids)
+
+    def coverage(self, project_id: int, minimum: int = RECOMMENDED_TAGS) -> list[LabelCoverage]:
+        """Tagged positives per label, in the project's label order, against a recommended minimum."""
+        tags = self.store.tags_by_label(project_id)
+        return [LabelCoverage(label, len(docs), minimum) for label, docs in tags.items()]
+
+    def latest_predictions_run(self, project_id: int) -> Run | None:
+        """The newest finished adapt or score run that stored predictions."""
+        return next((run for run in self.store.list_runs(project_id, status="done")
+                     if run.kind in ("adapt", "score") and run.prediction_labels), None)
+
+    def candidates(self, project_id: int, label: str, strategy: str = "likely", limit: int = 20, *,
+                   threshold: float = 0.5) -> list[Candidate]:
+        """Untagged target documents to look at next for `label` (documents tagged with other labels
+        stay candidates: labels are not exclusive). likely: highest score first; uncertain: score
+        closest to `threshold`; similar: TF-IDF cosine to the centroid of the label's tagged documents."""
+        project = self.store.get_project(project_id)
+        if label not in project.labels:
+            raise DataError(f"unknown label {label!r}; the project's labels are {', '.join(project.labels)}.")
+        if strategy not in STRATEGIES:
+            raise ConfigError(f"strategy={strategy!r} is not one of {', '.join(STRATEGIES)}.")
+        tagged = set(self.store.tags_by_label(project_id)[label])
+        run_id = None
+        if strategy == "similar":
+            ids, score = self._similarity(project_id, label, tagged)
+            key = -score
+        else:
+            run = self.latest_predictions_run(project_id)
+            if run is None:
+                raise RunStateError("no predictions yet: start a 'score' run (or an adaptation) first.")
+            if label not in run.prediction_labels:
+                raise RunStateError(f"run {run.id} predates label {label!r}; start a new 'score' run.")
+            ids, scores = self.store.load_predictions(run.id)
+            target = np.isin(ids, np.asarray(self.store.document_ids(project_id, "target"), dtype=np.int64))
+            ids, score, run_id = ids[target], scores[target, run.prediction_labels.index(label)], run.id
+            key = -score if strategy == "likely" else np.abs(score - threshold)
+        keep = ~np.isin(ids, np.fromiter(tagged, dtype=np.int64, count=len(tagged)))
+        ids, score, key = ids[keep], score[keep], key[keep]
+        order = np.argsort(key, kind="stable")[:limit]
+        docs = self.store.get_documents(project_id, ids=[int(i) for i in ids[order]])
+        return [Candidate(doc, float(s), run_id) for doc, s in zip(docs, score[order], strict=True)]
+
+    def _similarity(self, project_id: int, label: str, tagged: set[int]) -> tuple[np.ndarray, np.ndarray]:
+        from sklearn.feature_extraction.text import TfidfVectorizer
+
+        ids, texts = [], []
+        for page in self.store.iter_documents(project_id, domain="target"):
+            ids += [doc.id for doc in page]
+            texts += [doc.text for doc in page]
+        rows = [i for i, doc in enumerate(ids) if doc in tagged]
+        if not rows:
+            raise DataError(f"no target document is tagged {label!r} yet: tag one to find similar documents.")
+        try:
+            matrix = TfidfVectorizer(sublinear_tf=True, max_features=50_000, dtype=np.float32).fit_transform(texts)
+        except ValueError as exc:  # an empty vocabulary
+            raise DataError(f"the target texts have no words to compare ({exc}).") from exc
+        centroid = np.asarray(matrix[rows].mean(axis=0)).ravel()
+        centroid /= max(float(np.linalg.norm(centroid)), 1e-12)
+        return np.asarray(ids, dtype=np.int64), np.asarray(matrix @ centroid).ravel()
+
+    # ---- runs -------------------------------------------------------------------------------------
+
+    def start_run(self, project_id: int, kind: str, config: Mapping | SourceConfig | AdaptConfig | None = None, *,
+                  model: str | None = None, checkpoint_every: int | None = None) -> int:
+        """Validate, queue, and make sure a worker serves the queue; returns the run id.
+
+        `config`: AdaptConfig/SourceConfig settings (finetune-source, adapt); `model`: the folder a
+        score run uses (default: the project's source model). The source model and backbone are
+        pinned in the stored config, so a resumed run starts from the same weights."""
+        project = self.store.get_project(project_id)
+        counts = self.store.count_documents(project_id)
+        stored: dict = {"backbone": project.settings.get("backbone", "default")}
+        if checkpoint_every is not None:
+            if int(checkpoint_every) < 1:
+                raise ConfigError(f"checkpoint_every must be >= 1, got {checkpoint_every!r}.")
+            stored["checkpoint_every"] = int(checkpoint_every)
+        if kind in ("adapt", "finetune-source"):
+            cls = AdaptConfig if kind == "adapt" else SourceConfig
+            cfg = config if isinstance(config, cls) else cls.from_dict(dict(config or {}))
+            stored["config"] = cfg.to_dict()
+        elif kind == "score":
+            stored["model"] = model or project.source_model
+            if not stored["model"]:
+                raise ConfigError("there is no model to score with: give a model folder, or fine-tune a source model.")
+            _model_labels(stored["model"])
+            if not counts["target"] + counts["eval"]:
+                raise DataError("there are no target or eval documents to score. Import the target text first.")
+        else:
+            raise ConfigError(f"unknown run kind {kind!r}; use one of {', '.join(RUN_KINDS)}.")
+        if kind == "finetune-source" and not any(doc.gold_labels is not None for page in
+                                                 self.store.iter_documents(project_id, domain="source")
+                                                 for doc in page):
+            raise DataError("there are no labelled source documents to fine-tune on. Import a file with a labels "
+                            "column as domain 'source'.")
+        if kind == "adapt":
+            self._check_adaptable(project, cfg, counts)
+            stored["source_model"] = project.source_model
+        run_id = self.store.enqueue_run(project_id, kind, stored)
+        if self.autostart_worker:
+            ensure_worker(self.data_dir)
+        return run_id
+
+    def _check_adaptable(self, project: Project, cfg: AdaptConfig, counts: Mapping[str, int]) -> None:
+        if not counts["target"]:
+            raise DataError("there are no target documents to adapt to. Import the target text first.")
+        if project.source_model:
+            _model_labels(project.source_model)
+        if cfg.method == "target-oracle":
+            return
+        target = set(self.store.document_ids(project.id, "target"))
+        if not any(doc in target for docs in self.store.tags_by_label(project.id).values() for doc in docs):
+            raise DataError("no target document is tagged yet. Tag a few positives per label, then adapt.")
+
+    def cancel_run(self, run_id: int) -> str:
+        """A queued run is cancelled at once; a running one stops after its current step."""
+        return self.store.request_cancel(run_id)
+
+    def resume_run(self, run_id: int) -> None:
+        """Re-queue a cancelled or interrupted run that has a checkpoint; it continues from there."""
+        run = self.store.get_run(run_id)
+        if run.status not in ("cancelled", "interrupted"):
+            raise RunStateError(f"run {run_id} is {run.status}; only a cancelled or interrupted run can be resumed.")
+        if not _has_checkpoint(run):
+            raise RunStateError(f"run {run_id} has no checkpoint to resume from; start a new run instead.")
+        self.store.requeue_run(run_id)
+        if self.autostart_worker:
+            ensure_worker(self.data_dir)
+
+    def run_status(self, run_id: int) -> RunStatus:
+        """What a page polls. A pending run with no live worker (e.g. the machine restarted) starts one."""
+        run = self.store.get_run(run_id)
+        alive = worker_running(self.data_dir)
+        if run.status in PENDING and not alive and self.autostart_worker:
+            alive = ensure_worker(self.data_dir) is not None or worker_running(self.data_dir)
+        age = time.time() - run.heartbeat_at if run.status == "running" and run.heartbeat_at else None
+        return RunStatus(run.id, run.kind, run.status, run.progress, run.metrics, run.error, run.attempts, age, alive,
+                         can_cancel=run.status in PENDING,
+                         can_resume=run.status in ("cancelled", "interrupted") and _has_checkpoint(run))
+
+    def run_history(self, project_id: int) -> list[Run]:
+        return self.store.list_runs(project_id)
+
+    def results(self, run_id: int) -> RunResults:
+        """Predictions and the step series of a run (after a resume, the latest value per step)."""
+        run = self.store.get_run(run_id)
+        ids, scores = self.store.load_predictions(run_id)
+        latest: dict[str, dict[int, float]] = {}
+        for step, name, value in self.store.run_metrics(run_id):
+            latest.setdefault(name, {})[step] = value
+        series = {name: sorted(values.items()) for name, values in latest.items()}
+        return RunResults(run, run.prediction_labels or (), ids, scores, series)
+
+    # ---- exports ----------------------------------------------------------------------------------
+
+    def export_annotations(self, project_id: int, path=None, **options) -> Path:
+        return exporter.export_annotations(self.store, project_id, path, **options)
+
+    def export_predictions(self, run_id: int, path=None, **options) -> Path:
+        return exporter.export_predictions(self.store, run_id, path, **options)
+
+    def export_run_report(self, run_id: int, path=None, **options) -> Path:
+        return exporter.export_run_report(self.store, run_id, path, **options)
+
+    def export_model(self, run_id: int, path=None) -> Path:
+        return exporter.export_model(self.store, run_id, path)
