@@ -35,6 +35,17 @@ class TrainState:
         per_step = (time.monotonic() - self.started_at) / done
         return per_step * (self.max_steps - self.step)
 
+    def progress(self) -> dict:
+        """What a progress display shows: stage, step, budget, epoch, ETA and the latest loss parts."""
+        return {
+            "stage": self.stage,
+            "step": self.step,
+            "max_steps": self.max_steps,
+            "epoch": self.epoch,
+            "eta_s": self.eta_seconds(),
+            **self.parts,
+        }
+
     def stop(self, reason: str) -> None:
         self.should_stop, self.stop_reason = True, reason
 
@@ -87,16 +98,7 @@ class ProgressCallback(Callback):
 
     def on_step_end(self, state):
         if state.step % self.every == 0 or state.step == state.max_steps:
-            self.sink(
-                {
-                    "stage": state.stage,
-                    "step": state.step,
-                    "max_steps": state.max_steps,
-                    "epoch": state.epoch,
-                    "eta_s": state.eta_seconds(),
-                    **state.parts,
-                }
-            )
+            self.sink(state.progress())
 
 
 class TqdmProgress(Callback):

@@ -45,14 +45,21 @@ def ensure_worker(data_dir: str | os.PathLike) -> subprocess.Popen | None:
     root.mkdir(parents=True, exist_ok=True)
     if worker_running(root):
         return None
-    args = [sys.executable, "-m", "dallmi_core.worker", "--data-dir", str(root),
-            *shlex.split(os.environ.get("DALLMI_WORKER_ARGS", ""))]
+    args = [
+        sys.executable,
+        "-m",
+        "dallmi_core.worker",
+        "--data-dir",
+        str(root),
+        *shlex.split(os.environ.get("DALLMI_WORKER_ARGS", "")),
+    ]
     env = dict(os.environ)  # the worker must import this very package, installed or not
     package_root = str(Path(dallmi_core.__file__).resolve().parent.parent)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, env.get("PYTHONPATH")) if p)
     with open(root / LOG_FILE, "ab") as log:
-        proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                                start_new_session=True, env=env)
+        proc = subprocess.Popen(
+            args, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=env
+        )
     _spawned.append(proc)
     return proc
 
@@ -113,8 +120,9 @@ def _model_labels(folder: str) -> list[str]:
     try:
         config = json.loads((path / "config.json").read_text(encoding="utf-8"))
     except OSError as exc:
-        raise ConfigError(f"{path} is not a model folder: {path / 'config.json'} cannot be read "
-                          f"({exc.strerror or exc}).") from exc
+        raise ConfigError(
+            f"{path} is not a model folder: {path / 'config.json'} cannot be read ({exc.strerror or exc})."
+        ) from exc
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise ConfigError(f"{path / 'config.json'} is not valid JSON ({exc}).") from exc
     if not any(path.glob("*.safetensors")):
@@ -156,8 +164,9 @@ class Services:
 
     # ---- projects -------------------------------------------------------------------------------
 
-    def create_project(self, name: str, labels: Sequence[str] = (), *, source_model: str | None = None,
-                       backbone: str | None = None) -> Project:
+    def create_project(
+        self, name: str, labels: Sequence[str] = (), *, source_model: str | None = None, backbone: str | None = None
+    ) -> Project:
         """A source model folder (its labels are the default label set) or a backbone (default:
         the offline MiniLM) that a finetune-source run or pure PU adaptation starts from."""
         if source_model and backbone:
@@ -168,10 +177,13 @@ class Services:
             labels = list(labels) or model_labels
             missing = [label for label in labels if label not in model_labels]
             if missing:
-                raise ConfigError(f"the source model has no output for {', '.join(missing)}; its labels are "
-                                  f"{', '.join(model_labels)}.")
-        return self.store.create_project(name, labels, source_model=source_model,
-                                         settings={"backbone": backbone or "default"})
+                raise ConfigError(
+                    f"the source model has no output for {', '.join(missing)}; its labels are "
+                    f"{', '.join(model_labels)}."
+                )
+        return self.store.create_project(
+            name, labels, source_model=source_model, settings={"backbone": backbone or "default"}
+        )
 
     def list_projects(self) -> list[Project]:
         return self.store.list_projects()
@@ -206,8 +218,9 @@ class Services:
     def document_counts(self, project_id: int) -> dict[str, int]:
         return self.store.count_documents(project_id)
 
-    def documents(self, project_id: int, *, domain: str | None = None, limit: int = 50,
-                  offset: int = 0) -> list[Document]:
+    def documents(
+        self, project_id: int, *, domain: str | None = None, limit: int = 50, offset: int = 0
+    ) -> list[Document]:
         return self.store.get_documents(project_id, domain=domain, limit=limit, offset=offset)
 
     def search(self, project_id: int, query: str, *, domain: str | None = None, limit: int = 50) -> list[Document]:
@@ -231,17 +244,27 @@ class Services:
         return self.store.tags_for(document_ids)
 
     def coverage(self, project_id: int, minimum: int = RECOMMENDED_TAGS) -> list[LabelCoverage]:
-        """Tagged positives per label, in the project's label order, against a recommended minimum."""
-        tags = self.store.tags_by_label(project_id)
+        """Tagged positives per label, in the project's label order, against a recommended minimum.
+
+        Only tags on target documents count: adaptation trains on those alone, so a tag on a source
+        or eval document would make the meter say "enough" for a label that has no training positive."""
+        tags = self.store.tags_by_label(project_id, domain="target")
         return [LabelCoverage(label, len(docs), minimum) for label, docs in tags.items()]
 
     def latest_predictions_run(self, project_id: int) -> Run | None:
         """The newest finished adapt or score run that stored predictions."""
-        return next((run for run in self.store.list_runs(project_id, status="done")
-                     if run.kind in ("adapt", "score") and run.prediction_labels), None)
+        return next(
+            (
+                run
+                for run in self.store.list_runs(project_id, status="done")
+                if run.kind in ("adapt", "score") and run.prediction_labels
+            ),
+            None,
+        )
 
-    def candidates(self, project_id: int, label: str, strategy: str = "likely", limit: int = 20, *,
-                   threshold: float = 0.5) -> list[Candidate]:
+    def candidates(
+        self, project_id: int, label: str, strategy: str = "likely", limit: int = 20, *, threshold: float = 0.5
+    ) -> list[Candidate]:
         """Untagged target documents to look at next for `label` (documents tagged with other labels
         stay candidates: labels are not exclusive). likely: highest score first; uncertain: score
         closest to `threshold`; similar: TF-IDF cosine to the centroid of the label's tagged documents."""
@@ -291,8 +314,15 @@ class Services:
 
     # ---- runs -------------------------------------------------------------------------------------
 
-    def start_run(self, project_id: int, kind: str, config: Mapping | SourceConfig | AdaptConfig | None = None, *,
-                  model: str | None = None, checkpoint_every: int | None = None) -> int:
+    def start_run(
+        self,
+        project_id: int,
+        kind: str,
+        config: Mapping | SourceConfig | AdaptConfig | None = None,
+        *,
+        model: str | None = None,
+        checkpoint_every: int | None = None,
+    ) -> int:
         """Validate, queue, and make sure a worker serves the queue; returns the run id.
 
         `config`: AdaptConfig/SourceConfig settings (finetune-source, adapt); `model`: the folder a
@@ -318,11 +348,15 @@ class Services:
                 raise DataError("there are no target or eval documents to score. Import the target text first.")
         else:
             raise ConfigError(f"unknown run kind {kind!r}; use one of {', '.join(RUN_KINDS)}.")
-        if kind == "finetune-source" and not any(doc.gold_labels is not None for page in
-                                                 self.store.iter_documents(project_id, domain="source")
-                                                 for doc in page):
-            raise DataError("there are no labelled source documents to fine-tune on. Import a file with a labels "
-                            "column as domain 'source'.")
+        if kind == "finetune-source" and not any(
+            doc.gold_labels is not None
+            for page in self.store.iter_documents(project_id, domain="source")
+            for doc in page
+        ):
+            raise DataError(
+                "there are no labelled source documents to fine-tune on. Import a file with a labels "
+                "column as domain 'source'."
+            )
         if kind == "adapt":
             self._check_adaptable(project, cfg, counts)
             stored["source_model"] = project.source_model
@@ -364,9 +398,19 @@ class Services:
         if run.status in PENDING and not alive and self.autostart_worker:
             alive = ensure_worker(self.data_dir) is not None or worker_running(self.data_dir)
         age = time.time() - run.heartbeat_at if run.status == "running" and run.heartbeat_at else None
-        return RunStatus(run.id, run.kind, run.status, run.progress, run.metrics, run.error, run.attempts, age, alive,
-                         can_cancel=run.status in PENDING,
-                         can_resume=run.status in ("cancelled", "interrupted") and _has_checkpoint(run))
+        return RunStatus(
+            run.id,
+            run.kind,
+            run.status,
+            run.progress,
+            run.metrics,
+            run.error,
+            run.attempts,
+            age,
+            alive,
+            can_cancel=run.status in PENDING,
+            can_resume=run.status in ("cancelled", "interrupted") and _has_checkpoint(run),
+        )
 
     def run_history(self, project_id: int) -> list[Run]:
         return self.store.list_runs(project_id)

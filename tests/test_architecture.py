@@ -15,6 +15,7 @@ def _core_modules() -> list[str]:
 
 def test_core_modules_exist():
     expected = {"config", "errors", "data", "model", "sampling", "losses", "train", "callbacks", "metrics", "cli"}
+    expected |= {"store", "jobs", "worker", "services"}
     assert expected <= {name.split(".")[1] for name in _core_modules()}
 
 

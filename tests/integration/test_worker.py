@@ -20,6 +20,8 @@ import pandas as pd
 import pytest
 from conftest import LABELS, make_texts
 
+from dallmi_core.callbacks import CallbackList, TrainState
+from dallmi_core.jobs import Job
 from dallmi_core.model import load_classifier, save_classifier
 from dallmi_core.services import open_services
 from dallmi_core.store import open_store
@@ -32,13 +34,24 @@ ADAPT = {**TRAIN, "positives_per_label": 2, "val_unlabeled": 8, "eval_every": 10
 
 
 def start_worker(data_dir: Path, *args: str) -> subprocess.Popen:
-    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", HF_HUB_OFFLINE="1",
-               TOKENIZERS_PARALLELISM="false", DALLMI_HEARTBEAT_INTERVAL="0.3",
-               DALLMI_HEARTBEAT_TIMEOUT=str(HEARTBEAT_TIMEOUT),
-               PYTHONPATH=os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p))
+    env = dict(
+        os.environ,
+        OMP_NUM_THREADS="1",
+        MKL_NUM_THREADS="1",
+        HF_HUB_OFFLINE="1",
+        TOKENIZERS_PARALLELISM="false",
+        DALLMI_HEARTBEAT_INTERVAL="0.3",
+        DALLMI_HEARTBEAT_TIMEOUT=str(HEARTBEAT_TIMEOUT),
+        PYTHONPATH=os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p),
+    )
     with open(data_dir / f"test-worker-{time.monotonic_ns()}.log", "wb") as log:  # the child keeps its own fd
-        return subprocess.Popen([sys.executable, "-m", "dallmi_core.worker", "--data-dir", str(data_dir), "--poll",
-                                 "0.1", *args], stdout=log, stderr=subprocess.STDOUT, env=env, cwd=REPO)
+        return subprocess.Popen(
+            [sys.executable, "-m", "dallmi_core.worker", "--data-dir", str(data_dir), "--poll", "0.1", *args],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=env,
+            cwd=REPO,
+        )
 
 
 def stop_worker(proc: subprocess.Popen) -> None:
@@ -66,8 +79,12 @@ def wait_for(predicate, what: str, data_dir: Path, timeout: float = 120.0, every
 
 
 def wait_status(services, run_id: int, *statuses: str, timeout: float = 120.0):
-    return wait_for(lambda: (r := services.store.get_run(run_id)).status in statuses and r,
-                    f"run {run_id} to become {'/'.join(statuses)}", services.data_dir, timeout)
+    return wait_for(
+        lambda: (r := services.store.get_run(run_id)).status in statuses and r,
+        f"run {run_id} to become {'/'.join(statuses)}",
+        services.data_dir,
+        timeout,
+    )
 
 
 def seed(services, project_id: int, tmp: Path, *, with_eval: bool = True) -> None:
@@ -77,8 +94,9 @@ def seed(services, project_id: int, tmp: Path, *, with_eval: bool = True) -> Non
     for domain, n, seed_, keep in parts[: 3 if with_eval else 2]:
         texts, y = make_texts(n, seed=seed_)
         labels = ["|".join(LABELS[j] for j in np.flatnonzero(row)) if i < keep else "" for i, row in enumerate(y)]
-        frames.append(pd.DataFrame({"id": [f"{domain}-{i}" for i in range(n)], "text": texts, "labels": labels,
-                                    "domain": domain}))
+        frames.append(
+            pd.DataFrame({"id": [f"{domain}-{i}" for i in range(n)], "text": texts, "labels": labels, "domain": domain})
+        )
     pd.concat(frames).to_csv(tmp / "docs.csv", index=False)
     services.import_file(project_id, tmp / "docs.csv")
 
@@ -142,8 +160,11 @@ def test_failing_runs_are_recorded_and_the_worker_serves_the_next(served, tmp_pa
     services, project_id, proc = served
     store = services.store
     bad_config = store.enqueue_run(project_id, "adapt", {"config": {"method": "nope"}})
-    no_model = store.enqueue_run(project_id, "adapt", {"config": {**ADAPT, "max_steps": 2, "kind": "adapt"},
-                                                       "source_model": str(tmp_path / "gone")})
+    no_model = store.enqueue_run(
+        project_id,
+        "adapt",
+        {"config": {**ADAPT, "max_steps": 2, "kind": "adapt"}, "source_model": str(tmp_path / "gone")},
+    )
     unknown = store.enqueue_run(project_id, "bogus", {})
     score = services.start_run(project_id, "score")
     run = wait_status(services, score, "done", "failed")
@@ -188,10 +209,16 @@ def test_killed_worker_run_is_interrupted_then_resumed_from_its_checkpoint(tmp_p
     finally:
         first.wait()
     saved_step = torch.load(checkpoint, weights_only=False)["step"]
-    before = Counter(step for step, _, _ in store.run_metrics(run_id, "loss"))
+    killed = store.run_metrics(run_id, "loss")  # may run past the checkpoint: those steps are done again
+    before = Counter(step for step, _, _ in killed if step <= saved_step)
     assert store.get_run(run_id).status == "running" and 2 <= saved_step < 60
-    assert wait_for(lambda: store.mark_stale_runs_interrupted(HEARTBEAT_TIMEOUT), "the heartbeat timeout",
-                    tmp_path, timeout=30, every=0.2) == [run_id]
+    assert wait_for(
+        lambda: store.mark_stale_runs_interrupted(HEARTBEAT_TIMEOUT),
+        "the heartbeat timeout",
+        tmp_path,
+        timeout=30,
+        every=0.2,
+    ) == [run_id]
     assert store.get_run(run_id).status == "interrupted"
 
     second = start_worker(tmp_path, "--idle-exit", "30")
@@ -200,8 +227,11 @@ def test_killed_worker_run_is_interrupted_then_resumed_from_its_checkpoint(tmp_p
     finally:
         stop_worker(second)
     assert run.status == "done" and run.attempts == 2, run.error
-    resumed = Counter(step for step, _, _ in store.run_metrics(run_id, "loss")) - before
+    after = store.run_metrics(run_id, "loss")
+    resumed = Counter(step for step, _, _ in after) - before
     assert min(resumed) == saved_step + 1 > saved_step - 1  # continued from the checkpoint, not from 0
+    assert Counter(step for step, _, _ in after) == Counter(range(1, 61))  # one row per step, none twice
+    assert [row for row in after if row[0] <= saved_step] == [row for row in killed if row[0] <= saved_step]
     assert max(resumed) == 60 and run.metrics["steps"] == 60
     assert run.metrics["estimate"] is True  # no gold: held-out tags ranked among held-out unlabeled docs
     for when in ("before", "after"):
@@ -264,4 +294,38 @@ def test_heartbeat_beats_from_its_own_connection_and_notices_a_run_taken_away(tm
         wait_for(lambda: store.get_run(run_id).heartbeat_at > started, "a heartbeat", tmp_path, timeout=10)
         store.finish_run(run_id, "failed", error="taken away")
         assert lost.wait(timeout=10)
+    store.close()
+
+
+def test_run_callbacks_log_loss_parts_only_and_drop_rows_past_the_resumed_checkpoint(tmp_path):
+    """What the worker's callbacks write, without a model: a fake attempt killed at step 5 whose
+    checkpoint was at step 3, then the resumed attempt (state.resumed_from = 3) running to step 6."""
+    import threading
+
+    store = open_store(tmp_path)
+    run_id = store.enqueue_run(store.create_project("p", LABELS).id, "adapt", {})
+    callbacks = CallbackList(Job(store, store.claim_next_run(worker_pid=1), threading.Event()).callbacks())
+    killed = TrainState(stage="dallmi", max_steps=6)
+    callbacks.on_train_begin(killed)
+    for step in range(1, 6):
+        killed.step, killed.parts = step, {"loss": 1.0, "variational": 0.5}
+        callbacks.on_step_end(killed)
+    assert len(store.run_metrics(run_id, "loss")) == 5
+    resumed = TrainState(stage="dallmi", max_steps=6, step=3, resumed_from=3)
+    callbacks.on_train_begin(resumed)
+    assert [step for step, _, _ in store.run_metrics(run_id, "loss")] == [1, 2, 3]
+    for step in range(4, 7):
+        resumed.step, resumed.parts = step, {"loss": 0.5, "variational": 0.25}
+        callbacks.on_step_end(resumed)
+    assert store.run_metrics(run_id, "loss") == [
+        (1, "loss", 1.0),
+        (2, "loss", 1.0),
+        (3, "loss", 1.0),
+        (4, "loss", 0.5),
+        (5, "loss", 0.5),
+        (6, "loss", 0.5),
+    ]
+    assert {name for _, name, _ in store.run_metrics(run_id)} == {"loss", "variational"}  # not epoch, eta_s...
+    progress = store.get_run(run_id).progress
+    assert (progress["step"], progress["max_steps"], progress["loss"]) == (6, 6, 0.5)  # the display keeps all
     store.close()

@@ -28,8 +28,15 @@ from dallmi_core.store import Store
 LABELS = ["billing", "login", "shipping"]
 SOURCE = Corpus(
     ids=("t1", "t2", "t3", "007", "e1", "e2", "s1"),
-    texts=('Commas, "quotes" and a\nline break', "Ünïcødé — 日本語 | pipe\ttab", "plain target", "NA",
-           "refund please", "12.50", "password reset"),
+    texts=(
+        'Commas, "quotes" and a\nline break',
+        "Ünïcødé — 日本語 | pipe\ttab",
+        "plain target",
+        "NA",
+        "refund please",
+        "12.50",
+        "password reset",
+    ),
     labels=(("billing",), (), ("shipping", "billing"), (), ("billing", "login"), (), ("login",)),
     domains=("target", "target", "target", "target", "eval", "eval", "source"),
 )
@@ -132,7 +139,7 @@ def test_failed_write_keeps_the_old_file_and_no_temp(store, project, tmp_path, m
 def test_run_report_json_and_markdown(store, project, scored_run, tmp_path):
     run_id = scored_run[0]
     store.claim_next_run(worker_pid=1)
-    store.update_progress(run_id, {"step": 5, "max_steps": 10, "variational": 0.42})
+    store.update_progress(run_id, {"step": 5, "max_steps": 10, "variational": 0.42}, metrics={"variational": 0.42})
     y = np.array([[1, 0, 0], [0, 1, 0], [1, 1, 0], [0, 0, 0]])  # shipping: no gold positive
     s = np.array([[0.9, 0.2, 0.1], [0.3, 0.8, 0.2], [0.6, 0.7, 0.3], [0.1, 0.1, 0.4]])
     after = ap_report(y, s, LABELS).to_dict()

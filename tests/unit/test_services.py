@@ -32,12 +32,14 @@ def project(svc, tmp_path):
     """30 untagged target documents (their planted labels kept in `project.gold`) and 6 gold source ones."""
     texts, y = make_texts(30, seed=5)
     src_texts, src_y = make_texts(6, seed=6)
-    frame = pd.DataFrame({
-        "id": [f"t{i}" for i in range(30)] + [f"s{i}" for i in range(6)],
-        "text": texts + src_texts,
-        "labels": [""] * 30 + ["|".join(LABELS[j] for j in np.flatnonzero(row)) for row in src_y],
-        "domain": ["target"] * 30 + ["source"] * 6,
-    })
+    frame = pd.DataFrame(
+        {
+            "id": [f"t{i}" for i in range(30)] + [f"s{i}" for i in range(6)],
+            "text": texts + src_texts,
+            "labels": [""] * 30 + ["|".join(LABELS[j] for j in np.flatnonzero(row)) for row in src_y],
+            "domain": ["target"] * 30 + ["source"] * 6,
+        }
+    )
     frame.to_csv(tmp_path / "docs.csv", index=False)
     created = svc.create_project("helpdesk", LABELS)
     report = svc.import_file(created.id, tmp_path / "docs.csv")
@@ -64,11 +66,22 @@ def test_tag_untag_undo_and_coverage(svc, project):
     assert sorted(svc.undo(project.id)) == [(d, "login") for d in docs[1:4]]  # one bulk action, one undo
     coverage = svc.coverage(project.id, minimum=1)
     assert [(c.label, c.positives, c.enough) for c in coverage] == [
-        ("billing", 1, True), ("login", 0, False), ("shipping", 0, False)]
+        ("billing", 1, True),
+        ("login", 0, False),
+        ("shipping", 0, False),
+    ]
     assert svc.coverage(project.id)[0].minimum == RECOMMENDED_TAGS
     assert svc.tags_for([docs[0]]) == {docs[0]: ["billing"]}
     with pytest.raises(DataError, match="unknown label"):
         svc.tag(project.id, docs[0], "nope")
+
+
+def test_coverage_counts_only_tags_on_target_documents(svc, project):
+    """Adaptation trains on target tags alone: a tagged source document is no training positive."""
+    source = svc.store.document_ids(project.id, "source")
+    svc.tag_many(project.id, source[:3], "billing")
+    svc.tag(project.id, project.target[0], "billing")
+    assert {c.label: c.positives for c in svc.coverage(project.id)} == {"billing": 1, "login": 0, "shipping": 0}
 
 
 def test_candidates_from_the_latest_predictions_exclude_tagged_documents(svc, project):
@@ -171,7 +184,7 @@ def test_cancel_resume_status_and_results(svc, project, tmp_path):
     (checkpoint / "trainer_state.pt").write_bytes(b"x")
     store.set_checkpoint(run_id, str(checkpoint))
     for step, loss in ((1, 0.9), (2, 0.8), (1, 0.7)):  # step 1 again: a resumed attempt
-        store.update_progress(run_id, {"step": step, "max_steps": 4, "loss": loss})
+        store.update_progress(run_id, {"step": step, "max_steps": 4, "loss": loss}, metrics={"loss": loss})
     status = svc.run_status(run_id)
     assert status.status == "running" and status.can_cancel and 0 <= status.heartbeat_age_s < 60
     assert svc.results(run_id).series["loss"] == [(1, 0.7), (2, 0.8)]

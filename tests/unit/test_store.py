@@ -14,10 +14,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from dallmi_core import store as store_module
 from dallmi_core.data import Corpus
 from dallmi_core.errors import DataError, RunStateError, StoreError
 from dallmi_core.store import MIGRATIONS, Store, content_hash, data_dir, fts_query, open_store
+from dallmi_core.store import schema as schema_module
 
 LABELS = ["billing", "login", "shipping"]
 TEXTS = [
@@ -54,13 +54,23 @@ def docs(store, project):
 
 
 def test_open_sets_pragmas_and_full_schema(store):
-    pragma = {name: store.conn.execute(f"PRAGMA {name}").fetchone()[0]
-              for name in ("journal_mode", "foreign_keys", "busy_timeout", "synchronous")}
+    pragma = {
+        name: store.conn.execute(f"PRAGMA {name}").fetchone()[0]
+        for name in ("journal_mode", "foreign_keys", "busy_timeout", "synchronous")
+    }
     assert pragma == {"journal_mode": "wal", "foreign_keys": 1, "busy_timeout": 30000, "synchronous": 1}
     assert store.schema_version == len(MIGRATIONS)
     tables = set(store.table_counts())
-    assert {"projects", "documents", "documents_fts", "annotations", "runs", "run_metrics", "predictions",
-            "mixup_samples"} <= tables
+    assert {
+        "projects",
+        "documents",
+        "documents_fts",
+        "annotations",
+        "runs",
+        "run_metrics",
+        "predictions",
+        "mixup_samples",
+    } <= tables
     assert store.integrity_check() == "ok"
 
 
@@ -69,16 +79,18 @@ def test_old_database_is_migrated_once_and_reopening_is_a_no_op(tmp_path, monkey
     with Store(path, migrate_to=1) as old:
         assert old.schema_version == 1 and "runs" not in old.table_counts()
         project = old.create_project("Legacy", LABELS)
-        old.insert_documents(project.id, [(f"d{i}", "target", t, None, None, content_hash(t))
-                                          for i, t in enumerate(TEXTS)])
+        old.insert_documents(
+            project.id, [(f"d{i}", "target", t, None, None, content_hash(t)) for i, t in enumerate(TEXTS)]
+        )
     with Store(path) as new:
         assert new.schema_version == len(MIGRATIONS)
         assert [d.ext_id for d in new.search(project.id, "parcel")] == ["d2", "d3"]  # FTS filled from old rows
         assert new.enqueue_run(project.id, "adapt", {}) == 1
         schema = new.conn.execute("SELECT sql FROM sqlite_master ORDER BY name").fetchall()
     calls = []
-    monkeypatch.setattr(store_module, "MIGRATIONS",
-                        tuple((lambda db, m=m: calls.append(m.__name__)) for m in MIGRATIONS))
+    monkeypatch.setattr(
+        schema_module, "MIGRATIONS", tuple((lambda db, m=m: calls.append(m.__name__)) for m in MIGRATIONS)
+    )
     with Store(path) as again:
         assert calls == [] and again.schema_version == len(MIGRATIONS)
         assert again.conn.execute("SELECT sql FROM sqlite_master ORDER BY name").fetchall() == schema
@@ -206,8 +218,28 @@ def test_search_words_phrases_prefix_and_filters(store, project, docs):
     assert ext("parcel", domain="eval") == []
 
 
-@pytest.mark.parametrize("query", ['"', "*", "AND(", "-", "NOT", "OR", "(", ")", ":", "^", "text:parcel",
-                                   "NEAR(a b)", '"unbalanced parcel', "", "   ", "- * \" ( ) :", "parcel AND("])
+@pytest.mark.parametrize(
+    "query",
+    [
+        '"',
+        "*",
+        "AND(",
+        "-",
+        "NOT",
+        "OR",
+        "(",
+        ")",
+        ":",
+        "^",
+        "text:parcel",
+        "NEAR(a b)",
+        '"unbalanced parcel',
+        "",
+        "   ",
+        '- * " ( ) :',
+        "parcel AND(",
+    ],
+)
 def test_search_never_raises_on_fts_syntax(store, project, docs, query):
     found = store.search(project.id, query)
     if not any(ch.isalnum() for ch in query):
@@ -284,9 +316,21 @@ def test_run_lifecycle_progress_metrics_and_cancel(store, project):
     assert (claimed.id, claimed.status, claimed.worker_pid, claimed.attempts) == (run_id, "running", 4242, 1)
     assert store.claim_next_run(worker_pid=1) is None
     assert store.heartbeat(run_id)
-    progress = {"stage": "adapt", "step": 3, "max_steps": 10, "epoch": 0.5, "eta_s": 1.0, "variational": 0.7,
-                "mixup": np.float32(0.25), "flag": True, "bad": float("nan"), "note": "x"}
-    assert store.update_progress(run_id, progress)
+    progress = {
+        "stage": "adapt",
+        "step": 3,
+        "max_steps": 10,
+        "epoch": 0.5,
+        "eta_s": 1.0,
+        "variational": 0.7,
+        "mixup": np.float32(0.25),
+        "flag": True,
+        "bad": float("nan"),
+        "note": "x",
+    }
+    assert store.update_progress(
+        run_id, progress, metrics={k: progress[k] for k in ("variational", "mixup", "flag", "bad", "note")}
+    )
     assert store.get_run(run_id).progress["variational"] == 0.7
     assert store.run_metrics(run_id) == [(3, "variational", 0.7), (3, "mixup", 0.25)]
     assert store.set_checkpoint(run_id, "/tmp/ckpt")
@@ -303,6 +347,46 @@ def test_run_lifecycle_progress_metrics_and_cancel(store, project):
     assert store.request_cancel(queued) == "cancelled"
     assert store.claim_next_run(worker_pid=1) is None
     assert [r.id for r in store.list_runs(project.id, status=["cancelled"])] == [queued, run_id]
+
+
+def test_progress_is_for_display_and_only_the_metrics_given_are_logged(store, project):
+    run_id = store.enqueue_run(project.id, "score", {})
+    store.claim_next_run(worker_pid=1)
+    progress = {"stage": "score", "step": 2, "max_steps": 4, "scored": 512, "total": 2048, "lr": 1e-5}
+    assert store.update_progress(run_id, progress)  # no metrics: nothing is logged
+    assert store.get_run(run_id).progress == progress and store.run_metrics(run_id) == []
+    assert store.update_progress(run_id, {**progress, "loss": 0.5}, metrics={"loss": 0.5})
+    assert store.run_metrics(run_id) == [(2, "loss", 0.5)]
+    with pytest.raises(ValueError, match="step"):
+        store.update_progress(run_id, {"stage": "score"}, metrics={"loss": 0.5})
+
+
+def test_drop_metrics_after_keeps_a_resumed_run_one_row_per_step(store, project):
+    run_id, other = (store.enqueue_run(project.id, "adapt", {}) for _ in range(2))
+    for step in range(1, 6):  # a killed attempt logged steps 1..5; its checkpoint was at step 3
+        store.log_metrics(run_id, step, {"loss": 1.0 / step, "val_variational": 0.1})
+        store.log_metrics(other, step, {"loss": 1.0})
+    assert store.drop_metrics_after(run_id, 3) == 4
+    assert sorted({step for step, _, _ in store.run_metrics(run_id)}) == [1, 2, 3]
+    assert len(store.run_metrics(other)) == 5  # other runs are left alone
+
+
+def test_claim_replaces_the_previous_attempts_progress(store, project):
+    run_id = store.enqueue_run(project.id, "adapt", {})
+    assert store.claim_next_run(1).progress == {"stage": "starting"}
+    store.update_progress(run_id, {"stage": "adapt", "step": 7, "max_steps": 60, "loss": 0.3})
+    store.finish_run(run_id, "interrupted")
+    assert store.get_run(run_id).progress["step"] == 7  # shown while it waits to be resumed
+    resumed = store.claim_next_run(2)
+    assert resumed.id == run_id and resumed.progress == {"stage": "resuming"}
+
+
+def test_tags_by_label_of_one_domain(store, project, docs):
+    source = store.add_documents(project.id, corpus(["a source text"], domain="source", prefix="s"))[0]
+    store.tag_many(project.id, [docs[0], source], "billing")
+    assert store.tags_by_label(project.id)["billing"] == [docs[0], source]
+    assert store.tags_by_label(project.id, domain="target") == {"billing": [docs[0]], "login": [], "shipping": []}
+    assert store.tags_by_label(project.id, domain="source")["billing"] == [source]
 
 
 def test_stale_runs_are_interrupted_then_resumed_first(store, project):
@@ -375,8 +459,10 @@ def test_two_processes_tagging_at_once_lose_nothing(store, project):
     ids = store.add_documents(project.id, corpus([f"document number {i}" for i in range(400)]))
     ctx = mp.get_context("spawn")
     gate = ctx.Event()
-    procs = [ctx.Process(target=_tag_range, args=(str(store.path), project.id, part, ids[:50], gate))
-             for part in (ids[:200], ids[200:])]
+    procs = [
+        ctx.Process(target=_tag_range, args=(str(store.path), project.id, part, ids[:50], gate))
+        for part in (ids[:200], ids[200:])
+    ]
     for proc in procs:
         proc.start()
     gate.set()
@@ -440,8 +526,16 @@ def test_predictions_round_trip_as_float32(store, project, docs):
 
 def test_mixup_samples_are_logged_and_read(store, project, docs):
     run_id = store.enqueue_run(project.id, "adapt", {})
-    rows = [{"label": "billing", "positive_doc": docs[0], "unlabeled_doc": docs[1], "mu": 0.3,
-             "prediction": 0.4, "target": 0.8}]
+    rows = [
+        {
+            "label": "billing",
+            "positive_doc": docs[0],
+            "unlabeled_doc": docs[1],
+            "mu": 0.3,
+            "prediction": 0.4,
+            "target": 0.8,
+        }
+    ]
     assert store.log_mixup_samples(run_id, 7, rows) == 1
     assert store.mixup_samples(run_id, label="billing") == [{"step": 7, **rows[0]}]
     assert store.mixup_samples(run_id, label="login") == []

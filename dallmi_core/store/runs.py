@@ -1,0 +1,327 @@
+"""Runs: the worker's queue (claim, heartbeat, cancel, finish, stale detection) and its reports
+(progress, the metric series, predictions, MixUp samples). Configs are stored as JSON on the run row,
+so any run can be reproduced from the store alone."""
+
+from __future__ import annotations
+
+import json
+import math
+import numbers
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from dallmi_core.errors import DataError, RunStateError, StoreError
+from dallmi_core.store.db import StoreBase, _chunks, _dumps, _marks
+
+FINISH_STATUSES = ("done", "failed", "cancelled", "interrupted")  # what a worker may end a run with
+
+
+@dataclass(frozen=True)
+class Run:
+    id: int
+    project_id: int
+    kind: str
+    config: dict
+    status: str
+    progress: dict
+    heartbeat_at: float | None
+    worker_pid: int | None
+    cancel_requested: bool
+    error: str | None
+    model_path: str | None
+    checkpoint_dir: str | None
+    metrics: dict
+    prediction_labels: tuple[str, ...] | None
+    attempts: int
+    created_at: float
+    started_at: float | None
+    finished_at: float | None
+
+
+def _run(row) -> Run:
+    values = dict(row)
+    for key in ("config", "progress", "metrics"):
+        values[key] = json.loads(values[key] or "{}")
+    labels = values.pop("labels")
+    values["prediction_labels"] = None if labels is None else tuple(json.loads(labels))
+    values["cancel_requested"] = bool(values["cancel_requested"])
+    return Run(**values)
+
+
+class RunsMixin(StoreBase):
+    """The run rows and everything a run writes; composed into Store (uses its get_project)."""
+
+    def enqueue_run(self, project_id: int, kind: str, config: Mapping) -> int:
+        """Queue a run; `config` is stored as JSON so the run can be reproduced from the store alone."""
+        with self.transaction():
+            self.get_project(project_id)
+            return self.conn.execute(
+                "INSERT INTO runs (project_id, kind, config, created_at) VALUES (?, ?, ?, ?)",
+                (project_id, kind, _dumps(dict(config)), time.time()),
+            ).lastrowid
+
+    def get_run(self, run_id: int) -> Run:
+        row = self._one("SELECT * FROM runs WHERE id = ?", (run_id,))
+        if row is None:
+            raise StoreError(f"run {run_id} does not exist (it may have been deleted).")
+        return _run(row)
+
+    def list_runs(self, project_id: int | None = None, *, status: str | Sequence[str] | None = None) -> list[Run]:
+        """Newest first, optionally of one project and/or with one of the given statuses."""
+        where, params = ["1"], []
+        if project_id is not None:
+            where, params = [*where, "project_id = ?"], [*params, project_id]
+        if status is not None:
+            statuses = [status] if isinstance(status, str) else list(status)
+            where, params = [*where, f"status IN ({_marks(statuses)})"], [*params, *statuses]
+        return [
+            _run(row) for row in self._rows(f"SELECT * FROM runs WHERE {' AND '.join(where)} ORDER BY id DESC", params)
+        ]
+
+    def claim_next_run(self, worker_pid: int, *, kinds: Sequence[str] | None = None) -> Run | None:
+        """Atomically take the oldest interrupted run (to resume from its checkpoint), else the oldest
+        queued one, and mark it running for `worker_pid`; None when there is nothing to do. The previous
+        attempt's progress is replaced by {"stage": "resuming"} ({"stage": "starting"} for a queued run)."""
+        kind_sql, params = (f"AND kind IN ({_marks(kinds)})", list(kinds)) if kinds else ("", [])
+        with self.transaction():
+            row = self._one(
+                f"SELECT id, status FROM runs WHERE status IN ('interrupted', 'queued') {kind_sql} "
+                "ORDER BY status = 'queued', id LIMIT 1",
+                params,
+            )
+            if row is None:
+                return None
+            now = time.time()
+            progress = {"stage": "resuming" if row["status"] == "interrupted" else "starting"}
+            self.conn.execute(
+                "UPDATE runs SET status = 'running', worker_pid = ?, heartbeat_at = ?, "
+                "started_at = coalesce(started_at, ?), attempts = attempts + 1, error = NULL, progress = ? "
+                "WHERE id = ?",
+                (worker_pid, now, now, _dumps(progress), row[0]),
+            )
+            return self.get_run(row[0])
+
+    def _update_running(self, run_id: int, sql: str, params: Sequence) -> bool:
+        with self.transaction():
+            return (
+                self.conn.execute(
+                    f"UPDATE runs SET {sql} WHERE id = ? AND status = 'running'", [*params, run_id]
+                ).rowcount
+                == 1
+            )
+
+    def heartbeat(self, run_id: int) -> bool:
+        """False when the run is no longer running (cancelled, marked interrupted): the worker should stop."""
+        return self._update_running(run_id, "heartbeat_at = ?", [time.time()])
+
+    def update_progress(self, run_id: int, progress: Mapping, *, metrics: Mapping[str, Any] | None = None) -> bool:
+        """Store the latest progress dict, for display only (also a heartbeat), and append `metrics`
+        (e.g. the step's loss parts: nothing else is logged) to run_metrics at progress['step'].
+        False when the run is no longer running."""
+        if metrics and progress.get("step") is None:
+            raise ValueError("update_progress: metrics need progress['step'] to be logged at.")
+        with self.transaction():
+            values = [_dumps(dict(progress)), time.time()]
+            if not self._update_running(run_id, "progress = ?, heartbeat_at = ?", values):
+                return False
+            if metrics:
+                self.log_metrics(run_id, int(progress["step"]), metrics)
+        return True
+
+    def log_metrics(self, run_id: int, step: int, values: Mapping[str, Any]) -> None:
+        """Append the finite real values (others are skipped) to the run's time series."""
+        rows = [
+            (run_id, step, name, float(v))
+            for name, v in values.items()
+            if isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(v)
+        ]
+        with self.transaction():
+            self.conn.executemany("INSERT INTO run_metrics VALUES (?, ?, ?, ?)", rows)
+
+    def drop_metrics_after(self, run_id: int, step: int) -> int:
+        """Delete the run's series rows past `step`, for a run resumed from its checkpoint at `step`:
+        it logs those steps again, so the killed attempt's rows would be duplicates. Returns the count."""
+        with self.transaction():
+            sql = "DELETE FROM run_metrics WHERE run_id = ? AND step > ?"
+            return self.conn.execute(sql, (run_id, int(step))).rowcount
+
+    def run_metrics(self, run_id: int, name: str | None = None) -> list[tuple[int, str, float]]:
+        where, params = ("AND name = ?", [name]) if name else ("", [])
+        return [
+            tuple(r)
+            for r in self._rows(
+                f"SELECT step, name, value FROM run_metrics WHERE run_id = ? {where} ORDER BY step, rowid",
+                [run_id, *params],
+            )
+        ]
+
+    def set_checkpoint(self, run_id: int, checkpoint_dir: str) -> bool:
+        return self._update_running(run_id, "checkpoint_dir = ?", [str(checkpoint_dir)])
+
+    def request_cancel(self, run_id: int) -> str:
+        """Queued or interrupted runs are cancelled at once; a running one gets the flag its worker
+        polls. Returns the run's status afterwards (a finished run is left as it is)."""
+        with self.transaction():
+            run = self.get_run(run_id)
+            if run.status in ("queued", "interrupted"):
+                self.conn.execute(
+                    "UPDATE runs SET status = 'cancelled', cancel_requested = 1, finished_at = ? WHERE id = ?",
+                    (time.time(), run_id),
+                )
+                return "cancelled"
+            if run.status == "running":
+                self.conn.execute("UPDATE runs SET cancel_requested = 1 WHERE id = ?", (run_id,))
+            return run.status
+
+    def requeue_run(self, run_id: int) -> Run:
+        """Put a cancelled or interrupted run back in the queue as interrupted (its cancel flag
+        cleared), so the next claim resumes it from its checkpoint."""
+        with self.transaction():
+            run = self.get_run(run_id)
+            if run.status not in ("cancelled", "interrupted"):
+                raise RunStateError(
+                    f"run {run_id} is {run.status}; only a cancelled or interrupted run can be resumed."
+                )
+            self.conn.execute(
+                "UPDATE runs SET status = 'interrupted', cancel_requested = 0, finished_at = NULL, "
+                "error = NULL WHERE id = ?",
+                (run_id,),
+            )
+            return self.get_run(run_id)
+
+    def is_cancel_requested(self, run_id: int) -> bool:
+        """Also True when the run was deleted (its project removed): the worker should stop."""
+        row = self._one("SELECT cancel_requested FROM runs WHERE id = ?", (run_id,))
+        return row is None or bool(row[0])
+
+    def finish_run(
+        self,
+        run_id: int,
+        status: str,
+        *,
+        error: str | None = None,
+        model_path: str | None = None,
+        metrics: Mapping | None = None,
+    ) -> Run:
+        """The worker's last word on a running run: done, failed, cancelled, or interrupted (to be
+        resumed by the next claim). Anything but a running run is a RunStateError."""
+        if status not in FINISH_STATUSES:
+            raise RunStateError(f"cannot finish a run as {status!r}; use one of {', '.join(FINISH_STATUSES)}.")
+        with self.transaction():
+            run = self.get_run(run_id)
+            if run.status != "running":
+                raise RunStateError(f"run {run_id} is {run.status}, not running, so it cannot become {status}.")
+            now = time.time()
+            self.conn.execute(
+                "UPDATE runs SET status = ?, error = ?, model_path = coalesce(?, model_path), "
+                "metrics = coalesce(?, metrics), heartbeat_at = ?, finished_at = ? WHERE id = ?",
+                (
+                    status,
+                    error,
+                    None if model_path is None else str(model_path),
+                    _dumps(None if metrics is None else dict(metrics)),
+                    now,
+                    None if status == "interrupted" else now,
+                    run_id,
+                ),
+            )
+            return self.get_run(run_id)
+
+    def mark_stale_runs_interrupted(self, timeout_s: float, *, now: float | None = None) -> list[int]:
+        """Runs 'running' without a heartbeat for `timeout_s` (their worker died) become interrupted,
+        so the next claim resumes them; those whose cancel was requested become cancelled. Returns ids."""
+        cutoff = (time.time() if now is None else now) - timeout_s
+        with self.transaction():
+            ids = [
+                r[0]
+                for r in self._rows(
+                    "SELECT id FROM runs WHERE status = 'running' AND coalesce(heartbeat_at, started_at, 0) < ?",
+                    (cutoff,),
+                )
+            ]
+            for part in _chunks(ids):
+                self.conn.execute(
+                    "UPDATE runs SET status = CASE WHEN cancel_requested THEN 'cancelled' ELSE 'interrupted' END, "
+                    "finished_at = CASE WHEN cancel_requested THEN ? END, worker_pid = NULL, "
+                    f"error = 'its worker stopped sending heartbeats' WHERE id IN ({_marks(part)})",
+                    [time.time(), *part],
+                )
+        return ids
+
+    # ---- predictions and MixUp samples ---------------------------------------------------------
+
+    def save_predictions(
+        self,
+        run_id: int,
+        document_ids: Sequence[int],
+        scores,
+        *,
+        labels: Sequence[str] | None = None,
+        replace: bool = True,
+    ) -> int:
+        """Scores [n, L] (probabilities) as one float32 blob per document; `replace=False` appends a
+        chunk (streamed scoring). The label order (default: the project's) is kept on the run."""
+        scores = np.asarray(scores, dtype="<f4")
+        if scores.ndim != 2 or scores.shape[0] != len(document_ids):
+            raise DataError(f"scores have shape {scores.shape}; expected ({len(document_ids)}, number of labels).")
+        with self.transaction():
+            run = self.get_run(run_id)
+            labels = tuple(labels or self.get_project(run.project_id).labels)
+            if len(labels) != scores.shape[1]:
+                raise DataError(f"scores have {scores.shape[1]} columns but there are {len(labels)} labels.")
+            if replace:
+                self.conn.execute("DELETE FROM predictions WHERE run_id = ?", (run_id,))
+            self.conn.execute("UPDATE runs SET labels = ? WHERE id = ?", (_dumps(list(labels)), run_id))
+            self.conn.executemany(
+                "INSERT OR REPLACE INTO predictions VALUES (?, ?, ?)",
+                ((run_id, int(doc), row.tobytes()) for doc, row in zip(document_ids, scores, strict=True)),
+            )
+        return len(document_ids)
+
+    def load_predictions(self, run_id: int) -> tuple[np.ndarray, np.ndarray]:
+        """(document ids int64 [n], scores float32 [n, L]) in document id order."""
+        width = len(self.get_run(run_id).prediction_labels or ())
+        rows = self._rows(
+            "SELECT document_id, scores FROM predictions WHERE run_id = ? ORDER BY document_id", (run_id,)
+        )
+        ids = np.array([r[0] for r in rows], dtype=np.int64)
+        scores = np.frombuffer(b"".join(r[1] for r in rows), dtype="<f4").reshape(len(rows), width)
+        return ids, scores.astype(np.float32)
+
+    def log_mixup_samples(self, run_id: int, step: int, samples: Iterable[Mapping]) -> int:
+        """Rows with label, positive_doc, unlabeled_doc, mu, prediction, target (for the MixUp view)."""
+        rows = [
+            (
+                run_id,
+                step,
+                s["label"],
+                s.get("positive_doc"),
+                s.get("unlabeled_doc"),
+                s.get("mu"),
+                s.get("prediction"),
+                s.get("target"),
+            )
+            for s in samples
+        ]
+        with self.transaction():
+            self.conn.executemany(
+                "INSERT INTO mixup_samples (run_id, step, label, positive_doc, unlabeled_doc, "
+                "mu, prediction, target) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                rows,
+            )
+        return len(rows)
+
+    def mixup_samples(self, run_id: int, *, label: str | None = None, limit: int = 1000) -> list[dict]:
+        where, params = ("AND label = ?", [label]) if label else ("", [])
+        return [
+            dict(r)
+            for r in self._rows(
+                "SELECT step, label, positive_doc, unlabeled_doc, mu, prediction, target FROM mixup_samples "
+                f"WHERE run_id = ? {where} ORDER BY step DESC, id LIMIT ?",
+                [run_id, *params, limit],
+            )
+        ]

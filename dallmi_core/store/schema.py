@@ -1,0 +1,81 @@
+"""The schema: numbered forward migrations; PRAGMA user_version is the number applied.
+
+Append only: a migration, once released, never changes (a store opened by a newer app runs the
+ones it has not seen, in order, in one transaction).
+"""
+
+from __future__ import annotations
+
+import sqlite_utils
+
+RUN_STATUSES = ("queued", "running", "done", "failed", "cancelled", "interrupted")
+
+
+def _m1_core(db: sqlite_utils.Database) -> None:
+    db.executescript("""
+    CREATE TABLE projects (id INTEGER PRIMARY KEY, name TEXT NOT NULL UNIQUE COLLATE NOCASE,
+        labels TEXT NOT NULL, source_model TEXT, settings TEXT NOT NULL DEFAULT '{}',
+        created_at REAL NOT NULL);
+    CREATE TABLE documents (id INTEGER PRIMARY KEY,
+        project_id INTEGER NOT NULL REFERENCES projects(id) ON DELETE CASCADE, ext_id TEXT NOT NULL,
+        domain TEXT NOT NULL CHECK (domain IN ('source', 'target', 'eval')), text TEXT NOT NULL,
+        meta TEXT, gold_labels TEXT, content_hash TEXT NOT NULL, UNIQUE (project_id, ext_id));
+    CREATE INDEX documents_hash ON documents(project_id, content_hash);
+    CREATE INDEX documents_domain ON documents(project_id, domain);
+    CREATE TABLE annotation_actions (id INTEGER PRIMARY KEY,
+        project_id INTEGER NOT NULL REFERENCES projects(id) ON DELETE CASCADE, annotator TEXT NOT NULL,
+        kind TEXT NOT NULL CHECK (kind IN ('tag', 'untag')), created_at REAL NOT NULL, undone_at REAL);
+    CREATE INDEX actions_annotator ON annotation_actions(project_id, annotator, id);
+    CREATE TABLE annotations (id INTEGER PRIMARY KEY,
+        project_id INTEGER NOT NULL REFERENCES projects(id) ON DELETE CASCADE,
+        document_id INTEGER NOT NULL REFERENCES documents(id) ON DELETE CASCADE,
+        label TEXT NOT NULL, annotator TEXT NOT NULL, created_at REAL NOT NULL, deleted_at REAL,
+        action_id INTEGER REFERENCES annotation_actions(id) ON DELETE SET NULL,
+        deleted_action_id INTEGER REFERENCES annotation_actions(id) ON DELETE SET NULL);
+    CREATE UNIQUE INDEX annotations_live ON annotations(document_id, label) WHERE deleted_at IS NULL;
+    CREATE INDEX annotations_document ON annotations(document_id);
+    CREATE INDEX annotations_project ON annotations(project_id, label);
+    CREATE INDEX annotations_action ON annotations(action_id);
+    CREATE INDEX annotations_deleted_action ON annotations(deleted_action_id);
+    """)
+
+
+def _m2_fts(db: sqlite_utils.Database) -> None:
+    db["documents"].enable_fts(["text"], create_triggers=True, tokenize="unicode61 remove_diacritics 2")
+    # The insert trigger can be deferred by a bulk load (see Store.deferred_search_index).
+    db.executescript("""
+    CREATE TABLE fts_deferred (id INTEGER PRIMARY KEY CHECK (id = 1));
+    DROP TRIGGER documents_ai;
+    CREATE TRIGGER documents_ai AFTER INSERT ON documents WHEN NOT EXISTS (SELECT 1 FROM fts_deferred) BEGIN
+      INSERT INTO documents_fts (rowid, text) VALUES (new.rowid, new.text);
+    END;
+    """)
+
+
+def _m3_runs(db: sqlite_utils.Database) -> None:
+    statuses = ", ".join(f"'{s}'" for s in RUN_STATUSES)
+    db.executescript(f"""
+    CREATE TABLE runs (id INTEGER PRIMARY KEY,
+        project_id INTEGER NOT NULL REFERENCES projects(id) ON DELETE CASCADE, kind TEXT NOT NULL,
+        config TEXT NOT NULL, status TEXT NOT NULL DEFAULT 'queued' CHECK (status IN ({statuses})),
+        progress TEXT, heartbeat_at REAL, worker_pid INTEGER, cancel_requested INTEGER NOT NULL DEFAULT 0,
+        error TEXT, model_path TEXT, checkpoint_dir TEXT, metrics TEXT, labels TEXT,
+        attempts INTEGER NOT NULL DEFAULT 0, created_at REAL NOT NULL, started_at REAL, finished_at REAL);
+    CREATE INDEX runs_status ON runs(status, id);
+    CREATE INDEX runs_project ON runs(project_id, id);
+    CREATE TABLE run_metrics (run_id INTEGER NOT NULL REFERENCES runs(id) ON DELETE CASCADE,
+        step INTEGER NOT NULL, name TEXT NOT NULL, value REAL);
+    CREATE INDEX run_metrics_run ON run_metrics(run_id, name, step);
+    CREATE TABLE predictions (run_id INTEGER NOT NULL REFERENCES runs(id) ON DELETE CASCADE,
+        document_id INTEGER NOT NULL REFERENCES documents(id) ON DELETE CASCADE,
+        scores BLOB NOT NULL, PRIMARY KEY (run_id, document_id)) WITHOUT ROWID;
+    CREATE INDEX predictions_document ON predictions(document_id);
+    CREATE TABLE mixup_samples (id INTEGER PRIMARY KEY,
+        run_id INTEGER NOT NULL REFERENCES runs(id) ON DELETE CASCADE, step INTEGER NOT NULL,
+        label TEXT NOT NULL, positive_doc INTEGER, unlabeled_doc INTEGER, mu REAL, prediction REAL,
+        target REAL);
+    CREATE INDEX mixup_run ON mixup_samples(run_id, step);
+    """)
+
+
+MIGRATIONS = (_m1_core, _m2_fts, _m3_runs)  # append only: the index + 1 is the schema version
