@@ -40,11 +40,11 @@ def _add_adapt_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--lambda-mix", type=float, help="weight of the MixUp regulariser (default 1)")
     p.add_argument("--mixup-at", choices=["word_embeddings", "embedding_output"])
     p.add_argument("--detach-target", action="store_true", default=None, help="stop the MixUp target's gradient")
-    p.add_argument("--tag-passes", type=float, help="step budget: passes over each label's tags (default 20)")
+    p.add_argument("--tag-passes", type=float, help="step budget: passes over each label's tags (default 10)")
     p.add_argument(
         "--selection",
         choices=["val_variational", "val_pu_ap", "last"],
-        help="checkpoint selection on held-out PU data (default val_variational)",
+        help="last: keep the final step (default); val_variational or val_pu_ap: the best step on held-out PU data",
     )
     p.add_argument("--eval-every", type=int, help="validate every N steps (default 10)")
 

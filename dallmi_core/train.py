@@ -97,7 +97,7 @@ def pu_split(tags: Sequence[Sequence[int]], n_docs: int, cfg: AdaptConfig) -> PU
     train = tuple(tuple(d for d in docs if d not in held) for docs in distinct)
     val = tuple(tuple(d for d in docs if d in held) for docs in distinct)
     rest = np.setdiff1d(np.arange(n_docs), np.fromiter(held, dtype=np.int64, count=len(held)))
-    n_unl = min(cfg.val_unlabeled, len(rest) // 5) if cfg.selection != "last" else 0
+    n_unl = min(cfg.val_unlabeled, len(rest) // 5)  # kept under every selection: the PU estimate
     val_unl = np.sort(rng.choice(rest, size=n_unl, replace=False)) if n_unl else np.empty(0, np.int64)
     pool = np.setdiff1d(rest, val_unl)
     return PUSplit(train, val, tuple(int(i) for i in val_unl), tuple(int(i) for i in pool))
@@ -319,7 +319,7 @@ class _TargetTrainer(Trainer):
         if len(tags) != clf.num_labels:
             raise ConfigError(f"Got tags for {len(tags)} labels but the model has {clf.num_labels}.")
         self.split = pu_split(tags, len(tokens), cfg)
-        self.evaluates = cfg.selection != "last" and any(self.split.val_tags) and bool(self.split.val_unlabeled)
+        self.evaluates = any(self.split.val_tags) and bool(self.split.val_unlabeled)
         self.val_docs = np.unique(
             np.concatenate([self.split.val_unlabeled, *map(list, self.split.val_tags)]).astype(np.int64)
         )
