@@ -135,13 +135,13 @@ def _score(model_dir, data_path, device="auto"):
     from tqdm.auto import tqdm
 
     from dallmi_core.data import read_corpus
-    from dallmi_core.model import load_classifier
+    from dallmi_core.model import load_classifier, resolve_device
     from dallmi_core.scoring import score_texts
 
     clf = load_classifier(model_dir)
     corpus = read_corpus(data_path)
     with tqdm(total=len(corpus), desc="score", unit="doc") as bar:
-        scores = score_texts(clf, corpus.texts, device=None if device == "auto" else device, on_batch=bar.update)
+        scores = score_texts(clf, corpus.texts, device=resolve_device(device), on_batch=bar.update)
     return clf, corpus, scores
 
 

@@ -100,18 +100,6 @@ class _EvalToStore(Callback):
         self.store.log_metrics(self.run_id, state.step, {k: v for k, v in metrics.items() if k != "step"})
 
 
-def _device(name: str = "auto") -> str:
-    """auto: cuda > mps > cpu; an unavailable device asked for by name is a ConfigError."""
-    import torch
-
-    available = {"cpu": True, "cuda": torch.cuda.is_available(), "mps": torch.backends.mps.is_available()}
-    if name != "auto":
-        if not available.get(name):
-            raise ConfigError(f"device={name!r} was asked for but is not available here; use auto or cpu.")
-        return name
-    return "cuda" if torch.cuda.is_available() else "mps" if torch.backends.mps.is_available() else "cpu"
-
-
 def _label_matrix(rows: Sequence[Sequence[str]], labels: Sequence[str]) -> np.ndarray:
     return np.array([[label in row for label in labels] for row in rows], dtype=np.float32).reshape(-1, len(labels))
 
@@ -260,7 +248,7 @@ def run_finetune_source(job: Job) -> tuple[str, dict]:
 
 def run_adapt(job: Job) -> tuple[str, dict]:
     """Adapt the source model to the target documents from the tagged positives, then score all."""
-    from dallmi_core.model import save_classifier
+    from dallmi_core.model import resolve_device, save_classifier
     from dallmi_core.scoring import score_texts
     from dallmi_core.train import adapt, pu_split
 
@@ -281,7 +269,7 @@ def run_adapt(job: Job) -> tuple[str, dict]:
         oracle = _label_matrix(gold, labels)
     elif not any(tags):
         raise DataError(f"no target document of project {project.name!r} is tagged. Tag a few positives per label.")
-    clf.model.to(_device(cfg.device))
+    clf.model.to(resolve_device(cfg.device))
     before = _ap(_score_pages(job, clf, cfg.max_length, save=False, domains=("eval",)), labels)
     split = pu_split(tags, len(ids), cfg)
     val = sorted({*split.val_unlabeled, *(p for held in split.val_tags for p in held)})
@@ -316,7 +304,7 @@ def run_adapt(job: Job) -> tuple[str, dict]:
 
 def run_score(job: Job) -> tuple[str, dict]:
     """Score target and eval documents with a model folder (e.g. "what to tag next" before adapting)."""
-    from dallmi_core.model import load_classifier
+    from dallmi_core.model import load_classifier, resolve_device
 
     project = job.project
     model = job.run.config.get("model") or project.source_model
@@ -326,7 +314,7 @@ def run_score(job: Job) -> tuple[str, dict]:
             "or fine-tune a source model first."
         )
     clf = load_classifier(model)
-    clf.model.to(_device(job.run.config.get("device", "auto")))
+    clf.model.to(resolve_device(job.run.config.get("device", "auto")))
     scored = _score_pages(job, clf, int(job.run.config.get("max_length", 128)), save=True)
     evaluation = _ap(scored, clf.label_names)
     return str(model), {"documents": scored.documents, **({"evaluation": evaluation} if evaluation else {})}

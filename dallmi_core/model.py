@@ -157,6 +157,18 @@ def _check_label_names(names: Sequence[str]) -> list[str]:
     return names
 
 
+def resolve_device(name: str = "auto") -> str:
+    """auto: cuda > mps > cpu; an unavailable device asked for by name is a ConfigError."""
+    available = {"cpu": True, "cuda": torch.cuda.is_available(), "mps": torch.backends.mps.is_available()}
+    if name == "auto":
+        return "cuda" if available["cuda"] else "mps" if available["mps"] else "cpu"
+    if name not in available:
+        raise ConfigError(f"Unknown device {name!r}; use auto, cpu, cuda or mps.")
+    if not available[name]:
+        raise ConfigError(f"device={name!r} was asked for but is not available here; use auto or cpu.")
+    return name
+
+
 def unwrap(model: nn.Module) -> nn.Module:
     """The bare model under DDP/compile wrappers."""
     while hasattr(model, "module") or hasattr(model, "_orig_mod"):

@@ -24,7 +24,7 @@ from dallmi_core.config import AdaptConfig, SourceConfig, TrainingBase
 from dallmi_core.errors import ConfigError, RunStateError
 from dallmi_core.losses import variational_term
 from dallmi_core.metrics import pu_estimated_ap
-from dallmi_core.model import Classifier, unwrap
+from dallmi_core.model import Classifier, resolve_device, unwrap
 from dallmi_core.sampling import LabelBalancedSampler, UnlabeledStream
 from dallmi_core.scoring import logits_for, sigmoid
 from dallmi_core.step import bce_step, draw_mixup, vectorised_dallmi_step
@@ -35,11 +35,7 @@ CHECKPOINT_FILE = "trainer_state.pt"
 
 def make_accelerator(device: str, precision: str) -> Accelerator:
     """device auto: cuda > mps > cpu; precision auto: bf16 where supported, fp16 on older GPUs."""
-    if device == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("device='cuda' was asked for but no CUDA GPU is available; use auto or cpu.")
-    if device == "mps" and not torch.backends.mps.is_available():
-        raise ConfigError("device='mps' was asked for but Apple MPS is not available; use auto or cpu.")
-    cpu = device == "cpu" or (device == "auto" and not (torch.cuda.is_available() or torch.backends.mps.is_available()))
+    cpu = resolve_device(device) == "cpu"
     if precision == "auto":
         if cpu or not torch.cuda.is_available():
             precision = "no"

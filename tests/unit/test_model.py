@@ -296,3 +296,16 @@ def test_mixed_word_embeddings_carry_gradient_to_the_embedding_matrix(tiny_clf, 
     logits = forward_logits(model, inputs_embeds=mixed, attention_mask=torch.maximum(mask[:1], mask[1:2]))
     logits.sum().backward()
     assert w.grad is not None and w.grad[ids[0]].abs().sum() > 0
+
+
+def test_resolve_device_auto_and_refusals(monkeypatch):
+    from dallmi_core import model as model_module
+
+    monkeypatch.setattr(model_module.torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(model_module.torch.backends.mps, "is_available", lambda: False)
+    assert model_module.resolve_device("auto") == "cpu"
+    for name, message in (("cuda", "not available"), ("tpu", "Unknown device")):
+        with pytest.raises(ConfigError, match=message):
+            model_module.resolve_device(name)
+    monkeypatch.setattr(model_module.torch.cuda, "is_available", lambda: True)
+    assert model_module.resolve_device("auto") == "cuda"
