@@ -279,7 +279,7 @@ def build_parser() -> argparse.ArgumentParser:
     k.add_argument("--positives-per-label", dest="k_tags", type=int, help="K gold positives kept as tags per label")
     k.add_argument("--remove-ratio", type=float, help="hide this share of each label's positives")
     p.add_argument("--seeds", type=int, default=3)
-    p.add_argument("--methods", default="source-only,bce-partial,dallmi,target-oracle")
+    p.add_argument("--methods", default="tfidf-source,source-only,bce-partial,dallmi,target-oracle")
     p.add_argument("--backbone", default="default")
     p.add_argument("--labels", help="comma-separated label set (default: labels found in the file)")
     p.add_argument("--source-epochs", type=float, help="source fine-tuning epochs (default 4)")

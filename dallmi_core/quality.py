@@ -28,7 +28,7 @@ from dallmi_core.scoring import logits_for, score_texts, sigmoid
 from dallmi_core.tokens import TokenizedCorpus
 from dallmi_core.train import adapt, finetune_source
 
-METHODS = ("source-only", "bce-partial", "dallmi", "target-oracle")
+METHODS = ("tfidf-source", "source-only", "bce-partial", "dallmi", "target-oracle")
 # Per-method settings on top of the shared AdaptConfig: BCE baselines select by the PU-estimated
 # AP (a variational loss means nothing to them); the oracle trains on all gold and keeps its last step.
 METHOD_OVERRIDES: dict[str, dict] = {
@@ -36,6 +36,30 @@ METHOD_OVERRIDES: dict[str, dict] = {
     "bce-partial": {"method": "bce-partial", "selection": "val_pu_ap", "epochs": 3.0},
     "target-oracle": {"method": "target-oracle", "selection": "last", "epochs": 3.0},
 }
+
+
+def method_config(base: AdaptConfig, method: str, seed: int) -> AdaptConfig:
+    """The shared adaptation config with the method's own settings (BCE baselines: epoch budget)."""
+    cfg = base.replace(seed=seed, method=method)
+    if method != "dallmi":
+        cfg = cfg.replace(max_steps=None, epochs=None).replace(**METHOD_OVERRIDES[method])
+    return cfg
+
+
+def tfidf_source_scores(source_texts: Sequence[str], source_gold: np.ndarray, test_texts: Sequence[str]) -> np.ndarray:
+    """Reference row: TF-IDF (1-2 grams) + one-vs-rest logistic regression on the source rows,
+    as ../shared/data/SOURCES.md's sanity check. A source model should beat it."""
+    from sklearn.feature_extraction.text import TfidfVectorizer
+    from sklearn.linear_model import LogisticRegression
+
+    vectorizer = TfidfVectorizer(ngram_range=(1, 2), min_df=2, sublinear_tf=True)
+    x_train, x_test = vectorizer.fit_transform(source_texts), vectorizer.transform(test_texts)
+    scores = np.zeros((len(test_texts), source_gold.shape[1]), dtype=np.float32)
+    for label in range(source_gold.shape[1]):
+        y = source_gold[:, label]
+        if 0 < y.sum() < len(y):
+            scores[:, label] = LogisticRegression(max_iter=2000).fit(x_train, y).predict_proba(x_test)[:, 1]
+    return scores
 
 
 @dataclass(frozen=True)
@@ -181,7 +205,9 @@ def run_quality(
         raise DataError(f"Unknown method(s) {unknown}; choose from {', '.join(METHODS)}.")
     target = corpus.where_domain("target")
     gold = target.label_matrix(labels)
-    src_dir = source_model(corpus, labels, backbone, source_cfg, work_dir, log)
+    source = corpus.where_domain("source")
+    needs_model = any(m != "tfidf-source" for m in methods)
+    src_dir = source_model(corpus, labels, backbone, source_cfg, work_dir, log) if needs_model else None
     result = QualityResult(labels)
     for seed in seeds:
         split = split_target(gold, seed, positives_per_label=positives_per_label, remove_ratio=remove_ratio)
@@ -189,30 +215,28 @@ def run_quality(
         test_texts = [target.texts[i] for i in split.test]
         for method in methods:
             started = time.perf_counter()
-            torch.manual_seed(seed)
-            clf: Classifier = load_classifier(src_dir)
-            info: dict = {}
-            if method != "source-only":
-                cfg = adapt_cfg.replace(seed=seed, method=method)
-                if method != "dallmi":  # the BCE baselines keep their own epoch budget
-                    cfg = cfg.replace(max_steps=None, epochs=None).replace(**METHOD_OVERRIDES[method])
-                extra = callbacks(method, seed) if callbacks else [TqdmProgress(f"{method} seed {seed}")]
-                if trace_test:
-                    sample = np.random.default_rng(seed).permutation(split.test)[:trace_test]
-                    extra = [
-                        *extra,
-                        TestTrace(clf, [target.texts[i] for i in sample], gold[sample], labels, cfg.max_length),
-                    ]
-                res = adapt(
-                    clf,
-                    train_texts,
-                    split.tags,
-                    cfg,
-                    callbacks=extra,
-                    gold=gold[split.train] if method == "target-oracle" else None,
-                )
-                info = {"steps": res.state.step, "best_step": res.state.best_step, "history": res.state.history}
-            scores = score_texts(clf, test_texts, max_length=adapt_cfg.max_length)
+            if method == "tfidf-source":
+                scores, info = tfidf_source_scores(source.texts, source.label_matrix(labels), test_texts), {}
+            else:
+                torch.manual_seed(seed)
+                clf: Classifier = load_classifier(src_dir)
+                info = {}
+                if method != "source-only":
+                    extra = callbacks(method, seed) if callbacks else [TqdmProgress(f"{method} seed {seed}")]
+                    if trace_test:
+                        sample = np.random.default_rng(seed).permutation(split.test)[:trace_test]
+                        texts = [target.texts[i] for i in sample]
+                        extra = [*extra, TestTrace(clf, texts, gold[sample], labels, adapt_cfg.max_length)]
+                    res = adapt(
+                        clf,
+                        train_texts,
+                        split.tags,
+                        method_config(adapt_cfg, method, seed),
+                        callbacks=extra,
+                        gold=gold[split.train] if method == "target-oracle" else None,
+                    )
+                    info = {"steps": res.state.step, "best_step": res.state.best_step, "history": res.state.history}
+                scores = score_texts(clf, test_texts, max_length=adapt_cfg.max_length)
             report = ap_report(gold[split.test], scores, labels)
             run = {
                 "method": method,

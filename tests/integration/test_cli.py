@@ -127,7 +127,7 @@ def test_bench_quality_writes_the_documented_json(files, tmp_path, tiny_backbone
     )
     assert code == 0
     data = json.loads(out.read_text())
-    assert set(data["methods"]) == {"source-only", "bce-partial", "dallmi", "target-oracle"}
+    assert set(data["methods"]) == {"tfidf-source", "source-only", "bce-partial", "dallmi", "target-oracle"}
     for summary in data["methods"].values():
         assert {"map_macro_mean", "map_macro_std", "per_label_ap"} <= set(summary)
         assert set(summary["per_label_ap"]) == set(LABELS)

@@ -64,3 +64,27 @@ def test_summary_reports_mean_and_spread_over_seeds():
     assert s["map_macro_mean"] == pytest.approx(0.5) and s["map_macro_std"] == pytest.approx(0.1)
     assert s["per_label_ap"] == {"a": pytest.approx(0.5), "b": None}
     assert "0.500 ± 0.100" in result.to_markdown() and "n/a" in result.to_markdown()
+
+
+def test_tfidf_reference_learns_planted_keywords():
+    from conftest import make_texts
+
+    from dallmi_core.metrics import ap_report
+    from dallmi_core.quality import tfidf_source_scores
+
+    train_texts, train_y = make_texts(120, seed=1)
+    test_texts, test_y = make_texts(60, seed=2)
+    scores = tfidf_source_scores(train_texts, train_y, test_texts)
+    assert scores.shape == test_y.shape
+    assert ap_report(test_y, scores, ["a", "b", "c"]).map_macro > 0.9
+
+
+def test_method_config_gives_baselines_their_own_budget():
+    from dallmi_core.config import AdaptConfig
+    from dallmi_core.quality import method_config
+
+    base = AdaptConfig(max_steps=20, lr=1e-4)
+    assert method_config(base, "dallmi", 3) == base.replace(seed=3)
+    bce = method_config(base, "bce-partial", 3)
+    assert bce.max_steps is None and bce.epochs == 3.0 and bce.selection == "val_pu_ap" and bce.lr == 1e-4
+    assert method_config(base, "target-oracle", 3).selection == "last"
