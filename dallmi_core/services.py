@@ -108,6 +108,66 @@ class RunResults:
     series: dict[str, list[tuple[int, float]]]  # metric name -> (step, value), one value per step
 
 
+@dataclass(frozen=True)
+class SystemInfo:
+    cpu_cores: int
+    gpus: tuple[tuple[str, float], ...]  # (name, memory in GiB) per CUDA device
+    mps: bool
+    torch_version: str | None
+    note: str | None = None  # why the probe found nothing (e.g. torch failed to import)
+
+    @property
+    def devices(self) -> tuple[str, ...]:
+        """The AdaptConfig.device values that can run here ("auto" picks cuda > mps > cpu)."""
+        return ("auto", "cpu") + (("cuda",) if self.gpus else ()) + (("mps",) if self.mps else ())
+
+    @property
+    def summary(self) -> str:
+        if self.gpus:
+            names = ", ".join(f"{name} ({memory:.0f} GiB)" for name, memory in self.gpus)
+            return f"{len(self.gpus)} CUDA GPU{'s' * (len(self.gpus) > 1)}: {names}; {self.cpu_cores} CPU cores"
+        if self.mps:
+            return f"Apple GPU (MPS); {self.cpu_cores} CPU cores"
+        return f"no GPU: CPU only, {self.cpu_cores} cores"
+
+
+_PROBE = """
+import json, os
+info = {"cpu_cores": os.cpu_count() or 1, "gpus": [], "mps": False, "torch": None}
+import torch
+info["torch"] = torch.__version__
+if torch.cuda.is_available():
+    for i in range(torch.cuda.device_count()):
+        p = torch.cuda.get_device_properties(i)
+        info["gpus"].append([p.name, round(p.total_memory / 2**30, 1)])
+mps = getattr(torch.backends, "mps", None)
+info["mps"] = bool(mps is not None and mps.is_available())
+print(json.dumps(info))
+"""
+_system_info: list[SystemInfo] = []  # the probe's answer, once per process
+
+
+def system_info(timeout_s: float = 120.0) -> SystemInfo:
+    if not _system_info:
+        cores = os.cpu_count() or 1
+        try:
+            out = subprocess.run(
+                [sys.executable, "-c", _PROBE], capture_output=True, text=True, timeout=timeout_s, check=True
+            ).stdout
+            info = json.loads(out.strip().splitlines()[-1])
+            found = SystemInfo(
+                int(info["cpu_cores"]),
+                tuple((str(n), float(m)) for n, m in info["gpus"]),
+                bool(info["mps"]),
+                info["torch"],
+            )
+        except (OSError, subprocess.SubprocessError, ValueError, KeyError, IndexError) as exc:
+            detail = exc.stderr.strip().splitlines()[-1] if getattr(exc, "stderr", None) else str(exc)
+            found = SystemInfo(cores, (), False, None, note=f"could not ask torch about devices ({detail}).")
+        _system_info.append(found)
+    return _system_info[0]
+
+
 def _has_checkpoint(run: Run) -> bool:
     folder = Path(run.checkpoint_dir) if run.checkpoint_dir else None
     return folder is not None and folder.is_dir() and any(p.suffix == ".pt" for p in folder.iterdir())
@@ -210,6 +270,12 @@ class Services:
 
     def guess_mapping(self, columns: list[str], frame=None) -> importer.ColumnMapping:
         return importer.guess_mapping(columns, frame)
+
+    def column_mapping(
+        self, text: str, *, id: str | None = None, labels: str | None = None, domain: str | None = None
+    ) -> importer.ColumnMapping:
+        """The mapping a page built from its column pickers (None: the file has no such column)."""
+        return importer.ColumnMapping(text=text, id=id, labels=labels, domain=domain)
 
     def import_file(self, project_id: int, path, **options) -> importer.ImportReport:
         """See importer.import_file: mapping, domain, label_policy."""
@@ -376,6 +442,26 @@ class Services:
         if not any(doc in target for docs in self.store.tags_by_label(project.id).values() for doc in docs):
             raise DataError("no target document is tagged yet. Tag a few positives per label, then adapt.")
 
+    def adapt_settings(self) -> tuple[dict, dict[str, tuple[str, ...]]]:
+        """AdaptConfig's defaults (as stored with a run) and the allowed values of its choice settings,
+        for a form that must not import the config module."""
+        from dallmi_core import config
+
+        choices = {
+            "method": config.METHODS,
+            "variational": config.VARIATIONAL,
+            "mixup_at": config.MIXUP_AT,
+            "selection": config.SELECTIONS,
+            "device": config.DEVICES,
+            "precision": config.PRECISIONS,
+        }
+        return AdaptConfig().to_dict(), choices
+
+    def system_info(self) -> SystemInfo:
+        """What this machine can train on (GPU names and memory, MPS, CPU cores), probed once per process
+        in a child interpreter so the app process never imports torch or initialises CUDA."""
+        return system_info()
+
     def cancel_run(self, run_id: int) -> str:
         """A queued run is cancelled at once; a running one stops after its current step."""
         return self.store.request_cancel(run_id)
@@ -419,11 +505,15 @@ class Services:
         """Predictions and the step series of a run (after a resume, the latest value per step)."""
         run = self.store.get_run(run_id)
         ids, scores = self.store.load_predictions(run_id)
+        return RunResults(run, run.prediction_labels or (), ids, scores, self.run_series(run_id))
+
+    def run_series(self, run_id: int) -> dict[str, list[tuple[int, float]]]:
+        """The step series of a run (loss parts, validation metrics) without its predictions: what a
+        progress display polls. After a resume, the latest value per step."""
         latest: dict[str, dict[int, float]] = {}
         for step, name, value in self.store.run_metrics(run_id):
             latest.setdefault(name, {})[step] = value
-        series = {name: sorted(values.items()) for name, values in latest.items()}
-        return RunResults(run, run.prediction_labels or (), ids, scores, series)
+        return {name: sorted(values.items()) for name, values in latest.items()}
 
     # ---- exports ----------------------------------------------------------------------------------
 

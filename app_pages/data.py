@@ -1,0 +1,152 @@
+"""Data: upload target / source / evaluation files, preview and map their columns, import; counts per domain."""
+
+import streamlit as st
+
+import ui
+
+svc = ui.services()
+project = ui.current_project()
+st.title("Data")
+counts_box = st.container()  # filled last, so it shows the counts after an import in this run
+
+KINDS = {
+    "target": "Target text: the unlabeled documents to adapt to (a labels column = your tagged positives)",
+    "source": "Source data: labelled documents of the old domain, to fine-tune the source model",
+    "eval": "Evaluation set: gold-labelled target documents, used only to measure",
+}
+POLICIES = {
+    "auto": "auto: tags on target rows, gold labels on source/eval rows",
+    "gold": "gold: store every row's labels as gold labels (no tags)",
+    "ignore": "ignore: import the text only",
+}
+SUFFIXES = ["csv", "tsv", "jsonl", "json", "parquet", "txt"]
+NONE = "(none)"
+
+
+def upload_form(uploaded, kind: str) -> None:
+    """Preview, column mapping and the Import button for one uploaded file."""
+    path = ui.uploaded_path(uploaded)
+    preview = ui.attempt(svc.preview_import, path)
+    if preview is None:
+        return
+    st.caption(f"**{ui.md_escape(uploaded.name)}** · {uploaded.size:,} bytes · encoding: {preview.encoding}")
+    for warning in preview.warnings:  # its note on a missing 'text' column becomes the error below
+        if not warning.startswith("no 'text' column"):
+            st.warning(warning)
+    if not preview.columns:
+        st.error(f"{uploaded.name}: no columns or records could be read. Check the file's format.")
+        return
+    columns, optional = list(preview.columns), [NONE, *preview.columns]
+    named = svc.guess_mapping(columns)  # conventional column names only
+    guess = svc.guess_mapping(columns, preview.frame)  # else the column with the longest texts
+    text_error = st.empty()
+    key = uploaded.file_id
+
+    def pick(label: str, default: str | None, name: str, help: str) -> str | None:
+        index = optional.index(default) if default in optional else 0
+        value = st.selectbox(label, optional, index=index, key=f"{name}-{key}", help=help)
+        return None if value == NONE else value
+
+    c1, c2, c3, c4 = st.columns(4)
+    with c1:
+        text_col = st.selectbox(
+            "Text column",
+            columns,
+            index=columns.index(named.text) if named.text in columns else None,
+            key=f"map-text-{key}",
+            placeholder="choose the text column",
+            help="The column with the document text.",
+        )
+    with c2:
+        id_col = pick("Id column", guess.id, "map-id", "Unique per document; none: ids are generated.")
+    with c3:
+        labels_col = pick("Labels column", guess.labels, "map-labels", "Label names separated by '|', or a list.")
+    with c4:
+        domain_col = pick(
+            "Domain column",
+            guess.domain,
+            "map-domain",
+            "target/source/eval per row. None: every row is imported as the kind chosen above.",
+        )
+    policy = st.selectbox(
+        "Labels in this file",
+        list(POLICIES),
+        format_func=POLICIES.get,
+        key=f"policy-{key}",
+        disabled=labels_col is None,
+    )
+    st.dataframe(
+        preview.frame.map(lambda v: ui.shorten(v, 160) if isinstance(v, str) else v), hide_index=True, height=240
+    )
+    st.caption(f"The first {len(preview.frame)} rows as read; the import checks every row.")
+    if text_col is None:
+        text_error.error(
+            f"{uploaded.name}: has no 'text' column (columns: {', '.join(columns)}). Choose the column that "
+            f"holds the document text (the longest texts are in {guess.text!r}), or name it 'text' in the file.",
+            icon=":material/error:",
+        )
+        return
+    mapping = svc.column_mapping(text_col, id=id_col, labels=labels_col, domain=domain_col)
+    if st.button(f"Import into {project.name}", type="primary", key="import"):
+        with st.spinner("Importing…"), ui.shown_errors():
+            report = svc.import_file(
+                project.id, path, mapping=mapping, domain=None if domain_col else kind, label_policy=policy
+            )
+            ui.forget_upload(path)
+            added = ", ".join(f"{n:,} {d}" for d, n in report.by_domain.items() if n) or "nothing new"
+            st.success(f"Imported {report.imported:,} of {report.rows_read:,} rows ({added}).")
+            for warning in report.warnings:
+                st.warning(warning)
+            st.json(
+                {
+                    "file": uploaded.name,
+                    "encoding": report.encoding,
+                    "rows read": report.rows_read,
+                    "imported": report.imported,
+                    "duplicates in the file": report.duplicates_in_file,
+                    "duplicates already in the project": report.duplicates_in_project,
+                    "tags added": report.tags_added,
+                    "rows with gold labels": report.gold_rows,
+                    "by domain": report.by_domain,
+                },
+                expanded=False,
+            )
+
+
+kind = st.radio("What are you uploading?", list(KINDS), format_func=KINDS.get, key="upload_kind")
+uploaded = st.file_uploader(
+    f"A {kind} file",
+    type=SUFFIXES,
+    key=f"upload-{kind}",
+    help="CSV/TSV with a header, JSONL/JSON records, Parquet, or TXT (one document per line). "
+    "Only a text column is required; labels are '|'-separated.",
+)
+if uploaded is not None:
+    upload_form(uploaded, kind)
+
+# ---- counts and the source model ----------------------------------------------------------------
+
+counts = svc.document_counts(project.id)
+with counts_box:
+    for col, domain in zip(st.columns(3), ("target", "source", "eval"), strict=True):
+        col.metric(f"{domain} documents", f"{counts.get(domain, 0):,}")
+
+if counts.get("source"):
+    st.divider()
+    st.subheader("Fine-tune the source model")
+    current = (
+        f"The current source model is `{project.source_model}`."
+        if project.source_model
+        else "The project has no source model yet."
+    )
+    st.caption(
+        f"BCE fine-tuning of the backbone ({project.settings.get('backbone', 'default')}) on the "
+        f"{counts['source']:,} source documents; the result becomes this project's source model. "
+        f"{current} Progress shows on the Adapt page."
+    )
+    epochs = st.number_input("Epochs", min_value=0.5, max_value=50.0, value=4.0, step=0.5, key="source_epochs")
+    if st.button("Start fine-tuning", key="finetune"):
+        with ui.shown_errors():
+            run_id = svc.start_run(project.id, "finetune-source", {"epochs": float(epochs)})
+            ui.flash(f"Run {run_id} (source fine-tuning) is queued; follow it on the Adapt page.")
+            st.rerun()

@@ -1,0 +1,99 @@
+"""Export: the adapted model (zip), predictions (CSV/Parquet), annotations (CSV/JSONL), run reports (MD/JSON).
+
+Files are built when a button is clicked (st.download_button with a callable), never on page load.
+"""
+
+import streamlit as st
+
+import ui
+
+svc = ui.services()
+project = ui.current_project()
+st.title("Export")
+stem = ui.slug(project.name)
+
+st.subheader("Annotations")
+counts = svc.document_counts(project.id)
+if not sum(counts.values()):
+    st.caption("No documents yet: import some on the Data page.")
+else:
+    only = st.checkbox(
+        "Only documents with labels",
+        key="only_labelled",
+        help="Target documents carry your tags, source/eval documents their gold labels.",
+    )
+    st.caption("id, text, labels ('|'-separated), domain: the import format, so the file re-imports cleanly.")
+    for col, fmt, mime in zip(st.columns(2), ("csv", "jsonl"), ("text/csv", "application/jsonl"), strict=True):
+        with col:
+            ui.download(
+                f"Annotations ({fmt.upper()})",
+                svc.export_annotations,
+                project.id,
+                only_labelled=only,
+                file_name=f"{stem}-annotations.{fmt}",
+                mime=mime,
+                key=f"annotations-{fmt}",
+            )
+
+st.subheader("Runs")
+runs = [run for run in svc.run_history(project.id) if run.status == "done"]
+if not runs:
+    st.caption("No finished run yet: adapt on the Adapt page.")
+else:
+    by_id = {run.id: run for run in runs}
+    adapted = [run.id for run in runs if run.kind == "adapt"]
+    ids = list(by_id)
+    run_id = st.selectbox(
+        "Run",
+        ids,
+        index=ids.index(adapted[0]) if adapted else 0,
+        key="export_run",
+        format_func=lambda rid: f"run {rid} · {by_id[rid].kind} · {ui.when(by_id[rid].finished_at)}",
+    )
+    run = by_id[run_id]
+    model, predictions, report = st.columns(3)
+    with model:
+        st.markdown("**Model**")
+        if ui.has_model(run):
+            what = "scored with" if run.kind == "score" else "trained by"
+            st.caption(f"The model folder {what} this run (Hugging Face format, id2label and thresholds).")
+            ui.download(
+                "Model folder (zip)",
+                svc.export_model,
+                run.id,
+                file_name=f"{stem}-run{run.id}-model.zip",
+                mime="application/zip",
+                key="model-zip",
+            )
+        else:
+            st.caption("This run left no model folder.")
+    with predictions:
+        st.markdown("**Predictions**")
+        if run.prediction_labels:
+            st.caption("id, then score_<label> and pred_<label> (0/1 at 0.5) per label.")
+            for fmt, name, mime in (
+                ("csv", "CSV", "text/csv"),
+                ("parquet", "Parquet", "application/vnd.apache.parquet"),
+            ):
+                ui.download(
+                    f"Predictions ({name})",
+                    svc.export_predictions,
+                    run.id,
+                    file_name=f"{stem}-run{run.id}-predictions.{fmt}",
+                    mime=mime,
+                    key=f"predictions-{fmt}",
+                )
+        else:
+            st.caption("This run stored no predictions.")
+    with report:
+        st.markdown("**Run report**")
+        st.caption("Configuration, timings and metrics: enough to reproduce the run.")
+        for fmt, name, mime in (("md", "Markdown", "text/markdown"), ("json", "JSON", "application/json")):
+            ui.download(
+                f"Report ({name})",
+                svc.export_run_report,
+                run.id,
+                file_name=f"{stem}-run{run.id}-report.{fmt}",
+                mime=mime,
+                key=f"report-{fmt}",
+            )

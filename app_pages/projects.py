@@ -1,0 +1,133 @@
+"""Projects: create (name, labels, source model), open, rename, delete with confirmation."""
+
+import re
+
+import streamlit as st
+
+import ui
+
+svc = ui.services()
+st.title("Projects")
+
+SOURCES = {
+    "backbone": "Backbone only (pure positive-unlabeled adaptation)",
+    "folder": "An existing model folder (Hugging Face multi-label classifier)",
+    "finetune": "Fine-tune one from a labelled source file (uploaded on the Data page)",
+}
+
+# ---- the projects ------------------------------------------------------------------------------
+
+projects = svc.list_projects()
+current = st.session_state.get(ui.PROJECT_KEY)
+if projects:
+    rows = {"": [], "name": [], "labels": [], "target": [], "source": [], "eval": [], "source model": [], "created": []}
+    for p in projects:
+        counts = svc.document_counts(p.id)
+        rows[""].append("▶" if p.id == current else "")
+        rows["name"].append(p.name)
+        rows["labels"].append(f"{len(p.labels)}: {ui.shorten(', '.join(p.labels), 80)}")
+        for domain in ("target", "source", "eval"):
+            rows[domain].append(counts.get(domain, 0))
+        rows["source model"].append(p.source_model or f"none (backbone: {p.settings.get('backbone', 'default')})")
+        rows["created"].append(ui.when(p.created_at))
+    st.dataframe(rows, hide_index=True)
+    by_id = {p.id: p for p in projects}
+    col, button = st.columns([3, 1], vertical_alignment="bottom")
+    chosen = col.selectbox(
+        "Open a project",
+        list(by_id),
+        format_func=lambda pid: by_id[pid].name,
+        index=list(by_id).index(current) if current in by_id else 0,
+        key="open_project",
+    )
+    if button.button("Open", disabled=chosen == current):
+        ui.select_project(chosen)
+        st.rerun()
+else:
+    st.info("No project yet. Create one below: a name, its labels, and the model to start from.")
+
+# ---- create ------------------------------------------------------------------------------------
+
+with st.expander("Create a project", expanded=not projects, icon=":material/add:"):
+    name = st.text_input("Name", key="new_name", placeholder="e.g. support tickets 2024")
+    labels_text = st.text_area(
+        "Labels",
+        key="new_labels",
+        placeholder="billing, login, shipping",
+        help="Comma- or line-separated. With a model folder, leave empty to take the model's labels.",
+    )
+    source = st.radio("Start from", list(SOURCES), format_func=SOURCES.get, key="new_source")
+    folder = backbone = None
+    if source == "folder":
+        folder = st.text_input(
+            "Model folder",
+            key="new_folder",
+            placeholder="/path/to/model",
+            help="A folder with config.json (id2label) and *.safetensors weights.",
+        )
+    else:
+        backbone = st.text_input(
+            "Backbone",
+            value="default",
+            key="new_backbone",
+            help="'default' is the bundled all-MiniLM-L6-v2 (offline). Or a Hugging Face id "
+            "(e.g. bert-base-uncased, needs the network) or a local folder.",
+        )
+    if source == "finetune":
+        st.caption(
+            "After creating the project, upload the labelled source file on the Data page "
+            '("source") and start the fine-tuning there.'
+        )
+    if st.button("Create project", type="primary", key="create_project"):
+        labels = [part.strip() for part in re.split(r"[,\n]", labels_text or "") if part.strip()]
+        with ui.shown_errors():
+            if source == "folder":
+                project = svc.create_project(name or "", labels, source_model=(folder or "").strip() or None)
+            else:
+                project = svc.create_project(name or "", labels, backbone=(backbone or "").strip() or None)
+            ui.select_project(project.id)
+            nxt = (
+                "upload its labelled source file on the Data page"
+                if source == "finetune"
+                else "upload its target text on the Data page"
+            )
+            ui.flash(f"Created project {project.name!r} with {len(project.labels)} labels. Next: {nxt}.")
+            st.rerun()
+
+# ---- rename and delete the current project -------------------------------------------------------
+
+project = next((p for p in projects if p.id == current), None)
+if project is not None:
+    st.subheader(f"Current project: {project.name}")
+    st.caption(f"Labels ({len(project.labels)}): {', '.join(project.labels)}")
+    left, right = st.columns(2)
+    with left:
+        new_name = st.text_input("New name", value=project.name, key=f"rename-{project.id}")
+        if st.button("Rename", disabled=new_name.strip() == project.name, key="rename_project"):
+            with ui.shown_errors():
+                svc.rename_project(project.id, new_name)
+                ui.flash(f"Renamed to {new_name.strip()!r}.")
+                st.rerun()
+    with right:
+        st.write("")
+        if st.button("Delete this project…", key="delete_project", icon=":material/delete:"):
+            st.session_state["confirm_delete"] = project.id
+        if st.session_state.get("confirm_delete") == project.id:
+            counts = svc.document_counts(project.id)
+            runs = svc.run_history(project.id)
+            with st.container(border=True):
+                st.warning(
+                    f"Delete **{ui.md_escape(project.name)}** for good? Its {sum(counts.values()):,} documents, "
+                    f"all tags, {len(runs)} runs and their model folders go too. This cannot be undone."
+                )
+                yes, no = st.columns(2)
+                if yes.button("Delete for good", type="primary", key="delete_confirm"):
+                    st.session_state.pop("confirm_delete", None)
+                    with ui.shown_errors():
+                        svc.delete_project(project.id)
+                        ui.select_project(None)
+                        ui.flash(f"Deleted project {project.name!r}.")
+                        st.rerun()
+                if no.button("Keep it", key="delete_cancel"):
+                    st.session_state.pop("confirm_delete", None)
+                    st.rerun()

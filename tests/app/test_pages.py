@@ -1,0 +1,388 @@
+"""AppTest tests of the Streamlit app: every page runs, and the main interactions reach the store.
+
+The app runs on a seeded store in a tmp data dir (DALLMI_DATA_DIR) with no worker process
+(DALLMI_NO_WORKER=1) and no demo project (DALLMI_NO_DEMO=1); runs are queued, or written through
+the store API as a worker would leave them. Nothing trains, and no model is loaded.
+"""
+
+from __future__ import annotations
+
+import ast
+import io
+import shutil
+import sys
+import tempfile
+import zipfile
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pandas as pd
+import pytest
+from conftest import LABELS, make_texts
+from streamlit.testing.v1 import AppTest
+
+import dallmi_core.services as services_module
+from dallmi_core.services import SystemInfo, open_services
+
+REPO = Path(__file__).resolve().parents[2]
+APP = REPO / "app.py"
+PAGES = {
+    "Projects": "app_pages/projects.py",
+    "Data": "app_pages/data.py",
+    "Annotate": "app_pages/annotate.py",
+    "Adapt": "app_pages/adapt.py",
+    "Export": "app_pages/export.py",
+    "Per-label AP": "app_pages/per_label_ap.py",
+    "MixUp samples": "app_pages/mixup_samples.py",
+    "Domain shift": "app_pages/domain_shift.py",
+}
+TIMEOUT = 60  # seconds per script run: the first one imports plotly and pandas on a busy 2-core machine
+
+
+@pytest.fixture()
+def env(tmp_path, monkeypatch):
+    """A tmp data dir, no worker, no demo, and a fixed device probe (no torch subprocess)."""
+    data = tmp_path / "data"
+    monkeypatch.setenv("DALLMI_DATA_DIR", str(data))
+    monkeypatch.setenv("DALLMI_NO_WORKER", "1")
+    monkeypatch.setenv("DALLMI_NO_DEMO", "1")
+    monkeypatch.syspath_prepend(str(REPO))  # `import ui` in tests that use it directly
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # uploads are written under the temp dir
+    monkeypatch.setattr(services_module, "_system_info", [SystemInfo(2, (), False, "test")])
+    svc = open_services(data, autostart_worker=False)
+    yield SimpleNamespace(svc=svc, data=data, tmp=tmp_path)
+    svc.close()
+
+
+@pytest.fixture()
+def seeded(env, tiny_backbone):
+    """Project 'helpdesk' on the tiny backbone: 30 untagged target documents, 6 gold source ones."""
+    texts, _ = make_texts(30, seed=5)
+    src_texts, src_y = make_texts(6, seed=6)
+    frame = pd.DataFrame(
+        {
+            "id": [f"t{i}" for i in range(30)] + [f"s{i}" for i in range(6)],
+            "text": texts + src_texts,
+            "labels": [""] * 30 + ["|".join(LABELS[j] for j in np.flatnonzero(row)) for row in src_y],
+            "domain": ["target"] * 30 + ["source"] * 6,
+        }
+    )
+    frame.to_csv(env.tmp / "docs.csv", index=False)
+    project = env.svc.create_project("helpdesk", LABELS, backbone=tiny_backbone)
+    env.svc.import_file(project.id, env.tmp / "docs.csv")
+    env.project = project
+    env.target = env.svc.store.document_ids(project.id, "target")
+    return env
+
+
+def _app(page: str | None = None) -> AppTest:
+    at = AppTest.from_file(str(APP), default_timeout=TIMEOUT)
+    at.run()
+    assert not at.exception, at.exception
+    if page is not None:
+        at.switch_page(PAGES[page]).run()
+        assert not at.exception, at.exception
+    return at
+
+
+def _finished_run(store, project_id: int, kind: str, scores=None, doc_ids=None, *, model_path=None, metrics=None):
+    """A run as the worker leaves it: claimed, predictions saved, finished as done."""
+    run_id = store.enqueue_run(project_id, kind, {})
+    assert store.claim_next_run(1).id == run_id
+    if scores is not None:
+        store.save_predictions(run_id, doc_ids, scores)
+    store.finish_run(run_id, "done", model_path=model_path, metrics=metrics)
+    return run_id
+
+
+def _texts(at: AppTest) -> str:
+    parts = [e.value for kind in ("markdown", "caption", "info", "warning", "error", "success") for e in at.get(kind)]
+    return "\n".join(str(p) for p in parts)
+
+
+@pytest.mark.parametrize("page", list(PAGES))
+def test_every_page_runs_on_a_seeded_project(seeded, page):
+    at = _app(page)
+    assert not at.error, [e.value for e in at.error]
+    assert at.title[0].value == page
+    picker = next(box for box in at.selectbox if box.label == "Project")  # the sidebar's project picker
+    assert picker.value == seeded.project.id and picker.options == ["helpdesk"]
+
+
+@pytest.mark.parametrize("page", ["Data", "Annotate", "Adapt", "Export"])
+def test_pages_without_a_project_point_to_the_projects_page(env, page):
+    at = _app(page)
+    assert "Create or pick a project first" in at.info[0].value
+
+
+def test_later_pages_say_what_they_will_show(seeded):
+    for page in ("Per-label AP", "MixUp samples", "Domain shift"):
+        at = _app(page)
+        assert "later release" in at.info[0].value
+        assert at.markdown[0].value.startswith("It will show")
+
+
+def test_create_rename_and_delete_a_project(env, tiny_backbone):
+    at = _app("Projects")
+    at.text_input(key="new_name").input("tickets")
+    at.text_area(key="new_labels").input("billing, login,\nshipping")
+    at.text_input(key="new_backbone").input(tiny_backbone)
+    at.button(key="create_project").click().run()
+    assert not at.exception
+    project = env.svc.store.find_project("tickets")
+    assert project.labels == ("billing", "login", "shipping")
+    assert project.settings["backbone"] == tiny_backbone
+    assert "Created project 'tickets'" in at.success[0].value
+
+    # a user error is a message, not an exception: the name is taken
+    at.text_input(key="new_name").input("tickets")
+    at.button(key="create_project").click().run()
+    assert not at.exception and "already exists" in at.error[0].value
+
+    at.text_input(key=f"rename-{project.id}").input("tickets 2024").run()  # the button enables on the rerun
+    at.button(key="rename_project").click().run()
+    assert env.svc.get_project(project.id).name == "tickets 2024"
+
+    at.button(key="delete_project").click().run()
+    assert "cannot be undone" in at.warning[0].value
+    at.button(key="delete_confirm").click().run()
+    assert not at.exception
+    assert env.svc.list_projects() == []
+
+
+def test_accept_skip_and_undo_in_the_quick_pass(seeded):
+    svc, docs = seeded.svc, seeded.target
+    scores = np.zeros((30, 3), dtype=np.float32)
+    scores[:, 0] = np.linspace(0.0, 0.99, 30)  # billing: the later a document, the likelier
+    _finished_run(svc.store, seeded.project.id, "score", scores, docs)
+    at = _app("Annotate")
+    assert at.selectbox(key="label_picker").value == "billing"
+    assert "0/8 tagged" in at.selectbox(key="label_picker").format_func("billing")
+    assert at.button(key="accept").proto.shortcut.lower() == "a"
+    assert "t29" in _texts(at) and "model confidence: 0.990" in at.get("progress")[-1].proto.text
+
+    at.button(key="accept").click().run()
+    assert not at.exception
+    assert {c.label: c.positives for c in svc.coverage(seeded.project.id)}["billing"] == 1
+    assert svc.tags_for([docs[29]]) == {docs[29]: ["billing"]}
+    assert "t28" in _texts(at)  # the next candidate
+
+    at.button(key="skip").click().run()
+    assert "t27" in _texts(at) and svc.tags_for([docs[28]]) == {}
+
+    at.button(key="undo").click().run()
+    assert not at.exception and svc.tags_for([docs[29]]) == {}
+    assert at.info[0].value == "Undid 1 tag change(s) (billing)."
+
+
+def test_quick_pass_without_predictions_explains_what_to_do(seeded):
+    at = _app("Annotate")
+    assert not at.exception and not at.error
+    assert "no predictions yet" in at.info[-1].value
+
+
+def test_bulk_tagging_from_a_search(seeded):
+    svc = seeded.svc
+    at = _app("Annotate")
+    at.selectbox(key="label_picker").select("shipping").run()
+    at.text_input(key="query").input("parcel").run()
+    hits = svc.search(seeded.project.id, "parcel", domain="target", limit=200)
+    assert hits
+    editor = at.data_editor[0]
+    assert list(editor.value["id"]) == [d.ext_id for d in hits]
+    at.session_state[editor.key] = {"edited_rows": {0: {"tag": True}}, "added_rows": [], "deleted_rows": []}
+    at.run()
+    at.button(key="save_ticks").click().run()
+    assert not at.exception
+    assert svc.tags_for([hits[0].id]) == {hits[0].id: ["shipping"]}
+    at.button(key="tag_all").click().run()
+    assert {c.label: c.positives for c in svc.coverage(seeded.project.id)}["shipping"] == len(hits)
+
+
+def test_data_page_rejects_a_csv_without_a_text_column_with_a_message(seeded):
+    at = _app("Data")
+    at.file_uploader(key="upload-target").upload("notes.csv", b"id,label\n1,a\n2,b\n", "text/csv").run()
+    assert not at.exception
+    assert any("notes.csv: has no 'text' column" in e.value for e in at.error)
+    assert not [b for b in at.button if b.key == "import"]  # nothing to import until a text column is chosen
+
+
+def test_data_page_previews_and_imports_a_file(seeded):
+    at = _app("Data")
+    rows = "body,tags\nmy parcel is late again,shipping\nreset my password please,\n"
+    at.file_uploader(key="upload-target").upload("new.csv", rows.encode(), "text/csv").run()
+    assert not at.exception and not at.error
+    assert "encoding: utf-8" in _texts(at)
+    assert at.dataframe[0].value.shape == (2, 2)
+    at.button(key="import").click().run()
+    assert not at.exception, at.exception
+    assert "Imported 2 of 2 rows (2 target)" in at.success[0].value
+    assert seeded.svc.document_counts(seeded.project.id)["target"] == 32
+    assert at.metric[0].value == "32"  # the counts shown are the ones after the import
+
+
+def test_starting_a_run_from_the_adapt_page_queues_it(seeded):
+    svc = seeded.svc
+    svc.tag_many(seeded.project.id, seeded.target[:3], "billing")
+    at = _app("Adapt")
+    assert "no GPU: CPU only, 2 cores" in _texts(at)
+    at.number_input(key="Defaults-max_steps").set_value(5)
+    at.button(key="start_adapt").click().run()
+    assert not at.exception, at.exception
+    runs = svc.run_history(seeded.project.id)
+    assert [(r.kind, r.status) for r in runs] == [("adapt", "queued")]
+    config = runs[0].config
+    assert config["config"]["max_steps"] == 5 and config["config"]["epochs"] is None
+    assert config["backbone"] == svc.get_project(seeded.project.id).settings["backbone"]
+    assert f"Run {runs[0].id} is queued" in at.success[0].value
+    assert any("No worker process" in w.value for w in at.warning)  # DALLMI_NO_WORKER: said, not hidden
+
+
+def test_adapt_form_errors_are_messages(seeded):
+    seeded.svc.tag(seeded.project.id, seeded.target[0], "billing")
+    at = _app("Adapt")
+    at.number_input(key="Defaults-max_steps").set_value(5)
+    at.number_input(key="Defaults-epochs").set_value(2.0)
+    at.button(key="start_adapt").click().run()
+    assert not at.exception
+    assert "either epochs or max_steps" in at.error[0].value
+    assert seeded.svc.run_history(seeded.project.id) == []
+
+
+def test_progress_renders_for_a_run_with_stored_progress(seeded):
+    store = seeded.svc.store
+    run_id = store.enqueue_run(seeded.project.id, "adapt", {})
+    store.claim_next_run(1)
+    for step in (1, 2, 3):
+        progress = {
+            "stage": "dallmi",
+            "step": step,
+            "max_steps": 10,
+            "epoch": step / 8,
+            "eta_s": 70.0,
+            "loss": 1.0 / step,
+            "variational": 0.8 / step,
+            "mixup": 0.2 / step,
+        }
+        store.update_progress(run_id, progress, metrics={"loss": 1.0 / step, "variational": 0.8 / step})
+    store.log_metrics(run_id, 0, {"val_variational": 2.0, "val_pu_ap": 0.4})
+    at = _app("Adapt")
+    bar = at.get("progress")[-1]
+    assert bar.proto.value == 30 and "step 3 of 10" in bar.proto.text
+    metrics = {m.label: m.value for m in at.metric}
+    assert metrics["Epoch"] == "0.38" and metrics["ETA"] == "1 min 10 s" and metrics["Loss"] == "0.3333"
+    chart = at.get("plotly_chart")
+    assert len(chart) == 1
+    names = {trace["name"] for trace in __import__("json").loads(chart[0].proto.spec)["data"]}
+    assert names == {"loss", "variational", "val_variational", "val_pu_ap"}
+    assert at.button(key=f"cancel-{run_id}")
+    at.button(key=f"cancel-{run_id}").click().run()
+    assert not at.exception
+    assert store.get_run(run_id).cancel_requested
+
+
+def test_export_offers_downloads_for_a_done_run(seeded, tiny_backbone):
+    svc = seeded.svc
+    svc.tag(seeded.project.id, seeded.target[0], "login")
+    model = svc.store.models_dir / "run-x"
+    shutil.copytree(tiny_backbone, model)
+    scores = np.random.default_rng(0).random((30, 3)).astype(np.float32)
+    metrics = {
+        "steps": 5,
+        "before": {"map_macro": 0.4, "per_label_ap": dict.fromkeys(LABELS, 0.4)},
+        "after": {"map_macro": 0.5, "per_label_ap": dict.fromkeys(LABELS, 0.5)},
+        "estimate": True,
+    }
+    run_id = _finished_run(
+        svc.store, seeded.project.id, "adapt", scores, seeded.target, model_path=model, metrics=metrics
+    )
+    at = _app("Export")
+    labels = [b.label for b in at.get("download_button")]
+    assert labels == [
+        "Annotations (CSV)",
+        "Annotations (JSONL)",
+        "Model folder (zip)",
+        "Predictions (CSV)",
+        "Predictions (Parquet)",
+        "Report (Markdown)",
+        "Report (JSON)",
+    ]
+    assert at.selectbox(key="export_run").value == run_id
+
+    import ui  # the buttons' callables: the files they serve when clicked
+
+    archive = zipfile.ZipFile(io.BytesIO(ui.exported(svc.export_model, run_id, file_name="m.zip")()))
+    assert "m/config.json" in archive.namelist()
+    csv = pd.read_csv(io.BytesIO(ui.exported(svc.export_predictions, run_id, file_name="p.csv")()))
+    assert list(csv.columns[:2]) == ["id", "score_billing"] and len(csv) == 30
+    report = ui.exported(svc.export_run_report, run_id, file_name="r.md")().decode()
+    assert report.startswith(f"# Run {run_id}: adapt (done)")
+    assert not list(svc.store.exports_dir.iterdir())  # built in temp folders, nothing left behind
+
+    at.switch_page(PAGES["Adapt"]).run()  # the history shows the run's macro AP before and after
+    history = at.dataframe[-1].value
+    assert history.loc[0, "macro AP after"] == pytest.approx(0.5)
+
+
+def test_the_demo_project_is_prepared_once_and_offers_its_presets(env, monkeypatch):
+    """dallmi_core.demo (written separately) is optional; stand in for it with its documented API."""
+    import dallmi_core
+
+    calls = []
+
+    def ensure_demo_project(services):
+        calls.append(services.data_dir)
+        found = services.store.find_project("demo")
+        return found.id if found else services.create_project("demo", ["a", "b"]).id
+
+    fake = SimpleNamespace(
+        DEMO_PROJECT={"name": "demo"},
+        ensure_demo_project=ensure_demo_project,
+        QUICK_CPU_DEMO={"kind": "adapt", "max_steps": 7, "batch_size": 4},
+        PAPER_SETTINGS={"batch_size": 64, "device": "cuda"},
+        run_demo=lambda services, project_id: services.store.enqueue_run(project_id, "adapt", {}),
+    )
+    monkeypatch.setitem(sys.modules, "dallmi_core.demo", fake)
+    monkeypatch.setattr(dallmi_core, "demo", fake, raising=False)
+    monkeypatch.delenv("DALLMI_NO_DEMO")
+    env.svc.create_project("another", ["x"])  # listed first by name: the demo is still the one opened
+    at = _app("Adapt")
+    at.run()
+    assert len(calls) == 1
+    picker = next(box for box in at.selectbox if box.label == "Project")
+    assert picker.value == env.svc.store.find_project("demo").id
+    assert at.selectbox(key="preset").options == ["Defaults", "Quick CPU demo", "Paper settings"]
+    at.selectbox(key="preset").select("Quick CPU demo").run()
+    assert at.number_input(key="Quick CPU demo-max_steps").value == 7
+    at.selectbox(key="preset").select("Paper settings").run()
+    assert at.selectbox(key="Paper settings-device").value == "auto"  # no GPU here: cuda is not offered
+    at.button(key="run_demo").click().run()
+    assert not at.exception and [r.status for r in env.svc.run_history(picker.value)] == ["queued"]
+
+
+def test_the_device_probe_runs_torch_in_a_child_process(monkeypatch):
+    """What the Adapt page shows about this machine, asked without importing torch here."""
+    monkeypatch.setattr(services_module, "_system_info", [])
+    info = services_module.system_info()
+    assert info.note is None and info.torch_version and info.cpu_cores >= 1
+    assert info.devices[:2] == ("auto", "cpu") and ("cuda" in info.devices) == bool(info.gpus)
+    assert services_module.system_info() is info  # probed once per process
+
+
+def test_pages_call_only_the_services(seeded):
+    """Pages import streamlit, ui, pandas and the standard library; ui/app reach the core only through
+    dallmi_core.services (and the exception types of dallmi_core.errors); no torch anywhere."""
+    for path in [APP, REPO / "ui.py", *sorted((REPO / "app_pages").glob("*.py"))]:
+        modules = set()
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Import):
+                modules |= {alias.name for alias in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.module:
+                modules.add(node.module)
+        core = {m for m in modules if m.startswith("dallmi_core")}
+        allowed = {"dallmi_core.services", "dallmi_core.errors", "dallmi_core.store", "dallmi_core"}
+        if path.parent.name == "app_pages":
+            allowed = set()
+        assert core <= allowed, (path.name, core)
+        assert not {m for m in modules if m.split(".")[0] in ("torch", "transformers", "sqlite3", "sqlite_utils")}
