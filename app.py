@@ -3,7 +3,8 @@
 Page config, the one Services handle of this process (ui.services), the demo project on the first
 start, the sidebar project picker, and st.navigation over the pages listed explicitly (app_pages/). Set
 DALLMI_DATA_DIR to choose the data folder, DALLMI_NO_WORKER=1 to queue runs without starting a
-worker process, DALLMI_NO_DEMO=1 to skip the demo project.
+worker process, DALLMI_NO_DEMO=1 to skip the demo project, DALLMI_PASSWORD_HASH (from `dallmi
+hash-password`) to ask for a password before anything else.
 """
 
 import streamlit as st
@@ -12,6 +13,7 @@ import ui
 from dallmi_core.errors import DallmiError
 
 st.set_page_config(page_title="DALLMi Studio", page_icon=":material/model_training:", layout="wide")
+ui.password_gate()  # first: with a password configured, nothing below runs until it is entered
 
 try:
     ui.services()
@@ -32,7 +34,7 @@ page = st.navigation(
             st.Page("app_pages/adapt.py", title="Adapt", icon=":material/model_training:"),
             st.Page("app_pages/export.py", title="Export", icon=":material/download:"),
         ],
-        "Results (later release)": [
+        "Results": [
             st.Page("app_pages/per_label_ap.py", title="Per-label AP", icon=":material/leaderboard:"),
             st.Page("app_pages/mixup_samples.py", title="MixUp samples", icon=":material/join_inner:"),
             st.Page("app_pages/domain_shift.py", title="Domain shift", icon=":material/compare_arrows:"),

@@ -7,11 +7,13 @@ name being annotated; the store is the source of truth for everything else.
 
 from __future__ import annotations
 
+import hmac
 import math
 import os
 import re
 import shutil
 import tempfile
+import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime
@@ -22,7 +24,8 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import plotly.graph_objects as go
 import streamlit as st
 
-from dallmi_core.errors import DallmiError
+from dallmi_core import auth
+from dallmi_core.errors import ConfigError, DallmiError
 from dallmi_core.services import PENDING, Services, open_services
 
 if TYPE_CHECKING:
@@ -122,6 +125,49 @@ def is_demo(project: Project) -> bool:
     return isinstance(name, str) and name == project.name
 
 
+# ---- access ----------------------------------------------------------------------------------------
+
+_AUTH_KEY = "_authenticated_hash"
+
+
+def _configured_hash() -> str | None:
+    """$DALLMI_PASSWORD_HASH, else password_hash in .streamlit/secrets.toml (no secrets file: None)."""
+    try:
+        secrets = {auth.SECRET_KEY: st.secrets.get(auth.SECRET_KEY)}
+    except FileNotFoundError as exc:  # StreamlitSecretNotFoundError: none at all, or one that cannot be read
+        if getattr(exc, "error_id", None) != "no-secrets-found":  # it may hold the hash: fail closed
+            raise ConfigError(f"the secrets file cannot be read ({exc}). Fix .streamlit/secrets.toml.") from exc
+        secrets = {}
+    return auth.configured_hash(secrets)
+
+
+def password_gate() -> None:
+    """Stop the script, before anything of any project renders, until this session has entered the
+    configured password; a no-op when none is configured. A malformed hash shows only its error."""
+    try:
+        stored = _configured_hash()
+    except DallmiError as exc:
+        st.error(f"The app's password is misconfigured: {exc}", icon=":material/lock:")
+        st.stop()
+    if stored is None or hmac.compare_digest(str(st.session_state.get(_AUTH_KEY, "")).encode(), stored.encode()):
+        if stored is not None and st.sidebar.button("Log out", key="logout", icon=":material/logout:"):
+            st.session_state.clear()
+            st.rerun()
+        return
+    st.title("DALLMi Studio")
+    with st.form("login"):
+        password = st.text_input("Password", type="password", key="password")
+        entered = st.form_submit_button("Log in", type="primary")
+    if entered:
+        if auth.verify_password(password, stored):
+            st.session_state.pop("password", None)
+            st.session_state[_AUTH_KEY] = stored
+            st.rerun()
+        time.sleep(0.5)  # with scrypt, a few guesses per second per session at most
+        st.error("Wrong password.", icon=":material/lock:")
+    st.stop()
+
+
 # ---- user errors and messages -------------------------------------------------------------------
 
 
@@ -131,7 +177,7 @@ def shown_errors() -> Iterator[None]:
     try:
         yield
     except DallmiError as exc:
-        st.error(str(exc), icon=":material/error:")
+        st.error(plain(str(exc)), icon=":material/error:")
 
 
 def attempt(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T | None:
@@ -139,7 +185,7 @@ def attempt(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T | None:
     try:
         return fn(*args, **kwargs)
     except DallmiError as exc:
-        st.error(str(exc), icon=":material/error:")
+        st.error(plain(str(exc)), icon=":material/error:")
         return None
 
 
@@ -159,6 +205,15 @@ _MD_SPECIAL = re.compile(r"([\\`*_{}\[\]()#+\-.!|>~<$])")
 def md_escape(text: str) -> str:
     """Text shown through a Markdown element, literally."""
     return _MD_SPECIAL.sub(r"\\\1", str(text))
+
+
+_MARKUP = re.compile(r"([\\<>\[\]])")
+
+
+def plain(message: str) -> str:
+    """A message that quotes user text (file names, labels, ids) shown through Markdown: no HTML tag,
+    autolink or link can form, while the message's own `code` spans still render."""
+    return _MARKUP.sub(r"\\\1", str(message))
 
 
 # ---- the current project ------------------------------------------------------------------------
@@ -255,7 +310,7 @@ def coverage_meter(coverage: Sequence[LabelCoverage], highlight: str | None = No
     empty = [c.label for c in coverage if not c.positives]
     summary = f"{enough} of {len(coverage)} labels have enough positives."
     if empty:
-        shown = ", ".join(empty[:8]) + (f" and {len(empty) - 8} more" if len(empty) > 8 else "")
+        shown = ", ".join(map(md_escape, empty[:8])) + (f" and {len(empty) - 8} more" if len(empty) > 8 else "")
         summary += f" No positive yet (skipped by adaptation): {shown}."
     with st.expander(f"Coverage of all labels — {summary}"):
         st.dataframe(
@@ -302,9 +357,12 @@ def shorten(text: str, limit: int = 200) -> str:
 def uploaded_path(uploaded) -> Path:
     """An st.file_uploader file on disk under its own name (the importer's messages name the file),
     in a folder per upload that `forget_upload` removes; written once per upload."""
-    folder = Path(tempfile.gettempdir()) / "dallmi-uploads" / re.sub(r"[^A-Za-z0-9_-]", "", str(uploaded.file_id))
-    name = Path(uploaded.name).name or "upload"
-    path = folder / name
+    file_id = re.sub(r"[^A-Za-z0-9_-]", "", str(uploaded.file_id)) or "unnamed"
+    folder = Path(tempfile.gettempdir()) / "dallmi-uploads" / file_id
+    name = re.sub(r"[\x00-\x1f\x7f]", "", Path(str(uploaded.name).replace("\\", "/")).name).strip()
+    while len(name.encode()) > 200:  # file systems allow 255 bytes; keep the end, where the suffix is
+        name = name[1:]
+    path = folder / (name if name.strip(".") else "upload")  # never a path: no separator, NUL, '.' or '..'
     if not path.is_file() or path.stat().st_size != uploaded.size:
         folder.mkdir(parents=True, exist_ok=True)
         path.write_bytes(uploaded.getvalue())
@@ -437,15 +495,34 @@ def loss_figure(series: dict[str, list[tuple[int, float]]]) -> go.Figure:
 def _progress_line(status: RunStatus) -> tuple[float | None, str]:
     p = status.progress or {}
     stage = p.get("stage") or status.status
+    if status.status == "done":  # its last stage's progress ("score: 900 of 900") would read as unfinished
+        return 1.0, "done"
     if p.get("total"):
         done = int(p.get("scored") or 0)
         return min(1.0, done / max(int(p["total"]), 1)), f"{stage}: {done:,} of {int(p['total']):,} documents"
     if p.get("max_steps"):
         step = int(p.get("step") or 0)
         return min(1.0, step / max(int(p["max_steps"]), 1)), f"{stage}: step {step} of {int(p['max_steps'])}"
-    if status.status == "done":
-        return 1.0, "done"
     return None, str(stage)
+
+
+def _run_outcome(metrics: dict) -> None:
+    """A finished run's figures: steps, and macro AP before and after adaptation where it was measured."""
+    before, after = _macro(metrics, "before"), _macro(metrics, "after")
+    if metrics.get("steps") is None and after is None:
+        return
+    cols = st.columns(4)
+    cols[0].metric("Steps", metrics.get("steps", "–"))
+    if after is not None:
+        cols[1].metric("Macro AP before", f"{before:.3f}" if before is not None else "–")
+        delta = None if before is None else f"{after - before:+.3f}"
+        cols[2].metric("Macro AP after", f"{after:.3f}", delta=delta)
+        cols[3].metric(
+            "Measured on",
+            "held-out tags" if metrics.get("estimate") else "gold labels",
+            help="Gold labels: the project's evaluation documents. Without them: a PU estimate from the "
+            "tagged positives held out of training (noisy with few tags).",
+        )
 
 
 def run_details(status: RunStatus, *, live: bool) -> None:
@@ -462,13 +539,16 @@ def run_details(status: RunStatus, *, live: bool) -> None:
         st.progress(fraction, text=text)
     elif status.status in PENDING:
         st.caption(text)
-    cols = st.columns(4)
-    cols[0].metric("Epoch", f"{p['epoch']:.2f}" if isinstance(p.get("epoch"), int | float) else "–")
-    cols[1].metric("ETA", duration(p.get("eta_s")) if status.status == "running" else "–")
-    cols[2].metric("Loss", f"{p['loss']:.4f}" if isinstance(p.get("loss"), int | float) else "–")
-    cols[3].metric(
-        "Last report", duration(status.heartbeat_age_s) + " ago" if status.heartbeat_age_s is not None else "–"
-    )
+    if status.status in PENDING:
+        cols = st.columns(4)
+        cols[0].metric("Epoch", f"{p['epoch']:.2f}" if isinstance(p.get("epoch"), int | float) else "–")
+        cols[1].metric("ETA", duration(p.get("eta_s")) if status.status == "running" else "–")
+        cols[2].metric("Loss", f"{p['loss']:.4f}" if isinstance(p.get("loss"), int | float) else "–")
+        cols[3].metric(
+            "Last report", duration(status.heartbeat_age_s) + " ago" if status.heartbeat_age_s is not None else "–"
+        )
+    else:
+        _run_outcome(status.metrics or {})
     parts = {k: v for k, v in p.items() if k in ("variational", "mixup") and isinstance(v, int | float)}
     if parts:
         st.caption(" · ".join(f"{k} {v:.4f}" for k, v in parts.items()))
@@ -519,10 +599,27 @@ def run_panel(run_id: int) -> None:
             st.rerun()
 
 
-def coming_later(title: str, what: Sequence[str], *, today: str | None = None) -> None:
-    """A page whose view is planned: what it will show and that it comes in a later release."""
-    st.title(title)
-    st.info("This view comes in a later release.", icon=":material/schedule:")
-    st.markdown("It will show:\n" + "\n".join(f"- {item}" for item in what))
-    if today:
-        st.caption(today)
+# ---- insight pages ---------------------------------------------------------------------------------
+
+
+def insight_run(project: Project, *, key: str) -> Run:
+    """The finished adaptation run an insight page looks at (newest first), or stop the page with a pointer
+    to the Adapt page. The choice is shared by the three insight pages."""
+    runs = services().insights.runs(project.id)
+    if not runs:
+        st.info("No finished adaptation run yet: start one on the Adapt page, then come back here.")
+        st.stop()
+    by_id = {run.id: run for run in runs}
+    remembered = f"_insight_run:{project.id}"
+    if st.session_state.get(key) not in by_id:
+        previous = st.session_state.get(remembered)
+        st.session_state[key] = previous if previous in by_id else runs[0].id
+    run_id = st.selectbox(
+        "Run",
+        list(by_id),
+        key=key,
+        format_func=lambda rid: f"run {rid} · {(by_id[rid].config.get('config') or {}).get('method', 'adapt')} · "
+        f"{when(by_id[rid].finished_at)}",
+    )
+    st.session_state[remembered] = run_id
+    return by_id[run_id]

@@ -22,7 +22,7 @@ elif len(empty) == len(coverage):
 elif empty:
     st.info(
         f"{len(empty)} of {len(coverage)} labels have no tagged positive and are skipped by adaptation: "
-        f"{ui.shorten(', '.join(empty), 300)}."
+        f"{ui.md_escape(ui.shorten(', '.join(empty), 300))}."
     )
 start_from = (
     f"the source model `{project.source_model}`"
@@ -163,7 +163,7 @@ if runs:
         "Run",
         ids,
         index=ids.index(shown),
-        key=f"run-picker-{shown}",
+        key=f"run-picker-{shown}-{by_id[shown].status}",  # a new status: a new widget, else it shows the old one
         format_func=lambda rid: f"run {rid} · {by_id[rid].kind} · {by_id[rid].status}",
     )
     st.session_state["run_id"] = run_id

@@ -39,7 +39,7 @@ with quick:
     try:
         candidates = svc.candidates(project.id, label, strategy, limit=len(skipped) + 25)
     except ui.DallmiError as exc:
-        st.info(str(exc), icon=":material/info:")
+        st.info(ui.plain(str(exc)), icon=":material/info:")
         if strategy != "similar" and project.source_model:
             if st.button("Score the target documents with the source model", key="score_now"):
                 with ui.shown_errors():
@@ -54,7 +54,7 @@ with quick:
     if candidates is not None:
         queue = [c for c in candidates if c.document.id not in skipped]
         if not queue:
-            st.success(f"No untagged candidate left for {label!r} with this strategy.")
+            st.success(f"No untagged candidate left for {ui.md_escape(repr(label))} with this strategy.")
             if skipped and st.button("Show the skipped ones again", key="unskip"):
                 st.session_state.pop(SKIPPED, None)
                 st.rerun()
@@ -97,7 +97,10 @@ with bulk:
         ["search", "similar"],
         horizontal=True,
         key="bulk_source",
-        format_func={"search": "Search results", "similar": f"Most similar to the {label!r} tags"}.get,
+        format_func={
+            "search": "Search results",
+            "similar": f"Most similar to the {ui.md_escape(repr(label))} tags",
+        }.get,
     )
     docs, scores = [], {}
     if source == "search" and query.strip():
@@ -138,12 +141,14 @@ with bulk:
             with ui.shown_errors():
                 added = svc.tag_many(project.id, add, label) if add else 0
                 removed = sum(svc.untag(project.id, doc_id, label) for doc_id in remove)
-                ui.flash(f"{label!r}: tagged {added}, untagged {removed} document(s).")
+                ui.flash(f"{ui.md_escape(repr(label))}: tagged {added}, untagged {removed} document(s).")
                 st.rerun()
-        if right.button(f"Tag all {len(docs)} rows as {label!r}", key="tag_all"):
+        if right.button(f"Tag all {len(docs)} rows as {ui.md_escape(repr(label))}", key="tag_all"):
             with ui.shown_errors():
                 added = svc.tag_many(project.id, [d.id for d in docs], label)
-                ui.flash(f"Tagged {added} document(s) as {label!r} (Undo reverts them as one action).")
+                ui.flash(
+                    f"Tagged {added} document(s) as {ui.md_escape(repr(label))} (Undo reverts them as one action)."
+                )
                 st.rerun()
         with st.expander("Read the documents in full"):
             for d in docs[:50]:

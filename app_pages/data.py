@@ -34,7 +34,7 @@ def upload_form(uploaded, kind: str) -> None:
         if not warning.startswith("no 'text' column"):
             st.warning(warning)
     if not preview.columns:
-        st.error(f"{uploaded.name}: no columns or records could be read. Check the file's format.")
+        st.error(f"{ui.plain(uploaded.name)}: no columns or records could be read. Check the file's format.")
         return
     columns, optional = list(preview.columns), [NONE, *preview.columns]
     named = svc.guess_mapping(columns)  # conventional column names only
@@ -81,13 +81,15 @@ def upload_form(uploaded, kind: str) -> None:
     st.caption(f"The first {len(preview.frame)} rows as read; the import checks every row.")
     if text_col is None:
         text_error.error(
-            f"{uploaded.name}: has no 'text' column (columns: {', '.join(columns)}). Choose the column that "
-            f"holds the document text (the longest texts are in {guess.text!r}), or name it 'text' in the file.",
+            ui.plain(
+                f"{uploaded.name}: has no 'text' column (columns: {', '.join(columns)}). Choose the column that "
+                f"holds the document text (the longest texts are in {guess.text!r}), or name it 'text' in the file."
+            ),
             icon=":material/error:",
         )
         return
     mapping = svc.column_mapping(text_col, id=id_col, labels=labels_col, domain=domain_col)
-    if st.button(f"Import into {project.name}", type="primary", key="import"):
+    if st.button(f"Import into {ui.md_escape(project.name)}", type="primary", key="import"):
         with st.spinner("Importing…"), ui.shown_errors():
             report = svc.import_file(
                 project.id, path, mapping=mapping, domain=None if domain_col else kind, label_policy=policy
@@ -97,7 +99,8 @@ def upload_form(uploaded, kind: str) -> None:
             st.success(f"Imported {report.imported:,} of {report.rows_read:,} rows ({added}).")
             for warning in report.warnings:
                 st.warning(warning)
-            st.json(
+            details = st.expander("Import details")
+            details.json(
                 {
                     "file": uploaded.name,
                     "encoding": report.encoding,
@@ -109,7 +112,6 @@ def upload_form(uploaded, kind: str) -> None:
                     "rows with gold labels": report.gold_rows,
                     "by domain": report.by_domain,
                 },
-                expanded=False,
             )
 
 

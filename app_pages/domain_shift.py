@@ -1,11 +1,105 @@
-"""Domain shift: planned view (a later release)."""
+"""Domain shift: how far the target text is from the source text, for the source and the adapted model,
+which words moved, and which labels became more or less frequent."""
+
+import streamlit as st
 
 import ui
 
-ui.coming_later(
-    "Domain shift",
-    [
-        "how far the target text is from the source text: a 2-D projection of both domains' embeddings;",
-        "shift measures (A-distance, MMD) and the terms most typical of each domain.",
-    ],
+svc = ui.services()
+project = ui.current_project()
+st.title("Domain shift")
+run = ui.insight_run(project, key="shift_run")
+insights = svc.insights
+projection = st.radio(
+    "Projection",
+    ["pca", "tsne"],
+    horizontal=True,
+    key="shift_projection",
+    format_func={"pca": "PCA", "tsne": "t-SNE"}.get,
+    help="PCA is linear and fast; t-SNE keeps neighbourhoods (clusters) but takes longer and distorts distances.",
 )
+analysis = insights.cached_shift(run.id, projection=projection)
+if analysis is None:
+    st.info(
+        "The analysis embeds the source and the target documents (at most 2,000 of each, a random sample past "
+        "that) with the source and the adapted model, once; the result is kept with the run. With a full-size "
+        "model this takes minutes on a CPU (seconds on a GPU); this browser tab waits meanwhile.",
+        icon=":material/hourglass_empty:",
+    )
+    if not st.button("Compute the analysis", key="compute_shift", type="primary", icon=":material/play_arrow:"):
+        st.stop()
+    with st.spinner("Embedding documents with both models…"):
+        analysis = ui.attempt(insights.shift_analysis, run.id, projection=projection)
+    if analysis is None:
+        st.stop()
+meta = analysis.meta
+sampled = (meta["sampled_source"], meta["sampled_target"]) != (meta["source"], meta["target"])
+st.caption(
+    f"{meta['sampled_source']:,} of {meta['source']:,} source and {meta['sampled_target']:,} of "
+    f"{meta['target']:,} target documents embedded"
+    + (" (a random sample: the measures and the plots use it)." if sampled else ".")
+    + " The terms use every document."
+)
+
+names = {"before": "Source model", "after": "Adapted model"}
+cols = st.columns(2)
+for col, key in zip(cols, ("before", "after"), strict=True):
+    model = meta["models"][key]
+    with col:
+        st.markdown(f"**{names[key]}**")
+        a, b, c = st.columns(3)
+        a.metric(
+            "A-distance",
+            f"{model['a_distance']:.2f}",
+            help="Proxy A-distance 2(1 − 2·error) of a logistic-regression domain classifier (5-fold "
+            "cross-validated): 0 = the domains look alike, 2 = perfectly separable.",
+        )
+        b.metric("Classifier accuracy", f"{model['accuracy']:.1%}", help="Balanced accuracy; 50% is chance.")
+        c.metric(
+            "MMD p-value",
+            f"{model['mmd_p']:.3f}",
+            help=f"MMD² = {model['mmd2']:.4f} with an RBF kernel (median bandwidth σ = {model['bandwidth']:.3g}); "
+            f"p from {model['permutations']} permutations. Small p: the embeddings differ between the domains.",
+        )
+
+labels = list(meta["labels"])
+colour = st.selectbox(
+    "Colour by",
+    [None, *labels],
+    key="shift_colour",
+    format_func=lambda value: "domain" if value is None else f"label: {value}",
+    help="A label colours source documents by their gold labels and target documents by the adapted model's "
+    "predictions.",
+)
+groups = analysis.groups(colour)
+cols = st.columns(2)
+for col, key in zip(cols, ("before", "after"), strict=True):
+    with col:
+        figure = insights.plots.projection_figure(
+            analysis.arrays[f"coords_{key}"], groups, title=f"{names[key]} ({projection.upper()})"
+        )
+        st.plotly_chart(figure, key=f"projection-{key}", width="stretch")
+
+st.subheader("Terms that distinguish target from source")
+st.caption(
+    "Weighted log-odds with an informative Dirichlet prior (the pooled counts), as z-scores: above about 2, a "
+    "term is reliably more frequent in the target; below about −2, in the source."
+)
+terms = analysis.terms
+left, right = st.columns([3, 2])
+left.plotly_chart(insights.plots.terms_figure(terms), key="terms", width="stretch")
+right.dataframe(
+    terms,
+    hide_index=True,
+    column_config={"z": st.column_config.NumberColumn(format="%.2f"), "log_odds": None},
+)
+
+st.subheader("Label prior shift")
+st.caption(
+    "Share of documents per label: gold labels of the source, tags and predictions (at the thresholds saved on "
+    "the Per-label AP page, else 0.5) on the target; the source model's predictions are those of the embedded "
+    "documents. Tags cover only what was tagged, so they understate."
+)
+prior = analysis.prior
+st.plotly_chart(insights.plots.prior_figure(prior), key="prior", width="stretch")
+st.dataframe(prior, hide_index=True)

@@ -70,7 +70,10 @@ else:
     with predictions:
         st.markdown("**Predictions**")
         if run.prediction_labels:
-            st.caption("id, then score_<label> and pred_<label> (0/1 at 0.5) per label.")
+            st.caption(
+                "id, then score_<label> and pred_<label> per label (0/1 at the threshold saved on the "
+                "Per-label AP page, else 0.5)."
+            )
             for fmt, name, mime in (
                 ("csv", "CSV", "text/csv"),
                 ("parquet", "Parquet", "application/vnd.apache.parquet"),

@@ -1,15 +1,116 @@
-"""Per-label AP: planned view (a later release)."""
+"""Per-label AP: before vs after adaptation and vs other runs, PR curves, and per-label thresholds for export."""
+
+import pandas as pd
+import streamlit as st
 
 import ui
 
-ui.coming_later(
-    "Per-label AP",
-    [
-        "average precision per label before and after adaptation, and against the baselines "
-        "(source-only, bce-partial, target-oracle where gold labels exist);",
-        "macro and micro mAP, precision-recall curves, and F1 at a threshold you choose per label;",
-        "without gold labels: the PU estimate from held-out tagged positives, marked as an estimate.",
-    ],
-    today="Today: each finished adaptation's per-label AP (gold or estimated) is in its run report "
-    "(Export page) and its macro AP in the run history (Adapt page).",
+svc = ui.services()
+project = ui.current_project()
+st.title("Per-label AP")
+run = ui.insight_run(project, key="ap_run")
+insights = svc.insights
+overview = ui.attempt(insights.ap_overview, run.id)
+if overview is None:
+    st.stop()
+
+if overview.estimate:
+    held = sum(overview.positives.values())
+    st.warning(
+        f"**Estimate, not measured AP.** This project has no gold target labels, so AP is estimated from "
+        f"{held} held-out tagged positives ranked among held-out unlabeled target documents (per label in the "
+        "table below). Unknown positives hide among the unlabeled ones, so the estimate understates true AP; "
+        "use it to compare runs. Import a labelled eval file on the Data page to measure true AP.",
+        icon=":material/warning:",
+    )
+else:
+    st.caption("Measured on the gold-labelled eval documents: true average precision on the model's scores.")
+
+summary = overview.summary.set_index("series")
+
+
+def _mean(series: str, column: str):
+    value = summary[column].get(series) if series in summary.index else None
+    return None if value is None or pd.isna(value) else float(value)
+
+
+cols = st.columns(2)
+for col, (column, name) in zip(cols, (("macro", "Macro mAP"), ("micro", "Micro mAP")), strict=True):
+    after, before = _mean("after", column), _mean("before (source model)", column)
+    col.metric(
+        name + (" (estimate)" if overview.estimate else ""),
+        "n/a" if after is None else f"{after:.3f}",
+        delta=None if after is None or before is None else f"{after - before:+.3f} vs before",
+        help="Mean over labels of AP (macro) or AP over all label decisions pooled (micro).",
+    )
+
+st.plotly_chart(
+    insights.plots.ap_bars(overview.table, overview.tags, title="AP per label (tags each label was trained on)"),
+    key="ap_bars",
+    width="stretch",
 )
+wide = overview.table.pivot(index="label", columns="series", values="ap").reindex(
+    list(dict.fromkeys(overview.table["label"]))
+)
+wide = wide[list(dict.fromkeys(overview.table["series"]))]
+wide.insert(0, "tags", [overview.tags.get(label, 0) for label in wide.index])
+counted = "held-out positives (estimate rests on)" if overview.estimate else "gold positives"
+wide.insert(1, counted, [overview.positives.get(label, 0) for label in wide.index])
+if {"after", "before (source model)"} <= set(wide.columns):
+    wide["change"] = wide["after"] - wide["before (source model)"]
+st.dataframe(wide.reset_index(), hide_index=True, column_config={"label": st.column_config.TextColumn("label")})
+
+st.subheader("Precision-recall and threshold")
+labels = list(run.prediction_labels or project.labels)
+label = st.selectbox("Label", labels, key="ap_label", help="Type to search the labels.")
+curve = ui.attempt(insights.label_curve, run.id, label)
+if curve is not None:
+    saved = insights.thresholds(run.id)
+    best = curve.best_threshold()
+    threshold = st.slider(
+        f"Decision threshold for {ui.md_escape(label)}",
+        0.0,
+        1.0,
+        value=float(saved.get(label, round(best, 3))),
+        step=0.005,
+        format="%.3f",
+        key=f"threshold-{run.id}-{label}",
+        help=f"Documents scoring at least this are predicted '{ui.md_escape(label)}'. Best F1 here: {best:.3f}.",
+    )
+    at = curve.at(threshold)
+    precision, recall, _ = curve.pr()
+    left, right = st.columns([3, 2])
+    with left:
+        title = f"{label}: AP {curve.ap:.3f}" if curve.ap is not None else label
+        if curve.estimate:
+            title += f" (estimate from {curve.positives} held-out positives)"
+        st.plotly_chart(
+            insights.plots.pr_figure(precision, recall, point=(at["recall"], at["precision"]), title=title),
+            key="pr_curve",
+            width="stretch",
+        )
+    with right:
+        a, b, c = st.columns(3)
+        a.metric("Precision", f"{at['precision']:.3f}")
+        b.metric("Recall", f"{at['recall']:.3f}")
+        c.metric("F1", f"{at['f1']:.3f}")
+        kind = "held-out tagged positives vs held-out unlabeled documents" if curve.estimate else "gold eval documents"
+        st.caption(
+            f"On {len(curve.y):,} {kind}: {at['tp']} true positives, {at['fp']} false positives, "
+            f"{at['fn']} missed of {curve.positives} positives."
+        )
+        if st.button("Save this threshold for export", key="save_threshold", icon=":material/save:"):
+            with ui.shown_errors():
+                insights.save_thresholds(run.id, {label: threshold})
+                ui.flash(
+                    f"Saved threshold {threshold:.3f} for {ui.md_escape(label)}: the exports of run {run.id} use it."
+                )
+                st.rerun()
+        saved = insights.thresholds(run.id)
+        if saved:
+            st.caption("Saved for export (others use 0.5):")
+            st.dataframe(
+                pd.DataFrame({"label": list(saved), "threshold": list(saved.values())}),
+                hide_index=True,
+                column_config={"threshold": st.column_config.NumberColumn(format="%.3f")},
+            )

@@ -19,6 +19,31 @@ SOURCES = {
 
 projects = svc.list_projects()
 current = st.session_state.get(ui.PROJECT_KEY)
+demo = next((p for p in projects if p.id == current and ui.is_demo(p)), None)
+if demo is not None:  # a first-time viewer lands here: say what the demo is and what to do next
+    finetunes = [run for run in svc.run_history(demo.id) if run.kind == "finetune-source"]
+    if demo.source_model:
+        step1 = "done, the model is ready."
+    elif finetunes and finetunes[0].status in ui.PENDING:
+        run = finetunes[0]
+        step, total = run.progress.get("step"), run.progress.get("max_steps")
+        where = f", step {step} of {total}" if step is not None and total else ""
+        step1 = f"running now (run {run.id}{where}; a few CPU minutes, live progress on the Adapt page)."
+    else:
+        step1 = "not running: start it on the Data page (Fine-tune the source model)."
+    n = svc.document_counts(demo.id)
+    st.info(
+        f"**The demo project.** Support tickets of a coffee-machine maker: {n.get('source', 0):,} formal e-mails "
+        f"about its old machine (the labelled *source* domain) and {n.get('target', 0):,} casual app-chat messages "
+        f"about its new one (the *target*, with a few tagged positives per label), plus {n.get('eval', 0):,} chat "
+        "messages with gold labels to measure.\n\n"
+        f"1. A source model is fine-tuned on the e-mails: {step1}\n"
+        "2. On the **Adapt** page, press *Run the demo adaptation* and watch its live progress.\n"
+        "3. The run history there then shows the macro AP on the gold chat messages before and after "
+        "adaptation. The **Annotate** page shows the starter tags; tag more and adapt again.",
+        icon=":material/school:",
+    )
+    st.page_link("app_pages/adapt.py", label="Go to the Adapt page", icon=":material/model_training:")
 if projects:
     rows = {"": [], "name": [], "labels": [], "target": [], "source": [], "eval": [], "source model": [], "created": []}
     for p in projects:
@@ -91,22 +116,24 @@ with st.expander("Create a project", expanded=not projects, icon=":material/add:
                 if source == "finetune"
                 else "upload its target text on the Data page"
             )
-            ui.flash(f"Created project {project.name!r} with {len(project.labels)} labels. Next: {nxt}.")
+            ui.flash(
+                f"Created project {ui.md_escape(repr(project.name))} with {len(project.labels)} labels. Next: {nxt}."
+            )
             st.rerun()
 
 # ---- rename and delete the current project -------------------------------------------------------
 
 project = next((p for p in projects if p.id == current), None)
 if project is not None:
-    st.subheader(f"Current project: {project.name}")
-    st.caption(f"Labels ({len(project.labels)}): {', '.join(project.labels)}")
+    st.subheader(f"Current project: {ui.md_escape(project.name)}")
+    st.caption(f"Labels ({len(project.labels)}): {', '.join(map(ui.md_escape, project.labels))}")
     left, right = st.columns(2)
     with left:
         new_name = st.text_input("New name", value=project.name, key=f"rename-{project.id}")
         if st.button("Rename", disabled=new_name.strip() == project.name, key="rename_project"):
             with ui.shown_errors():
                 svc.rename_project(project.id, new_name)
-                ui.flash(f"Renamed to {new_name.strip()!r}.")
+                ui.flash(f"Renamed to {ui.md_escape(repr(new_name.strip()))}.")
                 st.rerun()
     with right:
         st.write("")
@@ -126,7 +153,7 @@ if project is not None:
                     with ui.shown_errors():
                         svc.delete_project(project.id)
                         ui.select_project(None)
-                        ui.flash(f"Deleted project {project.name!r}.")
+                        ui.flash(f"Deleted project {ui.md_escape(repr(project.name))}.")
                         st.rerun()
                 if no.button("Keep it", key="delete_cancel"):
                     st.session_state.pop("confirm_delete", None)

@@ -88,6 +88,7 @@ def _source_config(args):
 def cmd_finetune_source(args) -> None:
     from dallmi_core.callbacks import TqdmProgress
     from dallmi_core.data import read_corpus
+    from dallmi_core.distributed import is_main
     from dallmi_core.model import new_classifier, save_classifier
     from dallmi_core.train import finetune_source
 
@@ -99,15 +100,18 @@ def cmd_finetune_source(args) -> None:
     labels = args.labels.split(",") if args.labels else corpus.label_names()
     clf = new_classifier(args.backbone, labels)
     cfg = _source_config(args)
-    finetune_source(clf, corpus.texts, corpus.label_matrix(labels), cfg, callbacks=[TqdmProgress("finetune-source")])
-    save_classifier(clf, args.out)
-    print(f"Source model ({len(labels)} labels, {len(corpus)} documents) written to {args.out}")
+    progress = TqdmProgress("finetune-source", disable=not is_main())
+    finetune_source(clf, corpus.texts, corpus.label_matrix(labels), cfg, callbacks=[progress])
+    if is_main():  # under torchrun / accelerate launch every rank holds the same weights
+        save_classifier(clf, args.out)
+        print(f"Source model ({len(labels)} labels, {len(corpus)} documents) written to {args.out}")
 
 
 def cmd_adapt(args) -> None:
     from dallmi_core.callbacks import CheckpointEvery, TqdmProgress
     from dallmi_core.config import AdaptConfig
     from dallmi_core.data import read_corpus
+    from dallmi_core.distributed import gather, is_main
     from dallmi_core.model import load_classifier, save_classifier
     from dallmi_core.train import adapt
 
@@ -119,11 +123,16 @@ def cmd_adapt(args) -> None:
     skipped = [name for name, t in zip(clf.label_names, tags, strict=True) if not t]
     if skipped:
         print(f"No tagged positive for: {', '.join(skipped)} (skipped by the PU loss)", file=sys.stderr)
-    callbacks = [TqdmProgress(f"adapt ({cfg.method})")]
+    callbacks = [TqdmProgress(f"adapt ({cfg.method})", disable=not is_main())]
     if args.checkpoint_dir:
         callbacks.append(CheckpointEvery(args.checkpoint_every))
     result = adapt(clf, corpus.texts, tags, cfg, callbacks=callbacks, checkpoint_dir=args.checkpoint_dir)
+    shards = gather(result.extras.get("unlabeled_shard", []))
+    if not is_main():  # under torchrun / accelerate launch every rank holds the same weights
+        return
     save_classifier(result.clf, args.out)
+    if args.shards_json:
+        Path(args.shards_json).write_text(json.dumps({"world_size": len(shards), "unlabeled_shards": shards}))
     state = result.state
     print(
         f"Adapted model written to {args.out} after {state.step} steps; kept step {state.best_step}"
@@ -132,28 +141,38 @@ def cmd_adapt(args) -> None:
 
 
 def _score(model_dir, data_path, device="auto"):
+    """Scores of every document; under a launcher each rank scores its shard and all get all."""
     from tqdm.auto import tqdm
 
     from dallmi_core.data import read_corpus
+    from dallmi_core.distributed import is_main, rank_device, score_sharded, sharded
     from dallmi_core.model import load_classifier, resolve_device
     from dallmi_core.scoring import score_texts
 
     clf = load_classifier(model_dir)
     corpus = read_corpus(data_path)
-    with tqdm(total=len(corpus), desc="score", unit="doc") as bar:
-        scores = score_texts(clf, corpus.texts, device=resolve_device(device), on_batch=bar.update)
+    on = rank_device(resolve_device(device))
+    with tqdm(total=len(sharded(len(corpus))), desc="score", unit="doc", disable=not is_main()) as bar:
+
+        def score(positions):
+            return score_texts(clf, [corpus.texts[i] for i in positions], device=on, on_batch=bar.update)
+
+        scores = score_sharded(score, len(corpus))
     return clf, corpus, scores
 
 
 def cmd_score(args) -> None:
     import pandas as pd
 
+    from dallmi_core.distributed import is_main
     from dallmi_core.errors import DataError
 
     out = Path(args.out)
     if out.suffix not in (".csv", ".parquet"):
         raise DataError(f"--out {out.name}: write predictions to a .csv or .parquet file.")
     clf, corpus, scores = _score(args.model, args.data, args.device)
+    if not is_main():
+        return
     thresholds = clf.thresholds()
     frame = pd.DataFrame({"id": corpus.ids})
     for j, name in enumerate(clf.label_names):
@@ -168,9 +187,12 @@ def cmd_score(args) -> None:
 
 
 def cmd_evaluate(args) -> None:
+    from dallmi_core.distributed import is_main
     from dallmi_core.metrics import ap_report, thresholded_ap
 
     clf, corpus, scores = _score(args.model, args.data, args.device)
+    if not is_main():
+        return
     gold = corpus.label_matrix(clf.label_names)
     report = ap_report(gold, scores, clf.label_names)
     print(report.to_markdown())
@@ -222,6 +244,35 @@ def cmd_bench_quality(args) -> None:
     print(result.to_markdown())
 
 
+def cmd_bench_speed(args) -> None:
+    import torch
+
+    from dallmi_core.data import read_corpus
+    from dallmi_core.errors import ConfigError, DataError
+    from dallmi_core.model import resolve_backbone, resolve_device
+    from dallmi_core.speed import SpeedSettings, run_speed
+
+    try:
+        labels = tuple(int(x) for x in args.labels.split(","))
+    except ValueError as exc:
+        raise ConfigError(f"--labels {args.labels!r}: give label counts such as 5,14,40.") from exc
+    if not Path(args.data).is_file():
+        raise DataError(f"--data {args.data}: no such file; pass a file with text and labels columns.")
+    settings = SpeedSettings(
+        labels=labels,
+        batch_size=args.batch_size,
+        steps=args.steps,
+        max_length=args.max_length,
+        docs=args.docs,
+        precision=args.precision,
+    )
+    device = torch.device(resolve_device(args.device))
+    result = run_speed(read_corpus(args.data), resolve_backbone(args.backbone), settings, device)
+    result["command"] = " ".join(sys.argv)
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=2))
+
+
 def cmd_worker(args) -> None:
     from dallmi_core.worker import main as worker_main
 
@@ -232,6 +283,23 @@ def cmd_worker(args) -> None:
     code = worker_main(argv)
     if code:
         raise SystemExit(code)
+
+
+def cmd_hash_password(args) -> None:
+    """Print the salted scrypt hash of a password (asked twice on a terminal, else the first stdin line)."""
+    import getpass
+
+    from dallmi_core.auth import HASH_ENV, hash_password
+    from dallmi_core.errors import ConfigError
+
+    if sys.stdin.isatty():
+        password = getpass.getpass("Password: ")
+        if getpass.getpass("Again: ") != password:
+            raise ConfigError("the two passwords differ. Try again.")
+    else:
+        password = sys.stdin.readline().rstrip("\r\n")
+    print(hash_password(password))
+    print(f"Set it as {HASH_ENV}=<hash> or password_hash = \"<hash>\" in .streamlit/secrets.toml.", file=sys.stderr)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -257,6 +325,10 @@ def build_parser() -> argparse.ArgumentParser:
     _add_training(p, epochs_default="default: a step budget of --tag-passes over the tags")
     _add_adapt_options(p)
     p.add_argument("--patience", type=int, help="stop after N validations without improvement")
+    p.add_argument(
+        "--shards-json",
+        help="data parallel: write every rank's unlabeled shard (target row positions) here, to check sharding",
+    )
     p.set_defaults(func=cmd_adapt)
 
     p = sub.add_parser("score", help="write per-label scores and 0/1 predictions for a file")
@@ -297,12 +369,33 @@ def build_parser() -> argparse.ArgumentParser:
     _add_adapt_options(p)
     p.set_defaults(func=cmd_bench_quality)
 
+    p = sub.add_parser("bench-speed", help="vectorised vs per-label step, our pipeline vs the official, scoring")
+    p.add_argument("--labels", default="5,14,40", help="label counts for the step benchmark (default 5,14,40)")
+    p.add_argument("--data", default="../shared/data/movies_shift.csv", help="real texts (its target rows)")
+    p.add_argument("--backbone", default="default", help="HF id or folder (default: offline all-MiniLM-L6-v2)")
+    p.add_argument("--batch-size", type=int, default=16, help="unlabeled documents per step (default 16)")
+    p.add_argument("--steps", type=int, default=5, help="timed steps per measurement (default 5)")
+    p.add_argument("--max-length", type=int, default=128, help="max tokens per document (default 128)")
+    p.add_argument("--docs", type=int, help="use only the first N target rows (default: all)")
+    p.add_argument(
+        "--precision",
+        default="auto",
+        choices=["auto", "bf16"],
+        help="bf16: our pipeline under bf16 autocast, e.g. on CPUs with avx512_bf16/AMX (the official shape stays)",
+    )
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
+    p.add_argument("--json", help="write the figures as JSON here")
+    p.set_defaults(func=cmd_bench_speed)
+
     p = sub.add_parser("worker", help="serve the project store's run queue (the app starts one itself)")
     p.add_argument("--data-dir", help="data directory (default: $DALLMI_DATA_DIR or ./dallmi_data)")
     p.add_argument("--poll", type=float, default=1.0, help="seconds between queue checks")
     p.add_argument("--idle-exit", type=float, help="exit after this many idle seconds (default: never)")
     p.add_argument("--once", action="store_true", help="exit after one run")
     p.set_defaults(func=cmd_worker)
+
+    p = sub.add_parser("hash-password", help="print the salted scrypt hash for the app's optional password gate")
+    p.set_defaults(func=cmd_hash_password)
     return parser
 
 

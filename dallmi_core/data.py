@@ -169,6 +169,10 @@ def _build(rows: list, columns: Sequence[str] | None, source: str, *, text_colum
     if columns is None:  # records and JSON: the union of keys, in first-seen order
         columns = list(dict.fromkeys(k for row in rows for k in row))
     _check_text_column(columns, text_column, source)
+    twice = next((c for i, c in enumerate(columns) if c in columns[:i]), None)
+    if twice is not None:  # one of them would be dropped without a word
+        raise _fail(source, f"column {twice!r} appears more than once (after trimming spaces); columns "
+                            f"found: {list(columns)}. Rename or remove one of them.")
     allowed = None if label_names is None else set(label_names)
     out: list[tuple] = []
     seen: dict[str, int] = {}

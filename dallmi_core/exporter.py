@@ -34,8 +34,9 @@ def _atomic_write(path: Path, write: Callable[[Path], None]) -> Path:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
         os.close(fd)
-    except OSError as exc:
-        raise DataError(f"{path.name}: cannot be written ({exc.strerror or exc}). Check the folder.") from exc
+    except (OSError, ValueError) as exc:  # ValueError: a NUL character in the path
+        reason = getattr(exc, "strerror", None) or exc
+        raise DataError(f"{path.name}: cannot be written ({reason}). Check the folder.") from exc
     try:
         write(Path(tmp))
         os.chmod(tmp, 0o644)
@@ -104,8 +105,10 @@ def _thresholds(labels: tuple[str, ...], thresholds: Mapping[str, float] | None)
 
 
 def predictions_frame(store: Store, run_id: int, thresholds: Mapping[str, float] | None = None) -> pd.DataFrame:
-    """id, score_<label>..., pred_<label>... (0/1 at each label's threshold, default 0.5)."""
+    """id, score_<label>..., pred_<label>... (0/1 at each label's threshold: `thresholds`, else the ones
+    saved for the run on the Per-label AP page, else 0.5)."""
     run = store.get_run(run_id)
+    thresholds = {**store.thresholds(run_id), **(thresholds or {})}
     doc_ids, scores = store.load_predictions(run_id)
     if not len(doc_ids):
         raise RunStateError(f"run {run_id} has no predictions yet (status {run.status}).")
@@ -205,8 +208,10 @@ def export_run_report(store: Store, run_id: int, path=None, *, fmt: str | None =
     return _atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
 
 
-def zip_folder(folder, path) -> Path:
-    """A zip of `folder`, its files under one top-level folder named like the zip."""
+def zip_folder(folder, path, replace: Mapping[str, bytes] | None = None) -> Path:
+    """A zip of `folder`, its files under one top-level folder named like the zip; `replace` gives
+    other contents for some files (by path relative to `folder`)."""
+    replace = dict(replace or {})
     folder, path = Path(folder), Path(path)
     if not folder.is_dir():
         raise DataError(f"{folder}: is not a folder, so there is nothing to zip.")
@@ -214,15 +219,29 @@ def zip_folder(folder, path) -> Path:
     def write(tmp: Path) -> None:
         with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED) as archive:
             for file in sorted(p for p in folder.rglob("*") if p.is_file()):
-                archive.write(file, Path(path.stem) / file.relative_to(folder))
+                name = Path(path.stem) / file.relative_to(folder)
+                relative = file.relative_to(folder).as_posix()
+                if relative in replace:
+                    archive.writestr(str(name), replace[relative])
+                else:
+                    archive.write(file, name)
 
     return _atomic_write(path, write)
 
 
 def export_model(store: Store, run_id: int, path=None) -> Path:
-    """The run's model folder (Hugging Face format) as a zip."""
+    """The run's model folder (Hugging Face format) as a zip; thresholds saved for the run go into its
+    config.json (`dallmi_thresholds`, what `dallmi score` and load_classifier(...).thresholds() read)."""
     run = store.get_run(run_id)
     if not run.model_path or not Path(run.model_path).is_dir():
         raise RunStateError(f"run {run_id} has no model folder to export (status {run.status}).")
     project = store.get_project(run.project_id)
-    return zip_folder(run.model_path, path or _default_path(store, project.name, f"run{run_id}-model", "zip"))
+    replace = {}
+    saved = store.thresholds(run_id)
+    config_file = Path(run.model_path) / "config.json"
+    if saved and config_file.is_file():
+        config = json.loads(config_file.read_text(encoding="utf-8"))
+        config["dallmi_thresholds"] = {**(config.get("dallmi_thresholds") or {}), **saved}
+        replace["config.json"] = (json.dumps(config, indent=2, ensure_ascii=False) + "\n").encode()
+    path = path or _default_path(store, project.name, f"run{run_id}-model", "zip")
+    return zip_folder(run.model_path, path, replace)

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -40,6 +41,13 @@ from dallmi_core.store import Project, Store, content_hash
 LABEL_POLICIES = ("auto", "gold", "ignore")
 IMPORT_ANNOTATOR = "import"
 _ABSENT = "\x00absent"  # a column name no file has: "this mapping has no such column"
+MAX_IMPORT_ENV = "DALLMI_MAX_IMPORT_MB"
+
+
+def max_import_bytes() -> int:
+    """$DALLMI_MAX_IMPORT_MB (default 2,000): a bigger file is refused before it is read. The app's
+    uploads are capped lower by Streamlit's server.maxUploadSize (.streamlit/config.toml)."""
+    return int(float(os.environ.get(MAX_IMPORT_ENV) or 2000) * 1_000_000)
 
 
 @dataclass(frozen=True)
@@ -90,8 +98,12 @@ def _check_path(path) -> tuple[Path, str]:
     if suffix not in SUPPORTED_SUFFIXES:
         raise DataError(f"{path.name}: unsupported file type {suffix or '(no suffix)'!r}; supported: "
                         f"{', '.join(SUPPORTED_SUFFIXES)}. Save it in one of these formats.")
-    if path.stat().st_size == 0:
+    size, limit = path.stat().st_size, max_import_bytes()
+    if size == 0:
         raise DataError(f"{path.name}: is empty (0 bytes). Add at least one document.")
+    if size > limit:
+        raise DataError(f"{path.name}: is {size:,} bytes, over the import limit of {limit:,} bytes "
+                        f"(${MAX_IMPORT_ENV}). Split it into smaller files, or raise the limit.")
     return path, suffix[1:]
 
 
@@ -164,7 +176,7 @@ def _parquet_chunks(path: Path, mapping: ColumnMapping, size: int, require_text:
     name = path.name
     with open(path, "rb") as handle:
         head = handle.read(4)
-        handle.seek(-4, 2)
+        handle.seek(max(path.stat().st_size - 4, 0))  # a file shorter than 4 bytes has no footer
         if not (head == b"PAR1" and handle.read(4) == b"PAR1"):
             raise DataError(f"{name}: is not a Parquet file (no PAR1 magic bytes). Export it again as "
                             "Parquet, or give it the suffix of its real format.")

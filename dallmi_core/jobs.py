@@ -100,6 +100,44 @@ class _EvalToStore(Callback):
         self.store.log_metrics(self.run_id, state.step, {k: v for k, v in metrics.items() if k != "step"})
 
 
+class _MixupToStore(Callback):
+    """A bounded sample of the MixUp pairs trained on (about `per_label` per label, spread over the
+    run) into mixup_samples, scored by the model right after their step; a resumed run first drops
+    the rows of the steps it trains again."""
+
+    def __init__(self, store: Store, run_id: int, doc_ids: Sequence[int], labels: Sequence[str], per_label: int = 32):
+        self.store, self.run_id, self.doc_ids, self.labels = store, run_id, np.asarray(doc_ids), list(labels)
+        self.per_label, self.every = per_label, 1
+
+    def on_train_begin(self, state):
+        self.every = max(1, state.max_steps // self.per_label)
+        if state.resumed_from:
+            self.store.drop_mixup_samples_after(self.run_id, state.resumed_from)
+
+    def on_step_end(self, state):
+        record = state.mixup
+        if record is None or (record.step % self.every and record.step != state.max_steps):
+            return
+        phi_u, prediction, target = record.scored()
+        self.store.log_mixup_samples(
+            self.run_id,
+            record.step,
+            (
+                {
+                    "label": self.labels[int(label)],
+                    "positive_doc": int(self.doc_ids[p]),
+                    "unlabeled_doc": int(self.doc_ids[u]),
+                    "mu": float(mu),
+                    "prediction": float(pred),
+                    "target": float(t),
+                }
+                for label, p, u, mu, pred, t in zip(
+                    record.labels, record.positive, record.unlabeled, record.mu, prediction, target, strict=True
+                )
+            ),
+        )
+
+
 def _label_matrix(rows: Sequence[Sequence[str]], labels: Sequence[str]) -> np.ndarray:
     return np.array([[label in row for label in labels] for row in rows], dtype=np.float32).reshape(-1, len(labels))
 
@@ -181,6 +219,14 @@ def _pu_report(split, scores: dict[int, np.ndarray], labels: Sequence[str]) -> d
         "map_macro": float(np.mean(values)) if values else None,
         "map_micro": None,
         "estimate": True,
+    }
+
+
+def _split_meta(split, ids: Sequence[int], labels: Sequence[str]) -> dict:
+    """The held-out tags and unlabeled documents (document ids) behind a run's PU-estimated AP."""
+    return {
+        "val_tags": {label: [int(ids[p]) for p in held] for label, held in zip(labels, split.val_tags, strict=True)},
+        "val_unlabeled": [int(ids[p]) for p in split.val_unlabeled],
     }
 
 
@@ -275,7 +321,9 @@ def run_adapt(job: Job) -> tuple[str, dict]:
     val = sorted({*split.val_unlabeled, *(p for held in split.val_tags for p in held)})
     before_val = dict(zip(val, score_texts(clf, [texts[p] for p in val], max_length=cfg.max_length), strict=True))
     del gold
-    result = adapt(clf, texts, tags, cfg, callbacks=job.callbacks(), checkpoint_dir=job.checkpoint_dir(), gold=oracle)
+    store.save_analysis(job.run.id, "pu_split", {}, _split_meta(split, ids, labels))
+    callbacks = [*job.callbacks(), _MixupToStore(store, job.run.id, ids, labels)]
+    result = adapt(clf, texts, tags, cfg, callbacks=callbacks, checkpoint_dir=job.checkpoint_dir(), gold=oracle)
     del texts
     _after_training(job, result)
     out = save_classifier(result.clf, job.model_dir)

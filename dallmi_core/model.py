@@ -92,6 +92,7 @@ class Classifier:
 
 
 def _from_pretrained(source: str, **kwargs):
+    from safetensors import SafetensorError
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     try:
@@ -99,7 +100,7 @@ def _from_pretrained(source: str, **kwargs):
         model = AutoModelForSequenceClassification.from_pretrained(
             source, trust_remote_code=False, use_safetensors=True, **kwargs
         )
-    except (OSError, ValueError, KeyError) as exc:
+    except (OSError, ValueError, KeyError, SafetensorError) as exc:  # SafetensorError: corrupt weights
         raise ConfigError(f"Could not load a model from {source!r}: {exc}") from exc
     return model, tokenizer
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Sequence
 
 import numpy as np
@@ -9,6 +10,16 @@ import torch
 
 from dallmi_core.model import Classifier, forward_logits
 from dallmi_core.tokens import TokenizedCorpus, length_sorted_batches
+
+
+def autocast_for(device: torch.device) -> contextlib.AbstractContextManager:
+    """bf16 autocast on a GPU that supports it (half the memory traffic, tensor cores); else none.
+
+    CPUs keep float32, so CPU scores are exact: bf16 helps only CPUs with avx512_bf16 or AMX
+    (1.4x for inference on the reference machine, docs/BENCHMARKS.md) and slows the others."""
+    if device.type == "cuda" and torch.cuda.is_bf16_supported():
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
 
 
 def logits_for(
@@ -27,7 +38,7 @@ def logits_for(
     model.eval()
     out: np.ndarray | None = None
     try:
-        with torch.inference_mode():
+        with torch.inference_mode(), autocast_for(torch.device(device)):
             lengths = np.array([len(tokens.ids[i]) for i in indices], dtype=np.int64)
             for batch in length_sorted_batches(lengths, batch_size):
                 ids, mask = (t.to(device) for t in tokens.collate(indices[batch]))

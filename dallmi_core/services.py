@@ -176,6 +176,8 @@ def _has_checkpoint(run: Run) -> bool:
 def _model_labels(folder: str) -> list[str]:
     """Check a model folder without loading it (no torch in the app process) and read its label
     names; the worker's full check (model.check_model_dir) runs again when it loads the folder."""
+    if "\x00" in str(folder):  # the OS would refuse it with a ValueError, not an OSError
+        raise ConfigError(f"{folder!r} cannot be a model folder: its path contains a NUL character.")
     path = Path(folder)
     try:
         config = json.loads((path / "config.json").read_text(encoding="utf-8"))
@@ -232,8 +234,8 @@ class Services:
         if source_model and backbone:
             raise ConfigError("give a source model folder or a backbone, not both.")
         if source_model:
+            model_labels = _model_labels(str(Path(source_model).expanduser()))
             source_model = str(Path(source_model).expanduser().resolve())
-            model_labels = _model_labels(source_model)
             labels = list(labels) or model_labels
             missing = [label for label in labels if label not in model_labels]
             if missing:
@@ -514,6 +516,16 @@ class Services:
         for step, name, value in self.store.run_metrics(run_id):
             latest.setdefault(name, {})[step] = value
         return {name: sorted(values.items()) for name, values in latest.items()}
+
+    # ---- insights ---------------------------------------------------------------------------------
+
+    @property
+    def insights(self):
+        """The insight pages' use-cases and figures (per-label AP, MixUp samples, domain shift):
+        dallmi_core.insights.Insights, imported on first use (it loads models lazily, on demand)."""
+        from dallmi_core.insights import Insights
+
+        return Insights(self.store)
 
     # ---- exports ----------------------------------------------------------------------------------
 

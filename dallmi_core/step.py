@@ -5,6 +5,11 @@ sequences go through the model in ONE forward of word embeddings; every label te
 masked tensor op. Reference: the official code's structure, 1 + 3L forwards (for each label its
 positives, its mixed pair(s), and the chosen unlabeled document again). Both compute the same
 loss on the same draws (tests/unit/test_step.py), so speed is not bought with another method.
+
+On a CPU the cost of a forward is its padded tokens, and one batch of every document is padded to
+its longest member: there the sequences are cut into a few length groups (`length_groups`), each
+padded only to its own longest; a GPU, or a model wrapped for data parallelism (whose every forward
+is a collective that all ranks must call alike), keeps the single forward.
 """
 
 from __future__ import annotations
@@ -50,6 +55,64 @@ def _mix(base_u: torch.Tensor, base_p: torch.Tensor, mask_u, mask_p, mu: torch.T
     return mu * base_u + (1 - mu) * base_p, torch.maximum(mask_u, mask_p)
 
 
+# A CPU forward's fixed cost, in padded tokens: MiniLM's forward + backward measured 0 to 50 on
+# the loaded reference machine (docs/BENCHMARKS.md); set higher so that only cuts that save many
+# tokens are made (4 groups instead of 8 on short texts, 9% more padded tokens).
+CPU_FORWARD_COST_TOKENS = 256
+
+
+def length_groups(lengths: np.ndarray, forward_cost: float) -> list[np.ndarray]:
+    """Indices cut into groups of similar length minimising padded tokens + `forward_cost` per group.
+
+    Exact for contiguous groups of the length-sorted order (dynamic programming over cut points,
+    vectorised over the previous cut); `forward_cost=inf` gives one group.
+    """
+    order = np.argsort(lengths, kind="stable")
+    n = len(order)
+    if n == 0 or not np.isfinite(forward_cost):
+        return [order]
+    sorted_len = lengths[order].astype(np.float64)
+    best = np.zeros(n + 1)
+    cut = np.zeros(n + 1, dtype=np.int64)
+    starts = np.arange(n + 1, dtype=np.float64)
+    for j in range(1, n + 1):  # group (i, j] padded to sorted_len[j - 1]
+        costs = best[:j] + (j - starts[:j]) * sorted_len[j - 1]
+        cut[j] = int(np.argmin(costs))
+        best[j] = costs[cut[j]] + forward_cost
+    groups, j = [], n
+    while j > 0:
+        groups.append(order[cut[j] : j])
+        j = cut[j]
+    return groups[::-1]
+
+
+def _forward_cost(model, device: torch.device) -> float:
+    wrapped = hasattr(model, "module")  # DDP: every forward syncs buffers, ranks must agree
+    return CPU_FORWARD_COST_TOKENS if device.type == "cpu" and not wrapped else float("inf")
+
+
+def _grouped_logits(model, base: torch.Tensor, mask: torch.Tensor, mixup_at: str | None, device) -> torch.Tensor:
+    """Logits of every row of (ids or embeddings) `base`, forwarded in length groups, in row order."""
+    lengths = mask.sum(dim=1).cpu().numpy()
+    groups = length_groups(lengths, _forward_cost(model, device))
+    if len(groups) == 1:
+        return _logits_of(model, base, mask, mixup_at)
+    parts = []
+    for rows in groups:
+        width = int(lengths[rows].max())
+        index = torch.as_tensor(rows, device=base.device)
+        parts.append(_logits_of(model, base[index, :width], mask[index, :width], mixup_at))
+    order = torch.as_tensor(np.concatenate(groups), device=base.device)
+    logits = torch.cat(parts)
+    return torch.empty_like(logits).index_copy(0, order, logits)
+
+
+def _logits_of(model, base: torch.Tensor, mask: torch.Tensor, mixup_at: str | None) -> torch.Tensor:
+    if mixup_at is None:  # token ids
+        return forward_logits(model, input_ids=base, attention_mask=mask)
+    return _logits_from_base(model, base, mask, mixup_at)
+
+
 def _base_embeddings(model, ids: torch.Tensor, mixup_at: str) -> torch.Tensor:
     if mixup_at == "word_embeddings":
         return word_embedding_matrix(model)[ids]
@@ -81,7 +144,7 @@ def vectorised_dallmi_step(
     ids, mask = (t.to(device) for t in tokens.collate(docs))
 
     if mix is None:
-        z_docs = forward_logits(model, input_ids=ids, attention_mask=mask)
+        z_docs = _grouped_logits(model, ids, mask, None, device)
     else:
         pair_u = torch.as_tensor(mix.pair_u[act], device=device)  # [La, m]
         pair_p = torch.as_tensor(mix.pair_p[act], device=device)
@@ -95,7 +158,7 @@ def vectorised_dallmi_step(
             mask[mix_p_rows],
             torch.as_tensor(mix.mu[act], device=device).reshape(-1),
         )
-        logits = _logits_from_base(model, torch.cat([base, mixed]), torch.cat([mask, mixed_mask]), cfg.mixup_at)
+        logits = _grouped_logits(model, torch.cat([base, mixed]), torch.cat([mask, mixed_mask]), cfg.mixup_at, device)
         z_docs, z_mixed_all = logits[: len(docs)], logits[len(docs) :]
         pairs = pair_u.shape[1]
         z_mixed_all = z_mixed_all.view(len(act), pairs, -1)
@@ -152,8 +215,11 @@ def reference_dallmi_step(
 def bce_step(
     model, tokens: TokenizedCorpus, indices: np.ndarray, targets: np.ndarray, device: torch.device
 ) -> tuple[torch.Tensor, dict[str, float]]:
-    """Supervised multi-label BCE on a batch (source fine-tuning and the BCE baselines)."""
+    """Supervised multi-label BCE on a batch (source fine-tuning and the BCE baselines).
+
+    The batch stays uniformly drawn (length-bucketed batches would correlate with the labels: on
+    multi-label text, longer documents carry more labels); on a CPU it is forwarded in length groups."""
     ids, mask = (t.to(device) for t in tokens.collate(indices))
-    logits = forward_logits(model, input_ids=ids, attention_mask=mask)
+    logits = _grouped_logits(model, ids, mask, None, device)
     loss = bce_loss(logits, torch.as_tensor(targets, device=device))
     return loss, {"loss": float(loss.detach())}

@@ -21,9 +21,11 @@ from accelerate.utils import set_seed
 
 from dallmi_core.callbacks import Callback, CallbackList, EarlyStopping, TrainState
 from dallmi_core.config import AdaptConfig, SourceConfig, TrainingBase
+from dallmi_core.distributed import gather
 from dallmi_core.errors import ConfigError, RunStateError
 from dallmi_core.losses import variational_term
 from dallmi_core.metrics import pu_estimated_ap
+from dallmi_core.mixup import MixupRecord, score_pairs
 from dallmi_core.model import Classifier, resolve_device, unwrap
 from dallmi_core.sampling import LabelBalancedSampler, UnlabeledStream
 from dallmi_core.scoring import logits_for, sigmoid
@@ -181,7 +183,8 @@ class Trainer:
         self.callbacks.on_train_end(self.state)
         self.clf.model = unwrap(self.model)
         self.clf.model.eval()
-        return TrainResult(self.clf, self.state, getattr(self, "split", None))
+        extras = {"unlabeled_shard": self.unlabeled_shard().tolist()}
+        return TrainResult(self.clf, self.state, getattr(self, "split", None), extras)
 
     # -- hooks for subclasses ------------------------------------------------------------------
     evaluates = False
@@ -206,6 +209,10 @@ class Trainer:
 
     def load_sampler_state(self, state: dict) -> None: ...
 
+    def unlabeled_shard(self) -> np.ndarray:
+        """This rank's slice of the training documents (under data parallelism: disjoint per rank)."""
+        return np.empty(0, dtype=np.int64)
+
     # -- model selection -----------------------------------------------------------------------
     def evaluate(self) -> None:
         metrics = self.validation_metrics()
@@ -220,7 +227,10 @@ class Trainer:
 
     # -- checkpoints --------------------------------------------------------------------------
     def save_checkpoint(self) -> None:
-        if self.checkpoint_dir is None or not self.accelerator.is_main_process:
+        if self.checkpoint_dir is None:
+            return
+        samplers = gather(self.sampler_state())  # every rank's stream, so each resumes its own shard
+        if not self.accelerator.is_main_process:
             return
         self.checkpoint_dir.mkdir(parents=True, exist_ok=True)
         payload = {
@@ -232,7 +242,7 @@ class Trainer:
             "best": self.best_weights,
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
-            "sampler": self.sampler_state(),
+            "sampler": samplers,
             "torch_rng": torch.get_rng_state(),
             "config": self.cfg.to_dict(),
         }
@@ -250,7 +260,15 @@ class Trainer:
         unwrap(self.model).load_state_dict(payload["model"])
         self.optimizer.load_state_dict(payload["optimizer"])
         self.scheduler.load_state_dict(payload["scheduler"])
-        self.load_sampler_state(payload["sampler"])
+        samplers = payload["sampler"]
+        if isinstance(samplers, dict):  # written before checkpoints held one stream per rank
+            samplers = [samplers]
+        if len(samplers) != self.world:
+            raise RunStateError(
+                f"Checkpoint {path} was written by {len(samplers)} processes, this run has {self.world}; "
+                "resume it with as many processes, or start a new run."
+            )
+        self.load_sampler_state(samplers[self.rank])
         torch.set_rng_state(payload["torch_rng"])
         self.best_weights = payload["best"]
         self.state.step = self.state.resumed_from = payload["step"]
@@ -296,6 +314,9 @@ class SourceTrainer(Trainer):
 
     def epoch_progress(self):
         return self.stream.progress
+
+    def unlabeled_shard(self):
+        return self.stream.pool
 
     def sampler_state(self):
         return {"stream": self.stream.state_dict(), "rng": self.stream.rng.bit_generator.state}
@@ -371,10 +392,29 @@ class DallmiTrainer(_TargetTrainer):
         mix = (
             draw_mixup(self.mix_rng, batch, self.cfg.mixup_pairs, self.cfg.mixup_alpha) if self.cfg.uses_mixup else None
         )
+        self.state.mixup = None if mix is None else self.mixup_record(batch, mix)
         return vectorised_dallmi_step(self.model, self.tokens, batch, mix, self.cfg, self.device)
+
+    def mixup_record(self, batch, mix) -> MixupRecord:
+        """The step's pairs in corpus positions, scored by the model only if a callback asks."""
+        act = np.flatnonzero(batch.active)
+        pairs = mix.pair_u.shape[1]
+        return MixupRecord(
+            step=self.state.step + 1,
+            labels=np.repeat(act, pairs),
+            unlabeled=batch.unlabeled[mix.pair_u[act]].ravel(),
+            positive=np.take_along_axis(batch.positives[act], mix.pair_p[act], axis=1).ravel(),
+            mu=mix.mu[act].ravel(),
+            score=lambda u, p, mu, labels: score_pairs(
+                self.model, self.tokens, u, p, mu, labels, mixup_at=self.cfg.mixup_at
+            ),
+        )
 
     def epoch_progress(self):
         return self.sampler.unlabeled.progress
+
+    def unlabeled_shard(self):
+        return self.sampler.unlabeled.pool
 
     def sampler_state(self):
         return {"sampler": self.sampler.state_dict(), "mix_rng": self.mix_rng.bit_generator.state}
@@ -410,6 +450,9 @@ class BceTargetTrainer(_TargetTrainer):
 
     def epoch_progress(self):
         return self.stream.progress
+
+    def unlabeled_shard(self):
+        return self.stream.pool
 
     def sampler_state(self):
         return {"stream": self.stream.state_dict(), "rng": self.stream.rng.bit_generator.state}

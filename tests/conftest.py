@@ -14,6 +14,14 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+# CI (CI=true) runs the same hypothesis examples every time, so a red build is reproducible; locally
+# every run explores new ones (and `.hypothesis/` replays what failed before).
+from hypothesis import settings as _hypothesis_settings  # noqa: E402
+
+_hypothesis_settings.register_profile("ci", derandomize=True, print_blob=True)
+if os.environ.get("CI", "").lower() in ("1", "true"):
+    _hypothesis_settings.load_profile("ci")
+
 LABELS = ["billing", "login", "shipping"]
 _WORDS = {
     "billing": ["invoice", "refund", "charge", "payment"],
@@ -36,6 +44,39 @@ def make_texts(n: int, seed: int = 0) -> tuple[list[str], np.ndarray]:
         rng.shuffle(words)
         texts.append(" ".join(words))
     return texts, y
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _no_default_data_dir(tmp_path_factory):
+    """No test may touch ./dallmi_data (the user's real store) or leave a worker serving it: a test
+    that forgets to choose its data dir gets a throw-away one."""
+    saved = {name: os.environ.get(name) for name in ("DALLMI_DATA_DIR", "DALLMI_NO_DEMO")}
+    default = tmp_path_factory.mktemp("default-data-dir")
+    os.environ.setdefault("DALLMI_DATA_DIR", str(default))
+    os.environ.setdefault("DALLMI_NO_DEMO", "1")  # the real demo fine-tunes MiniLM for minutes
+    yield
+    for name, value in saved.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
+    _stop_worker(default)
+
+
+def _stop_worker(data_dir) -> None:
+    """End a worker some test left serving `data_dir` (it runs in its own session, so it outlives us)."""
+    import signal
+
+    from dallmi_core.worker import worker_running
+
+    lock = data_dir / "worker.lock"
+    if not worker_running(data_dir):  # a stale pid in the lock file may belong to anyone now
+        return
+    try:
+        pid = int(lock.read_text().strip())
+        os.kill(pid, signal.SIGTERM)
+    except (OSError, ValueError):
+        return
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -6,7 +6,7 @@ share one typed API. Model weights and exports are files under the data director
 
     db.py           the connection: pragmas, migrations, transactions, reads, errors
     schema.py       the numbered migrations
-    projects.py     documents.py     annotations.py     runs.py: the tables, as Store mixins
+    projects.py     documents.py     annotations.py     runs.py     analysis.py: the tables, as Store mixins
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ import os
 from pathlib import Path
 
 from dallmi_core.errors import StoreError
+from dallmi_core.store.analysis import AnalysisMixin
 from dallmi_core.store.annotations import Annotation, AnnotationsMixin
 from dallmi_core.store.db import StoreBase
 from dallmi_core.store.documents import Document, DocumentsMixin, content_hash, fts_query
@@ -38,7 +39,7 @@ __all__ = [
 ]
 
 
-class Store(ProjectsMixin, DocumentsMixin, AnnotationsMixin, RunsMixin, StoreBase):
+class Store(ProjectsMixin, DocumentsMixin, AnnotationsMixin, RunsMixin, AnalysisMixin, StoreBase):
     """A handle on one store file: its own connection, safe to share between threads (a lock)."""
 
 

@@ -7,6 +7,7 @@ turned into a StoreError that says what to do.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import sqlite3
@@ -76,6 +77,11 @@ class StoreBase:
             return (
                 f"cannot write the store {self.path} ({text}). Check that its folder is writable and "
                 "has free space, or set DALLMI_DATA_DIR to another folder."
+            )
+        if "full" in text:  # SQLITE_FULL: "database or disk is full"
+            return (
+                f"the disk holding the store {self.path} is full ({text}); nothing was written. Free some space, "
+                "or set DALLMI_DATA_DIR to a folder on a disk with room."
             )
         if "locked" in text or "busy" in text:
             return f"the store {self.path} stayed locked by another process for 30 s ({text}). Try again."
@@ -177,3 +183,15 @@ class StoreBase:
         except sqlite3.Error as exc:
             result = f"{'' if result == 'ok' else result + ', '}full-text index: {exc}"
         return result
+
+    def content_digest(self) -> str:
+        """sha256 over every stored row of every table (FTS shadow tables included, virtual tables
+        skipped), in a fixed order: equal digests mean equal content, whatever the file's pages hold.
+        Reliability tests use it to prove a failed write changed nothing."""
+        digest = hashlib.sha256()
+        tables = self._rows("SELECT name FROM sqlite_master WHERE type = 'table' AND sql NOT LIKE 'CREATE VIRTUAL%'")
+        for name in sorted(r[0] for r in tables):
+            digest.update(name.encode())
+            for row in sorted(repr(tuple(r)) for r in self._rows(f'SELECT * FROM "{name}"')):
+                digest.update(row.encode())
+        return digest.hexdigest()

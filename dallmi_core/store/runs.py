@@ -315,6 +315,13 @@ class RunsMixin(StoreBase):
             )
         return len(rows)
 
+    def drop_mixup_samples_after(self, run_id: int, step: int) -> int:
+        """Delete the MixUp rows past `step` (a run resumed from its checkpoint there logs them again)."""
+        with self.transaction():
+            return self.conn.execute(
+                "DELETE FROM mixup_samples WHERE run_id = ? AND step > ?", (run_id, int(step))
+            ).rowcount
+
     def mixup_samples(self, run_id: int, *, label: str | None = None, limit: int = 1000) -> list[dict]:
         where, params = ("AND label = ?", [label]) if label else ("", [])
         return [

@@ -78,4 +78,16 @@ def _m3_runs(db: sqlite_utils.Database) -> None:
     """)
 
 
-MIGRATIONS = (_m1_core, _m2_fts, _m3_runs)  # append only: the index + 1 is the schema version
+def _m4_run_analysis(db: sqlite_utils.Database) -> None:
+    """Cached per-run analyses (insight pages) and per-label thresholds saved for export."""
+    db.executescript("""
+    CREATE TABLE run_analysis (run_id INTEGER NOT NULL REFERENCES runs(id) ON DELETE CASCADE,
+        kind TEXT NOT NULL, params_hash TEXT NOT NULL, params TEXT NOT NULL, meta TEXT NOT NULL,
+        arrays BLOB, created_at REAL NOT NULL, PRIMARY KEY (run_id, kind, params_hash)) WITHOUT ROWID;
+    CREATE TABLE run_thresholds (run_id INTEGER NOT NULL REFERENCES runs(id) ON DELETE CASCADE,
+        label TEXT NOT NULL, threshold REAL NOT NULL CHECK (threshold BETWEEN 0 AND 1), saved_at REAL NOT NULL,
+        PRIMARY KEY (run_id, label)) WITHOUT ROWID;
+    """)
+
+
+MIGRATIONS = (_m1_core, _m2_fts, _m3_runs, _m4_run_analysis)  # append only: the index + 1 is the schema version

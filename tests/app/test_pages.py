@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ast
 import io
+import json
 import shutil
 import sys
 import tempfile
@@ -23,6 +24,7 @@ from conftest import LABELS, make_texts
 from streamlit.testing.v1 import AppTest
 
 import dallmi_core.services as services_module
+from dallmi_core.exporter import predictions_frame
 from dallmi_core.services import SystemInfo, open_services
 
 REPO = Path(__file__).resolve().parents[2]
@@ -116,11 +118,138 @@ def test_pages_without_a_project_point_to_the_projects_page(env, page):
     assert "Create or pick a project first" in at.info[0].value
 
 
-def test_later_pages_say_what_they_will_show(seeded):
-    for page in ("Per-label AP", "MixUp samples", "Domain shift"):
-        at = _app(page)
-        assert "later release" in at.info[0].value
-        assert at.markdown[0].value.startswith("It will show")
+INSIGHT_PAGES = ("Per-label AP", "MixUp samples", "Domain shift")
+
+
+@pytest.fixture()
+def adapted(seeded, tiny_backbone):
+    """A finished adaptation run as the worker leaves it without gold labels: a model folder (the tiny
+    BERT), predictions, PU-estimated AP before/after with its held-out split, and logged MixUp pairs."""
+    import torch
+
+    from dallmi_core.model import new_classifier, save_classifier
+
+    svc, docs = seeded.svc, seeded.target
+    svc.tag_many(seeded.project.id, docs[:4], "billing")
+    svc.tag_many(seeded.project.id, docs[4:7], "login")
+    torch.manual_seed(0)
+    model = save_classifier(new_classifier(tiny_backbone, LABELS), svc.store.models_dir / "run-adapted")
+    scores = np.random.default_rng(1).random((30, 3)).astype(np.float32)
+    scores[[1, 5], [0, 1]] = 0.95  # the held-out positives rank first
+    metrics = {
+        "estimate": True,
+        "steps": 6,
+        "tags": {"billing": 4, "login": 3, "shipping": 0},
+        "before": {"per_label_ap": {"billing": 0.25, "login": 0.2, "shipping": None}, "map_macro": 0.225},
+        "after": {"per_label_ap": {"billing": 1.0, "login": 1.0, "shipping": None}, "map_macro": 1.0},
+    }
+    run_id = _finished_run(svc.store, seeded.project.id, "adapt", scores, docs, model_path=model, metrics=metrics)
+    svc.store.save_analysis(
+        run_id, "pu_split", {}, {"val_tags": {"billing": [docs[1]], "login": [docs[5]]}, "val_unlabeled": docs[20:]}
+    )
+    svc.store.log_mixup_samples(
+        run_id,
+        3,
+        [
+            {"label": "billing", "positive_doc": docs[0], "unlabeled_doc": docs[12], "mu": 0.2, "prediction": 0.6,
+             "target": 0.9},
+            {"label": "billing", "positive_doc": docs[2], "unlabeled_doc": docs[13], "mu": 0.7, "prediction": 0.4,
+             "target": 0.5},
+        ],
+    )
+    seeded.run_id = run_id
+    return seeded
+
+
+@pytest.mark.parametrize("page", INSIGHT_PAGES)
+def test_insight_pages_without_a_finished_run_point_to_the_adapt_page(seeded, page):
+    at = _app(page)
+    assert "No finished adaptation run yet" in at.info[0].value
+
+
+def test_per_label_ap_page_marks_the_estimate_and_saves_a_threshold_for_export(adapted):
+    at = _app("Per-label AP")
+    assert not at.exception and not at.error
+    assert "Estimate, not measured AP" in at.warning[0].value and "2 held-out tagged positives" in at.warning[0].value
+    macro = next(m for m in at.metric if m.label == "Macro mAP (estimate)")
+    assert macro.value == "1.000" and "+0.775" in macro.proto.delta
+    charts = [json.loads(c.proto.spec) for c in at.get("plotly_chart")]
+    bars = charts[0]["data"]
+    assert [t["name"] for t in bars] == ["before (source model)", "after"]
+    assert bars[0]["x"] == ["billing (4 tags)", "login (3 tags)", "shipping (0 tags)"]
+    assert "estimate from 1 held-out positives" in charts[1]["layout"]["title"]["text"]
+    table = at.dataframe[0].value
+    assert table.loc[0, "held-out positives (estimate rests on)"] == 1 and table.loc[0, "change"] == pytest.approx(0.75)
+
+    at.slider(key=f"threshold-{adapted.run_id}-billing").set_value(0.9).run()
+    assert {m.label: m.value for m in at.metric}["Recall"] == "1.000"  # the held-out positive scores 0.95
+    at.button(key="save_threshold").click().run()
+    assert not at.exception
+    assert adapted.svc.insights.thresholds(adapted.run_id) == {"billing": 0.9}
+    assert "Saved threshold 0.900 for billing" in at.success[0].value
+    frame = predictions_frame(adapted.svc.store, adapted.run_id)
+    assert frame["pred_billing"].sum() == (frame["score_billing"] >= 0.9).sum()
+
+
+def test_per_label_ap_page_with_gold_labels_shows_true_ap(seeded, tiny_backbone):
+    svc = seeded.svc
+    eval_texts, eval_y = make_texts(12, seed=9)
+    labels = ["|".join(LABELS[j] for j in np.flatnonzero(row)) for row in eval_y]
+    pd.DataFrame({"id": [f"e{i}" for i in range(12)], "text": eval_texts, "labels": labels, "domain": "eval"}).to_csv(
+        seeded.tmp / "eval.csv", index=False
+    )
+    svc.import_file(seeded.project.id, seeded.tmp / "eval.csv")
+    docs = svc.store.document_ids(seeded.project.id, "eval")
+    scores = eval_y * 0.8 + 0.1  # a perfect ranking
+    metrics = {"estimate": False, "after": {"per_label_ap": dict.fromkeys(LABELS, 1.0), "map_macro": 1.0}}
+    model = shutil.copytree(tiny_backbone, svc.store.models_dir / "run-gold")
+    _finished_run(svc.store, seeded.project.id, "adapt", scores, docs, model_path=model, metrics=metrics)
+    at = _app("Per-label AP")
+    assert not at.exception and not at.error and not at.warning
+    assert "Measured on the gold-labelled eval documents" in _texts(at)
+    title = json.loads(at.get("plotly_chart")[1].proto.spec)["layout"]["title"]["text"]
+    assert title == "billing: AP 1.000"
+    assert {m.label: m.value for m in at.metric}["F1"] == "1.000"  # at the best-F1 threshold
+
+
+def test_mixup_page_shows_logged_and_fresh_pairs_with_the_decoded_mix(adapted):
+    at = _app("MixUp samples")
+    assert not at.exception and not at.error
+    assert at.selectbox(key="mixup_label").value == "billing"
+    assert "2 pairs logged at 1 training steps" in _texts(at)
+    scatter = json.loads(at.get("plotly_chart")[0].proto.spec)["data"]
+    assert scatter[1]["x"] == [0.9, 0.5] and scatter[1]["y"] == [0.6, 0.4]
+    texts = [t.value for t in at.text]
+    assert any(t.startswith("[CLS]") for t in texts)  # the decoded mix
+    docs = adapted.svc.store.get_documents(adapted.project.id, ids=[adapted.target[0], adapted.target[12]])
+    assert docs[0].text in texts and docs[1].text in texts  # both documents, side by side, as plain text
+
+    at.radio(key="mixup_source").set_value("fresh draw").run()
+    assert not at.exception and not at.error
+    names = [t["name"] for t in json.loads(at.get("plotly_chart")[0].proto.spec)["data"]]
+    assert names == ["perfect", "source model", "adapted model"]
+    assert len(at.dataframe[0].value) == 64
+
+
+def test_domain_shift_page_computes_once_then_draws_from_the_cache(adapted):
+    at = _app("Domain shift")
+    assert "at most 2,000 of each" in at.info[0].value
+    at.button(key="compute_shift").click().run()
+    assert not at.exception and not at.error
+    labels = [m.label for m in at.metric]
+    assert labels.count("A-distance") == 2 and labels.count("MMD p-value") == 2
+    assert "6 of 6 source and 30 of 30 target documents embedded." in _texts(at)
+    charts = {c.proto.id: json.loads(c.proto.spec) for c in at.get("plotly_chart")}
+    assert len(charts) == 4  # two projections, the terms, the label prevalence
+    projection = next(iter(charts.values()))
+    assert [t["name"] for t in projection["data"]] == ["source", "target"]
+    at.selectbox(key="shift_colour").set_value("login").run()
+    assert not at.exception
+    assert adapted.svc.store.load_analysis(adapted.run_id, "shift", {"projection": "pca", "limit": 2000})
+
+    again = _app("Domain shift")  # a new session: straight from the cache, no button
+    assert not again.exception and not [b for b in again.button if b.key == "compute_shift"]
+    assert [m.label for m in again.metric].count("A-distance") == 2
 
 
 def test_create_rename_and_delete_a_project(env, tiny_backbone):
@@ -359,6 +488,43 @@ def test_the_demo_project_is_prepared_once_and_offers_its_presets(env, monkeypat
     assert at.selectbox(key="Paper settings-device").value == "auto"  # no GPU here: cuda is not offered
     at.button(key="run_demo").click().run()
     assert not at.exception and [r.status for r in env.svc.run_history(picker.value)] == ["queued"]
+
+
+def test_a_finished_run_shows_its_macro_ap_before_and_after(seeded):
+    store = seeded.svc.store
+    run_id = store.enqueue_run(seeded.project.id, "adapt", {})
+    store.claim_next_run(1)
+    store.update_progress(run_id, {"stage": "score", "scored": 30, "total": 30})
+    metrics = {"steps": 20, "estimate": False, "before": {"map_macro": 0.41}, "after": {"map_macro": 0.525}}
+    store.finish_run(run_id, "done", metrics=metrics)
+    at = _app("Adapt")
+    assert at.get("progress")[-1].proto.text == "done"  # not the last stage's "score: 30 of 30 documents"
+    shown = {m.label: (m.value, m.proto.delta) for m in at.metric}
+    assert shown["Steps"][0] == "20" and shown["Macro AP before"][0] == "0.410"
+    assert shown["Macro AP after"] == ("0.525", "+0.115") and shown["Measured on"][0] == "gold labels"
+    assert "Epoch" not in shown and "ETA" not in shown
+
+
+def test_the_projects_page_tells_a_first_time_viewer_what_the_demo_does_next(env, tiny_backbone):
+    """The demo opens on the Projects page: it says what the data is and where the source model stands."""
+    from dallmi_core.demo import DEMO_PROJECT
+
+    project = env.svc.create_project(DEMO_PROJECT, LABELS, backbone=tiny_backbone)
+    at = _app("Projects")
+    banner = at.info[0].value
+    assert banner.startswith("**The demo project.**") and "not running: start it on the Data page" in banner
+    run_id = env.svc.store.enqueue_run(project.id, "finetune-source", {})
+    env.svc.store.claim_next_run(1)
+    env.svc.store.update_progress(run_id, {"stage": "finetune-source", "step": 3, "max_steps": 75})
+    at.run()
+    assert f"running now (run {run_id}, step 3 of 75;" in at.info[0].value
+    env.svc.store.update_project(project.id, source_model=tiny_backbone)
+    at.run()
+    assert "e-mails: done, the model is ready." in at.info[0].value
+    env.svc.create_project("mine", LABELS, backbone=tiny_backbone)
+    at.run()
+    next(box for box in at.selectbox if box.label == "Project").select(env.svc.store.find_project("mine").id).run()
+    assert not [i for i in at.info if "The demo project" in i.value]
 
 
 def test_the_device_probe_runs_torch_in_a_child_process(monkeypatch):

@@ -6,11 +6,21 @@ import numpy as np
 import pytest
 import torch
 from conftest import LABELS, make_texts
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
+import dallmi_core.step as step_module
 from dallmi_core.config import AdaptConfig
 from dallmi_core.model import word_embedding_matrix
 from dallmi_core.sampling import BalancedBatch, LabelBalancedSampler
-from dallmi_core.step import MixupDraws, draw_mixup, reference_dallmi_step, vectorised_dallmi_step
+from dallmi_core.step import (
+    MixupDraws,
+    bce_step,
+    draw_mixup,
+    length_groups,
+    reference_dallmi_step,
+    vectorised_dallmi_step,
+)
 from dallmi_core.tokens import TokenizedCorpus
 
 CPU = torch.device("cpu")
@@ -114,3 +124,62 @@ def test_mixed_input_interpolates_word_embeddings(setup, monkeypatch):
         for lab in range(labels):
             ids = torch.as_tensor(tokens.ids[doc_of(lab)])
             torch.testing.assert_close(mixed[lab, : len(ids)], W[ids])
+
+
+@pytest.mark.parametrize("pairs", [0, 2])
+def test_length_grouped_forwards_give_the_same_loss_and_gradients(setup, monkeypatch, pairs):
+    """With a zero forward cost the CPU path cuts the batch into several length groups: same numbers."""
+    model, tokens, sampler = setup
+    cfg = AdaptConfig(mixup_pairs=pairs)
+    batch = sampler.next()
+    mix = draw_mixup(np.random.default_rng(5), batch, pairs, 0.3) if pairs else None
+    ref, _, ref_grads = _loss_and_grads(reference_dallmi_step, model, tokens, batch, mix, cfg)
+    monkeypatch.setattr("dallmi_core.step.CPU_FORWARD_COST_TOKENS", 0.0)
+    calls = []
+    real = step_module.forward_logits
+    monkeypatch.setattr("dallmi_core.step.forward_logits", lambda *a, **kw: calls.append(1) or real(*a, **kw))
+    fast, _, fast_grads = _loss_and_grads(vectorised_dallmi_step, model, tokens, batch, mix, cfg)
+    assert len(calls) > 1, "the batch was not cut into length groups"
+    assert fast == pytest.approx(ref, abs=1e-5)
+    for name, grad in fast_grads.items():
+        torch.testing.assert_close(grad, ref_grads[name], atol=1e-5, rtol=1e-4, msg=name)
+
+
+@given(
+    st.lists(st.integers(1, 128), min_size=1, max_size=60),
+    st.sampled_from([0.0, 16.0, 256.0, float("inf")]),
+)
+@settings(max_examples=60, deadline=None)
+def test_length_groups_partition_the_rows_and_never_cost_more_than_one_forward(lengths, cost):
+    lengths = np.asarray(lengths)
+    groups = length_groups(lengths, cost)
+    assert sorted(np.concatenate(groups).tolist()) == list(range(len(lengths)))
+    padded = sum(len(g) * lengths[g].max() for g in groups)
+    overhead = 0.0 if not np.isfinite(cost) else cost * len(groups)
+    one = len(lengths) * lengths.max() + (0.0 if not np.isfinite(cost) else cost)
+    assert padded + overhead <= one
+    if not np.isfinite(cost):
+        assert len(groups) == 1
+    if cost == 0.0:
+        assert padded == lengths.sum()  # free forwards: no padding at all
+
+
+def test_bce_step_in_length_groups_gives_the_same_loss_and_gradients(setup, monkeypatch):
+    model, tokens, _ = setup
+    indices = np.arange(12)
+    targets = np.random.default_rng(0).integers(0, 2, size=(12, len(LABELS))).astype(np.float32)
+
+    def loss_and_grads():
+        model.zero_grad(set_to_none=True)
+        loss, _ = bce_step(model, tokens, indices, targets, CPU)
+        loss.backward()
+        return float(loss), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+    monkeypatch.setattr("dallmi_core.step.CPU_FORWARD_COST_TOKENS", float("inf"))
+    one, one_grads = loss_and_grads()
+    monkeypatch.setattr("dallmi_core.step.CPU_FORWARD_COST_TOKENS", 0.0)
+    grouped, grouped_grads = loss_and_grads()
+    assert len(length_groups(tokens.lengths[indices], 0.0)) > 1
+    assert grouped == pytest.approx(one, abs=1e-6)
+    for name, grad in one_grads.items():
+        torch.testing.assert_close(grouped_grads[name], grad, atol=1e-6, rtol=1e-5, msg=name)

@@ -1,0 +1,272 @@
+"""One real-browser journey: `streamlit run app.py` on 127.0.0.1, driven by Playwright in headless chromium.
+
+Create a project on the tiny backbone, upload a CSV, bulk-tag positives and accept one in the quick
+pass, start a tiny adaptation, wait for the auto-started worker to finish it, and download its
+predictions. A screenshot of every step lands in test-artifacts/e2e/ (not committed), with the
+server's and the worker's logs.
+
+The browser is the system's (Debian package `chromium`, installed by .ci/run): Playwright's own
+browser download is not used. The test is skipped only when chromium or playwright is missing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from conftest import LABELS, make_texts
+
+from dallmi_core.worker import LOG_FILE, worker_pid
+
+CHROMIUM = shutil.which("chromium")
+try:
+    from playwright import sync_api
+except ImportError:
+    sync_api = None
+_MISSING = [
+    why
+    for why, missing in (
+        ("no `chromium` on PATH (Debian: apt-get install chromium)", CHROMIUM is None),
+        ('playwright is not installed (pip install -e ".[test]")', sync_api is None),
+    )
+    if missing
+]
+if _MISSING:
+    if os.environ.get("DALLMI_E2E_REQUIRED"):  # set by .ci/run: CI must run this test, not skip it
+        raise RuntimeError("the browser test cannot run: " + "; ".join(_MISSING))
+    pytest.skip("; ".join(_MISSING), allow_module_level=True)
+
+pytestmark = pytest.mark.slow
+
+REPO = Path(__file__).resolve().parents[2]
+ARTIFACTS = REPO / "test-artifacts" / "e2e"
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--disable-quic",
+]
+SERVER_ARGS = "--server.address 127.0.0.1 --server.headless true --server.fileWatcherType none".split()
+START_TIMEOUT = 120  # s until /_stcore/health answers: the first start imports streamlit on a busy machine
+STEP_TIMEOUT = 90_000  # ms per interaction: one script run (the Adapt page's first one asks torch about devices)
+RUN_TIMEOUT = 300  # s for the tiny adaptation: the worker's interpreter imports torch, trains 3 steps, scores
+N_DOCS = 40
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _wait_healthy(url: str, proc: subprocess.Popen, log: Path) -> None:
+    deadline = time.monotonic() + START_TIMEOUT
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            pytest.fail(f"streamlit exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
+        try:
+            with urllib.request.urlopen(f"{url}/_stcore/health", timeout=5) as response:
+                if response.status == 200:
+                    return
+        except OSError:
+            pass
+        time.sleep(0.5)
+    pytest.fail(f"streamlit did not answer {url}/_stcore/health within {START_TIMEOUT} s:\n{log.read_text()[-3000:]}")
+
+
+def _stop_worker(data: Path) -> None:
+    """The app starts the worker in its own session, so stopping the server leaves it: stop it here."""
+    pid = worker_pid(data)
+    if pid is None:
+        return
+    os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and worker_pid(data) is not None:
+        time.sleep(0.2)
+    if worker_pid(data) is not None:
+        os.kill(pid, signal.SIGKILL)
+
+
+@pytest.fixture()
+def app_url(tmp_path):
+    """`streamlit run app.py` on a free port: a tmp data dir, no demo, the worker started on demand."""
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    for old in ARTIFACTS.glob("*.png"):
+        old.unlink()
+    data = tmp_path / "data"
+    port = _free_port()
+    env = {
+        **os.environ,
+        "DALLMI_DATA_DIR": str(data),
+        "DALLMI_NO_DEMO": "1",
+        "DALLMI_WORKER_ARGS": "--idle-exit 120",  # a worker the teardown misses still exits
+        "HF_HUB_OFFLINE": "1",
+        "TOKENIZERS_PARALLELISM": "false",
+    }
+    env.pop("DALLMI_NO_WORKER", None)
+    log = ARTIFACTS / "streamlit.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "streamlit", "run", "app.py", "--server.port", str(port), *SERVER_ARGS],
+            cwd=REPO,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        _wait_healthy(url, proc, log)
+        yield url
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        _stop_worker(data)
+        if (data / LOG_FILE).is_file():
+            shutil.copyfile(data / LOG_FILE, ARTIFACTS / "worker.log")
+
+
+@pytest.fixture()
+def page(app_url):
+    with sync_api.sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+        context = browser.new_context(viewport={"width": 1400, "height": 1000}, accept_downloads=True)
+        context.set_default_timeout(STEP_TIMEOUT)
+        tab = context.new_page()
+        tab.goto(app_url)
+        try:
+            yield tab
+        finally:
+            with contextlib.suppress(sync_api.Error):  # the page as the test left it; never hide its failure
+                shot(tab, "last")
+            context.close()
+            browser.close()
+
+
+def settled(page) -> None:
+    """Wait until Streamlit has finished the script run that the last interaction started."""
+    page.wait_for_timeout(300)  # the rerun request reaches the server and flips the state first
+    page.locator('[data-testid="stApp"][data-test-script-state="notRunning"]').wait_for()
+    page.locator('[data-testid="stStatusWidget"]').wait_for(state="hidden")
+
+
+def shot(page, name: str) -> None:
+    """The whole page: Streamlit scrolls inside its main section, so grow the viewport to fit it first."""
+    size = page.viewport_size
+    height = page.evaluate("() => document.querySelector('[data-testid=\"stMainBlockContainer\"]').scrollHeight")
+    page.set_viewport_size({"width": size["width"], "height": max(size["height"], min(int(height) + 200, 6000))})
+    page.wait_for_timeout(300)
+    page.screenshot(path=ARTIFACTS / f"{name}.png")
+    page.set_viewport_size(size)
+
+
+def goto(page, title: str) -> None:
+    page.locator('[data-testid="stSidebarNav"] a', has_text=title).first.click()
+    settled(page)
+    page.get_by_role("heading", name=title, exact=True).wait_for()
+
+
+def test_create_upload_tag_adapt_export(page, tmp_path, tiny_backbone):
+    settled(page)
+    page.get_by_role("heading", name="Projects").wait_for()
+
+    # 1. a project on the tiny backbone, adapted by pure PU learning (no source model)
+    page.get_by_label("Name", exact=True).fill("e2e tickets")
+    page.get_by_label("Labels", exact=True).fill(", ".join(LABELS))
+    page.get_by_label("Backbone", exact=True).fill(tiny_backbone)
+    page.get_by_label("Backbone", exact=True).press("Tab")
+    settled(page)
+    page.get_by_role("button", name="Create project").click()
+    settled(page)
+    page.get_by_text("Created project 'e2e tickets' with 3 labels").wait_for()
+    shot(page, "01-project-created")
+
+    # 2. upload the target text
+    texts, _ = make_texts(N_DOCS, seed=11)
+    csv = tmp_path / "target.csv"
+    pd.DataFrame({"id": [f"d{i}" for i in range(N_DOCS)], "text": texts}).to_csv(csv, index=False)
+    goto(page, "Data")
+    page.locator('[data-testid="stFileUploaderDropzoneInput"]').set_input_files(csv)
+    settled(page)
+    page.get_by_role("button", name="Import into e2e tickets").click()
+    settled(page)
+    page.get_by_text(f"Imported {N_DOCS} of {N_DOCS} rows ({N_DOCS} target)").wait_for()
+    shot(page, "02-data-imported")
+
+    # 3. tag every search hit for 'invoice' as billing, then accept one more in the quick pass
+    goto(page, "Annotate")
+    page.get_by_role("tab", name="Search and bulk tag").click()
+    page.get_by_label("Full-text search in the target documents", exact=True).fill("invoice")
+    page.get_by_label("Full-text search in the target documents", exact=True).press("Enter")
+    settled(page)
+    tag_all = page.get_by_role("button", name=re.compile(r"Tag all \d+ rows as 'billing'"))
+    n_hits = int(re.search(r"Tag all (\d+) rows", tag_all.inner_text()).group(1))
+    assert n_hits >= 2
+    shot(page, "03-search-results")
+    tag_all.click()
+    settled(page)
+    page.get_by_text(f"Tagged {n_hits} document(s) as 'billing'").wait_for()
+    page.get_by_role("tab", name="Quick pass").click()
+    page.get_by_text("Similar to tagged", exact=True).click()
+    settled(page)
+    page.get_by_text("Is this billing?").wait_for()
+    shot(page, "04-quick-pass")
+    page.get_by_role("button", name="Accept").click()
+    settled(page)
+    page.get_by_text(f"billing: {n_hits + 1} of the recommended").wait_for()
+    shot(page, "05-tagged")
+
+    # 4. a tiny adaptation: 3 steps of 8 unlabeled documents
+    goto(page, "Adapt")
+    page.get_by_label("Max steps (0 = from the tags)", exact=True).fill("3")
+    page.get_by_label("Max steps (0 = from the tags)", exact=True).press("Tab")
+    page.get_by_label("Unlabeled batch size", exact=True).fill("8")
+    page.get_by_label("Unlabeled batch size", exact=True).press("Tab")
+    page.get_by_role("button", name="Start adaptation").click()
+    settled(page)
+    page.get_by_text(re.compile(r"Run \d+ is queued")).wait_for()
+    shot(page, "06-run-queued")
+    finished = page.get_by_text(re.compile(r"adapt · \S+ (done|failed|cancelled)$"))
+    finished.wait_for(timeout=RUN_TIMEOUT * 1000)  # the live fragment reruns the page when the run ends
+    settled(page)
+    shot(page, "07-run-finished")
+    assert finished.inner_text().endswith("done"), page.locator('[data-testid="stAlert"]').all_inner_texts()
+    pickers = page.locator('[data-testid="stSelectbox"]').evaluate_all(
+        "boxes => boxes.map(b => [b.innerText, ...[...b.querySelectorAll('input')].map(i => i.value)].join(' '))"
+    )
+    assert any(re.search(r"run \d+ · adapt · done", text) for text in pickers), pickers  # not a stale status
+    steps = page.get_by_test_id("stMetric").filter(has_text="Steps")
+    assert steps.inner_text().split() == ["Steps", "3"]  # the finished run's figures, not its last progress
+
+    # 5. download the run's predictions
+    goto(page, "Export")
+    with page.expect_download() as download:
+        page.get_by_role("button", name="Predictions (CSV)").click()
+    saved = tmp_path / download.value.suggested_filename
+    download.value.save_as(saved)
+    shot(page, "08-export")
+    predictions = pd.read_csv(saved)
+    assert saved.name.endswith("-predictions.csv")
+    assert list(predictions.columns) == ["id"] + [f"{kind}_{label}" for kind in ("score", "pred") for label in LABELS]
+    assert sorted(predictions["id"]) == sorted(f"d{i}" for i in range(N_DOCS))
+    scores = predictions[[f"score_{label}" for label in LABELS]]
+    assert ((scores >= 0) & (scores <= 1)).all().all()

@@ -1,0 +1,44 @@
+"""`dallmi bench-speed` on the tiny model: the JSON keeps its shape and every figure is positive."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+from conftest import LABELS, make_texts
+
+from dallmi_core.cli import main
+
+
+def test_bench_speed_writes_step_pipeline_and_scoring_figures(tmp_path, tiny_backbone, capsys):
+    texts, y = make_texts(40, seed=4)
+    data = tmp_path / "texts.csv"
+    labels = ["|".join(LABELS[j] for j in np.flatnonzero(row)) for row in y]
+    pd.DataFrame({"text": texts, "labels": labels, "domain": "target"}).to_csv(data, index=False)
+    out = tmp_path / "speed.json"
+    argv = ["bench-speed", "--labels", "2,5", "--data", str(data), "--backbone", tiny_backbone]
+    argv += ["--batch-size", "4", "--steps", "2", "--max-length", "32", "--device", "cpu", "--json", str(out)]
+    argv += ["--precision", "bf16"]  # our pipeline under CPU bf16 autocast: must run too
+    assert main(argv) == 0
+    result = json.loads(out.read_text())
+    assert set(result["step"]) == {"2", "5"}
+    assert result["step"]["2"]["synthesised_labels"] == 0
+    assert result["step"]["5"]["synthesised_labels"] == 5 - len(LABELS)
+    assert result["step"]["5"]["reference_forwards_per_step"] == 16
+    rows = [*result["step"].values(), result["pipeline"], result["scoring"]]
+    for row in rows:
+        for key, value in row.items():
+            if key.endswith(("_s", "_per_s", "ratio", "_mib")):
+                assert value > 0, key
+    assert result["pipeline"]["labels"] == len(LABELS)
+    assert result["pipeline"]["ours_precision"] == "bf16"
+    assert result["scoring"]["documents"] == 40
+    assert "ratio" in capsys.readouterr().out
+
+
+def test_bench_speed_refuses_a_missing_file_and_bad_label_counts(tmp_path, capsys):
+    assert main(["bench-speed", "--data", str(tmp_path / "none.csv")]) == 2
+    assert "no such file" in capsys.readouterr().err
+    assert main(["bench-speed", "--labels", "5,x", "--data", str(tmp_path / "none.csv")]) == 2
+    assert "label counts" in capsys.readouterr().err
