@@ -51,7 +51,21 @@ st.plotly_chart(
     key="mixup_scatter",
     width="stretch",
 )
-st.dataframe(shown, key="mixup_pairs", column_config={"mu": st.column_config.NumberColumn("μ", format="%.3f")})
+# Internal document ids mean nothing to a reader: show each pair's external ids and texts instead.
+named = insights.documents(project.id, sorted({int(i) for i in (*pairs["positive_doc"], *pairs["unlabeled_doc"])}))
+table = shown.copy()
+for key, title in (("positive_doc", "tagged positive p"), ("unlabeled_doc", "unlabeled u")):
+    table[key] = [
+        f"{named[int(i)][0]}: {ui.shorten(named[int(i)][1], 80)}" if int(i) in named else "(deleted)"
+        for i in table[key]
+    ]
+    table = table.rename(columns={key: title})
+st.dataframe(
+    table,
+    key="mixup_pairs",
+    hide_index=True,
+    column_config={"mu": st.column_config.NumberColumn("μ", format="%.3f")},
+)
 
 st.subheader("One pair, side by side")
 choice = st.selectbox(
@@ -97,5 +111,6 @@ if decoded is not None:
     st.dataframe(
         pd.DataFrame(decoded),
         key="mixup_decoded",
+        hide_index=True,
         column_config={"similarity": st.column_config.NumberColumn("cosine similarity", format="%.3f")},
     )

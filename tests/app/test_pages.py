@@ -223,6 +223,9 @@ def test_mixup_page_shows_logged_and_fresh_pairs_with_the_decoded_mix(adapted):
     assert any(t.startswith("[CLS]") for t in texts)  # the decoded mix
     docs = adapted.svc.store.get_documents(adapted.project.id, ids=[adapted.target[0], adapted.target[12]])
     assert docs[0].text in texts and docs[1].text in texts  # both documents, side by side, as plain text
+    pairs = at.dataframe[0].value  # documents named by their external ids, not store row ids
+    assert list(pairs.columns[:3]) == ["step", "tagged positive p", "unlabeled u"]
+    assert pairs["tagged positive p"].iloc[0].startswith(f"{docs[0].ext_id}: ")
 
     at.radio(key="mixup_source").set_value("fresh draw").run()
     assert not at.exception and not at.error
