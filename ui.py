@@ -27,6 +27,7 @@ import streamlit as st
 from dallmi_core import auth
 from dallmi_core.errors import ConfigError, DallmiError
 from dallmi_core.services import PENDING, Services, open_services
+from dallmi_core.services import SOURCE_EPOCHS as SOURCE_EPOCHS  # re-exported for the Data page
 
 if TYPE_CHECKING:
     from dallmi_core.services import LabelCoverage, RunStatus
@@ -492,9 +493,14 @@ def loss_figure(series: dict[str, list[tuple[int, float]]]) -> go.Figure:
     return fig
 
 
+STAGE_NAMES = {"probe-head": "training the new head on frozen features", "finetune-source": "fine-tuning on source"}
+"""Stages whose internal names mean little to a domain expert; the others read well as they are."""
+
+
 def _progress_line(status: RunStatus) -> tuple[float | None, str]:
     p = status.progress or {}
     stage = p.get("stage") or status.status
+    stage = STAGE_NAMES.get(stage, stage)
     if status.status == "done":  # its last stage's progress ("score: 900 of 900") would read as unfinished
         return 1.0, "done"
     if p.get("total"):
@@ -618,8 +624,10 @@ def insight_run(project: Project, *, key: str) -> Run:
         "Run",
         list(by_id),
         key=key,
-        format_func=lambda rid: f"run {rid} · {(by_id[rid].config.get('config') or {}).get('method', 'adapt')} · "
-        f"{when(by_id[rid].finished_at)}",
+        format_func=lambda rid: (
+            f"run {rid} · {(by_id[rid].config.get('config') or {}).get('method', 'adapt')} · "
+            f"{when(by_id[rid].finished_at)}"
+        ),
     )
     st.session_state[remembered] = run_id
     return by_id[run_id]

@@ -143,10 +143,14 @@ if counts.get("source"):
     )
     st.caption(
         f"BCE fine-tuning of the backbone ({project.settings.get('backbone', 'default')}) on the "
-        f"{counts['source']:,} source documents; the result becomes this project's source model. "
-        f"{current} Progress shows on the Adapt page."
+        f"{counts['source']:,} source documents: first the new head alone on the backbone's frozen "
+        "features, then the whole model briefly at a small learning rate (it transfers better "
+        f"to the target than long fine-tuning). The result becomes this project's source model. {current} "
+        "Progress shows on the Adapt page."
     )
-    epochs = st.number_input("Epochs", min_value=0.5, max_value=50.0, value=4.0, step=0.5, key="source_epochs")
+    epochs = st.number_input(
+        "Epochs", min_value=0.5, max_value=50.0, value=ui.SOURCE_EPOCHS, step=0.5, key="source_epochs"
+    )
     if st.button("Start fine-tuning", key="finetune"):
         with ui.shown_errors():
             run_id = svc.start_run(project.id, "finetune-source", {"epochs": float(epochs)})

@@ -34,7 +34,7 @@ def _add_adapt_options(p: argparse.ArgumentParser) -> None:
         "--step-positives",
         dest="positives_per_label",
         type=int,
-        help="tagged positives per label in every step (default 4)",
+        help="tagged positives per label in every step (default 8)",
     )
     p.add_argument("--mixup-pairs", type=int, help="MixUp pairs per label per step (default 1)")
     p.add_argument("--lambda-mix", type=float, help="weight of the MixUp regulariser (default 1)")
@@ -72,6 +72,12 @@ _ADAPT_FIELDS = (
 )
 
 
+# fmt: off
+_SOURCE_FIELDS = ("epochs", "max_steps", "lr", "batch_size", "max_length", "seed", "device", "precision",
+                  "head_lr", "probe_epochs")
+# fmt: on
+
+
 def _config_kwargs(args: argparse.Namespace, fields: tuple[str, ...]) -> dict:
     return {f: getattr(args, f) for f in fields if getattr(args, f, None) is not None}
 
@@ -79,9 +85,7 @@ def _config_kwargs(args: argparse.Namespace, fields: tuple[str, ...]) -> dict:
 def _source_config(args):
     from dallmi_core.config import SourceConfig
 
-    kw = _config_kwargs(
-        args, ("epochs", "max_steps", "lr", "batch_size", "max_length", "seed", "device", "precision", "head_lr")
-    )
+    kw = _config_kwargs(args, _SOURCE_FIELDS)
     return SourceConfig(**kw)
 
 
@@ -214,6 +218,8 @@ def cmd_bench_quality(args) -> None:
     source_kw = {"max_length": adapt_cfg.max_length, "device": adapt_cfg.device, "precision": adapt_cfg.precision}
     if args.source_epochs is not None:
         source_kw["epochs"] = args.source_epochs
+    if args.source_probe_epochs is not None:
+        source_kw["probe_epochs"] = args.source_probe_epochs
 
     def write_json(result) -> None:
         if args.json:
@@ -239,6 +245,7 @@ def cmd_bench_quality(args) -> None:
         positives_per_label=args.k_tags,
         remove_ratio=args.remove_ratio,
         trace_test=args.trace_test,
+        baseline_epochs=args.baseline_epochs,
         on_run=write_json,
     )
     print(result.to_markdown())
@@ -299,7 +306,7 @@ def cmd_hash_password(args) -> None:
     else:
         password = sys.stdin.readline().rstrip("\r\n")
     print(hash_password(password))
-    print(f"Set it as {HASH_ENV}=<hash> or password_hash = \"<hash>\" in .streamlit/secrets.toml.", file=sys.stderr)
+    print(f'Set it as {HASH_ENV}=<hash> or password_hash = "<hash>" in .streamlit/secrets.toml.', file=sys.stderr)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -311,8 +318,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="folder for the source model")
     p.add_argument("--backbone", default="default", help="HF id or folder (default: offline all-MiniLM-L6-v2)")
     p.add_argument("--labels", help="comma-separated label set (default: labels found in the file)")
-    p.add_argument("--head-lr", type=float, help="learning rate of the new head (default 2e-3)")
-    _add_training(p, epochs_default="default 4")
+    p.add_argument("--head-lr", type=float, help="learning rate of the head while fine-tuning (default: --lr)")
+    p.add_argument(
+        "--probe-epochs",
+        type=float,
+        help="first train the head alone on frozen features for this many epochs (default 8; 0: off)",
+    )
+    _add_training(p, epochs_default="default 1, after the head warm-up")
     p.set_defaults(func=cmd_finetune_source)
 
     p = sub.add_parser("adapt", help="adapt a model to target text from tagged positives (DALLMi or a baseline)")
@@ -354,7 +366,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--methods", default="tfidf-source,source-only,bce-partial,dallmi,target-oracle")
     p.add_argument("--backbone", default="default")
     p.add_argument("--labels", help="comma-separated label set (default: labels found in the file)")
-    p.add_argument("--source-epochs", type=float, help="source fine-tuning epochs (default 4)")
+    p.add_argument("--source-epochs", type=float, help="source fine-tuning epochs after the head warm-up (default 1)")
+    p.add_argument(
+        "--baseline-epochs",
+        type=float,
+        help="epochs of bce-partial and target-oracle over the target train part (default 3)",
+    )
+    p.add_argument(
+        "--source-probe-epochs", type=float, help="source head warm-up epochs on frozen features (default 8; 0: off)"
+    )
     p.add_argument("--work-dir", default="bench_out", help="caches the source model between runs")
     p.add_argument("--json", help="write summary and per-run figures as JSON here")
     p.add_argument(

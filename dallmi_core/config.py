@@ -94,14 +94,20 @@ class SourceConfig(TrainingBase):
     """BCE fine-tuning of a backbone on labelled source-domain rows."""
 
     kind: ClassVar[str] = "finetune-source"
+    lr: float = 2e-5
     batch_size: int = 16
-    head_lr: float = 2e-3
-    default_epochs: ClassVar[float] = 4.0  # when neither epochs nor max_steps is given
+    head_lr: float | None = None  # None: the same as lr (the probe has trained the head already)
+    probe_epochs: float = 8.0  # head-only epochs on frozen features first (probe.py); 0 turns it off
+    probe_lr: float = 1e-3
+    default_epochs: ClassVar[float] = 1.0  # when neither epochs nor max_steps is given
 
     def __post_init__(self) -> None:
         super().__post_init__()
         _check_positive("batch_size", self.batch_size)
-        _check_positive("head_lr", self.head_lr)
+        if self.head_lr is not None:
+            _check_positive("head_lr", self.head_lr)
+        _check_positive("probe_epochs", self.probe_epochs, allow_zero=True)
+        _check_positive("probe_lr", self.probe_lr)
 
 
 @dataclass(frozen=True)
@@ -118,7 +124,7 @@ class AdaptConfig(TrainingBase):
     method: str = "dallmi"
     variational: str = "log"
     batch_size: int = 16
-    positives_per_label: int = 4
+    positives_per_label: int = 8  # per label per step; all 8 training tags at K=10 (docs/BENCHMARKS.md)
     mixup_pairs: int = 1
     mixup_alpha: float = 0.3
     lambda_mix: float = 1.0

@@ -37,11 +37,18 @@ the arxiv_shift prototype (DESIGN.md section 4). No epochs/max_steps: the defaul
 to the tags (`tag_passes` over each label's training tags, at least `min_steps`), i.e. ~20 steps
 with the 4 starter tags per label. Every other setting is AdaptConfig's default."""
 
-PAPER_SETTINGS = {"max_length": 128, "batch_size": 64, "lr": 5e-5, "variational": "log", "lambda_mix": 1.0}
+PAPER_SETTINGS = {
+    "max_length": 128,
+    "batch_size": 64,
+    "positives_per_label": 4,
+    "lr": 5e-5,
+    "variational": "log",
+    "lambda_mix": 1.0,
+}
 """AdaptConfig settings of the DALLMi paper (arXiv 2405.01883) and its official code as DESIGN.md
 section 4 records them: max length 128, unlabeled batch 64, AdamW lr 5e-5, the VPU `log`
-variational term, MixUp weight lambda_mix 1. Meant for a GPU; 4 positives per label, MixUp alpha
-0.3 and one MixUp pair per label are AdaptConfig's defaults already."""
+variational term, MixUp weight lambda_mix 1, 4 positives per label per step. Meant for a GPU;
+MixUp alpha 0.3 and one MixUp pair per label are AdaptConfig's defaults already."""
 
 # Module globals are shared by every Streamlit session: never change them in place; copy instead,
 # e.g. `{**QUICK_CPU_DEMO, "lr": 2e-5}`.

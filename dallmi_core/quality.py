@@ -38,11 +38,14 @@ METHOD_OVERRIDES: dict[str, dict] = {
 }
 
 
-def method_config(base: AdaptConfig, method: str, seed: int) -> AdaptConfig:
-    """The shared adaptation config with the method's own settings (BCE baselines: epoch budget)."""
+def method_config(base: AdaptConfig, method: str, seed: int, baseline_epochs: float | None = None) -> AdaptConfig:
+    """The shared adaptation config with the method's own settings (BCE baselines: an epoch budget,
+    METHOD_OVERRIDES' unless `baseline_epochs` is given: a large target set makes 3 epochs slow on a CPU)."""
     cfg = base.replace(seed=seed, method=method)
     if method != "dallmi":
         cfg = cfg.replace(max_steps=None, epochs=None).replace(**METHOD_OVERRIDES[method])
+        if baseline_epochs is not None:
+            cfg = cfg.replace(epochs=baseline_epochs)
     return cfg
 
 
@@ -197,6 +200,7 @@ def run_quality(
     remove_ratio: float | None = None,
     callbacks: Callable[[str, int], list[Callback]] | None = None,
     trace_test: int = 0,
+    baseline_epochs: float | None = None,
     on_run: Callable[[QualityResult], None] | None = None,
     log: Callable[[str], None] = print,
 ) -> QualityResult:
@@ -231,7 +235,7 @@ def run_quality(
                         clf,
                         train_texts,
                         split.tags,
-                        method_config(adapt_cfg, method, seed),
+                        method_config(adapt_cfg, method, seed, baseline_epochs),
                         callbacks=extra,
                         gold=gold[split.train] if method == "target-oracle" else None,
                     )

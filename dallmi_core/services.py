@@ -28,6 +28,7 @@ from dallmi_core.store import Document, Project, Run, Store, open_store
 from dallmi_core.worker import LOG_FILE, RUN_KINDS, worker_running
 
 RECOMMENDED_TAGS = 8  # positives per label below which the coverage meter warns
+SOURCE_EPOCHS = SourceConfig.default_epochs  # fine-tuning epochs after the head's warm-up (Data page default)
 STRATEGIES = ("likely", "uncertain", "similar")
 PENDING = ("queued", "running", "interrupted")
 _spawned: list[subprocess.Popen] = []  # reaped on the next call, so finished workers leave no zombies

@@ -27,6 +27,7 @@ from dallmi_core.losses import variational_term
 from dallmi_core.metrics import pu_estimated_ap
 from dallmi_core.mixup import MixupRecord, score_pairs
 from dallmi_core.model import Classifier, resolve_device, unwrap
+from dallmi_core.probe import probe_head
 from dallmi_core.sampling import LabelBalancedSampler, UnlabeledStream
 from dallmi_core.scoring import logits_for, sigmoid
 from dallmi_core.step import bce_step, draw_mixup, vectorised_dallmi_step
@@ -284,7 +285,7 @@ def _steps_for_epochs(epochs: float, pool: int, batch_size: int, world: int) -> 
 
 
 class SourceTrainer(Trainer):
-    """BCE on labelled source documents; the head learns faster than the body (head_lr)."""
+    """BCE on labelled source documents, after the head's warm-up on frozen features (probe.py)."""
 
     stage = "finetune-source"
 
@@ -299,7 +300,8 @@ class SourceTrainer(Trainer):
         body = [p for p in model.parameters() if id(p) not in head]
         groups = [{"params": body}]
         if head:
-            groups.append({"params": [p for p in model.parameters() if id(p) in head], "lr": self.cfg.head_lr})
+            head_lr = self.cfg.head_lr if self.cfg.head_lr is not None else self.cfg.lr
+            groups.append({"params": [p for p in model.parameters() if id(p) in head], "lr": head_lr})
         return groups
 
     def step_budget(self):
@@ -470,8 +472,15 @@ def finetune_source(
     callbacks: Sequence[Callback] = (),
     checkpoint_dir=None,
 ) -> TrainResult:
-    """Fine-tune `clf` with BCE on labelled source texts (targets [n, L] 0/1)."""
+    """Fine-tune `clf` with BCE on labelled source texts (targets [n, L] 0/1): first the head alone
+    on frozen features (skipped when resuming: the checkpoint holds the weights), then everything."""
     tokens = TokenizedCorpus.build(clf.tokenizer, texts, cfg.max_length)
+    resuming = checkpoint_dir is not None and (Path(checkpoint_dir) / CHECKPOINT_FILE).exists()
+    if not resuming:
+        probed = probe_head(clf.model, tokens, targets, cfg, callbacks)
+        if probed is not None and probed.should_stop:  # cancelled during the warm-up: nothing to resume
+            clf.model.eval()
+            return TrainResult(clf, probed)
     return SourceTrainer(clf, tokens, targets, cfg, callbacks=callbacks, checkpoint_dir=checkpoint_dir).fit()
 
 

@@ -151,10 +151,22 @@ def adapted(seeded, tiny_backbone):
         run_id,
         3,
         [
-            {"label": "billing", "positive_doc": docs[0], "unlabeled_doc": docs[12], "mu": 0.2, "prediction": 0.6,
-             "target": 0.9},
-            {"label": "billing", "positive_doc": docs[2], "unlabeled_doc": docs[13], "mu": 0.7, "prediction": 0.4,
-             "target": 0.5},
+            {
+                "label": "billing",
+                "positive_doc": docs[0],
+                "unlabeled_doc": docs[12],
+                "mu": 0.2,
+                "prediction": 0.6,
+                "target": 0.9,
+            },
+            {
+                "label": "billing",
+                "positive_doc": docs[2],
+                "unlabeled_doc": docs[13],
+                "mu": 0.7,
+                "prediction": 0.4,
+                "target": 0.5,
+            },
         ],
     )
     seeded.run_id = run_id
@@ -340,6 +352,17 @@ def test_data_page_rejects_a_csv_without_a_text_column_with_a_message(seeded):
     assert not [b for b in at.button if b.key == "import"]  # nothing to import until a text column is chosen
 
 
+def test_data_page_queues_source_finetuning_with_the_default_epochs(seeded):
+    from dallmi_core.config import SourceConfig
+
+    at = _app("Data")
+    assert at.number_input(key="source_epochs").value == SourceConfig.default_epochs
+    at.button(key="finetune").click().run()
+    assert not at.exception
+    [run] = seeded.svc.run_history(seeded.project.id)
+    assert run.kind == "finetune-source" and run.config["config"]["epochs"] == SourceConfig.default_epochs
+
+
 def test_data_page_previews_and_imports_a_file(seeded):
     at = _app("Data")
     rows = "body,tags\nmy parcel is late again,shipping\nreset my password please,\n"
@@ -412,6 +435,16 @@ def test_progress_renders_for_a_run_with_stored_progress(seeded):
     at.button(key=f"cancel-{run_id}").click().run()
     assert not at.exception
     assert store.get_run(run_id).cancel_requested
+
+
+def test_the_source_head_warm_up_is_named_in_words(seeded):
+    store = seeded.svc.store
+    run_id = store.enqueue_run(seeded.project.id, "finetune-source", {})
+    store.claim_next_run(1)
+    store.update_progress(run_id, {"stage": "probe-head", "step": 5, "max_steps": 20, "probe_loss": 0.4})
+    at = _app("Adapt")
+    bar = at.get("progress")[-1]
+    assert bar.proto.text == "training the new head on frozen features: step 5 of 20"
 
 
 def test_export_offers_downloads_for_a_done_run(seeded, tiny_backbone):

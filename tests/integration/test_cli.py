@@ -201,3 +201,14 @@ def test_adapt_writes_checkpoints_and_resumes(files, tmp_path, tiny_backbone, ca
     assert state["step"] == 4  # the last checkpoint before the end
     assert main(args) == 0  # resumes at step 4 and runs the last step
     assert "after 5 steps" in capsys.readouterr().out
+
+
+def test_source_options_reach_the_config():
+    from dallmi_core.cli import _source_config, build_parser
+    from dallmi_core.config import SourceConfig
+
+    argv = ["finetune-source", "--data", "x.csv", "--out", "m"]
+    default = _source_config(build_parser().parse_args(argv))
+    assert (default.probe_epochs, default.head_lr) == (SourceConfig().probe_epochs, None)
+    tuned = _source_config(build_parser().parse_args([*argv, "--probe-epochs", "0", "--head-lr", "1e-3"]))
+    assert (tuned.probe_epochs, tuned.head_lr) == (0.0, 1e-3)

@@ -74,6 +74,7 @@ def source_cfg(**kw) -> SourceConfig:
         "head_lr": 1e-2,
         "max_length": 32,
         "device": "cpu",
+        "probe_epochs": 0,  # the loop's mechanics alone; the warm-up has tests/unit/test_probe.py
     }
     return SourceConfig(**{**base, **kw})
 

@@ -88,3 +88,6 @@ def test_method_config_gives_baselines_their_own_budget():
     bce = method_config(base, "bce-partial", 3)
     assert bce.max_steps is None and bce.epochs == 3.0 and bce.selection == "val_pu_ap" and bce.lr == 1e-4
     assert method_config(base, "target-oracle", 3).selection == "last"
+    short = method_config(base, "bce-partial", 3, baseline_epochs=1.0)
+    assert short.epochs == 1.0 and short.max_steps is None and short.selection == "val_pu_ap"
+    assert method_config(base, "dallmi", 3, baseline_epochs=1.0) == base.replace(seed=3)
