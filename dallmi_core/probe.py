@@ -22,8 +22,10 @@ from dallmi_core.callbacks import Callback, CallbackList, TrainState
 from dallmi_core.config import SourceConfig
 from dallmi_core.distributed import rank_device
 from dallmi_core.model import resolve_device
-from dallmi_core.scoring import autocast_for
-from dallmi_core.tokens import TokenizedCorpus, length_sorted_batches
+from dallmi_core.scoring import logits_for
+from dallmi_core.tokens import TokenizedCorpus
+
+FEATURE_BATCH = 64  # documents per inference batch of the feature pass
 
 
 @dataclass(frozen=True)
@@ -53,29 +55,18 @@ def first_token_head(model: nn.Module) -> FirstTokenHead | None:
 
 
 def first_token_states(
-    model: nn.Module,
-    tokens: TokenizedCorpus,
-    device: torch.device,
-    batch_size: int = 64,
-    on_batch: Callable[[], None] = lambda: None,
+    model: nn.Module, tokens: TokenizedCorpus, device: torch.device, on_batch: Callable[[], None] = lambda: None
 ) -> torch.Tensor:
     """Encoder output at the first token for every document (inference mode, dropout off)."""
-    was_training = model.training
-    model.eval()
-    out: torch.Tensor | None = None
-    try:
-        with torch.inference_mode(), autocast_for(device):
-            for batch in length_sorted_batches(tokens.lengths, batch_size):
-                ids, mask = (t.to(device) for t in tokens.collate(batch))
-                states = model.base_model(input_ids=ids, attention_mask=mask)[0][:, 0].float()
-                if out is None:
-                    out = torch.empty((len(tokens), states.shape[1]), device=device)
-                out[torch.as_tensor(batch, device=device)] = states
-                on_batch()
-    finally:
-        model.train(was_training)
-    assert out is not None, "no documents"
-    return out.clone()  # leave inference mode: the head trains on these
+    states = logits_for(
+        model,
+        tokens,
+        batch_size=FEATURE_BATCH,
+        device=device,
+        on_batch=lambda _: on_batch(),
+        forward=lambda m, ids, mask: m.base_model(input_ids=ids, attention_mask=mask)[0][:, 0],
+    )
+    return torch.from_numpy(states).to(device)
 
 
 def probe_head(
@@ -92,7 +83,7 @@ def probe_head(
         return None
     device = rank_device(resolve_device(cfg.device))  # every rank warms up the same head; DDP then syncs
     model.to(device)
-    n_batches = -(-len(tokens) // 64)
+    n_batches = -(-len(tokens) // FEATURE_BATCH)
     steps_per_epoch = -(-len(tokens) // cfg.batch_size)
     head_steps = int(np.ceil(cfg.probe_epochs * steps_per_epoch))
     state = TrainState(stage="probe-head", max_steps=n_batches + head_steps)

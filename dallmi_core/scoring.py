@@ -30,8 +30,12 @@ def logits_for(
     batch_size: int = 64,
     device: torch.device | None = None,
     on_batch: Callable[[int], None] | None = None,
+    forward: Callable[[torch.nn.Module, torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
 ) -> np.ndarray:
-    """Logits [n, L] for `indices` (default: all) in their given order; restores train mode."""
+    """Logits [n, L] for `indices` (default: all) in their given order; restores train mode.
+
+    `forward(model, input_ids, attention_mask)` computes something else per document instead
+    (e.g. encoder states for the head warm-up), batched the same way."""
     indices = np.arange(len(tokens)) if indices is None else np.asarray(indices, dtype=np.int64)
     device = device or next(model.parameters()).device
     was_training = model.training
@@ -42,7 +46,11 @@ def logits_for(
             lengths = np.array([len(tokens.ids[i]) for i in indices], dtype=np.int64)
             for batch in length_sorted_batches(lengths, batch_size):
                 ids, mask = (t.to(device) for t in tokens.collate(indices[batch]))
-                logits = forward_logits(model, input_ids=ids, attention_mask=mask).float().cpu().numpy()
+                if forward is None:
+                    logits = forward_logits(model, input_ids=ids, attention_mask=mask)
+                else:
+                    logits = forward(model, ids, mask)
+                logits = logits.float().cpu().numpy()
                 if out is None:
                     out = np.empty((len(indices), logits.shape[1]), dtype=np.float32)
                 out[batch] = logits
