@@ -26,7 +26,7 @@ import streamlit as st
 
 from dallmi_core import auth
 from dallmi_core.errors import ConfigError, DallmiError
-from dallmi_core.services import PENDING, Services, open_services
+from dallmi_core.services import PENDING, PRECISION_WORDS, Services, open_services
 from dallmi_core.services import SOURCE_EPOCHS as SOURCE_EPOCHS  # re-exported for the Data page
 
 if TYPE_CHECKING:
@@ -518,7 +518,8 @@ def _run_outcome(metrics: dict) -> None:
     if metrics.get("steps") is None and after is None:
         return
     cols = st.columns(4)
-    cols[0].metric("Steps", metrics.get("steps", "–"))
+    trained_in = f"Trained in {PRECISION_WORDS(metrics['precision'])}." if "precision" in metrics else None
+    cols[0].metric("Steps", metrics.get("steps", "–"), help=trained_in)
     if after is not None:
         cols[1].metric("Macro AP before", f"{before:.3f}" if before is not None else "–")
         delta = None if before is None else f"{after - before:+.3f}"

@@ -79,7 +79,11 @@ LABELS = {
     "weight_decay": ("Weight decay", None),
     "warmup_ratio": ("Warmup share", None),
     "grad_clip": ("Gradient clip (0 = off)", None),
-    "precision": ("Precision", None),
+    "precision": (
+        "Precision",
+        "auto: bf16 on GPUs and on CPUs with native bf16 (avx512_bf16 or AMX), fp16 on older GPUs, else float32;"
+        " no: float32 everywhere.",
+    ),
     "seed": ("Seed", None),
 }
 MAIN = [

@@ -105,10 +105,12 @@ def cmd_finetune_source(args) -> None:
     clf = new_classifier(args.backbone, labels)
     cfg = _source_config(args)
     progress = TqdmProgress("finetune-source", disable=not is_main())
-    finetune_source(clf, corpus.texts, corpus.label_matrix(labels), cfg, callbacks=[progress])
+    result = finetune_source(clf, corpus.texts, corpus.label_matrix(labels), cfg, callbacks=[progress])
     if is_main():  # under torchrun / accelerate launch every rank holds the same weights
         save_classifier(clf, args.out)
-        print(f"Source model ({len(labels)} labels, {len(corpus)} documents) written to {args.out}")
+        print(
+            f"Source model ({len(labels)} labels, {len(corpus)} documents, {_trained_in(result)}) written to {args.out}"
+        )
 
 
 def cmd_adapt(args) -> None:
@@ -139,9 +141,15 @@ def cmd_adapt(args) -> None:
         Path(args.shards_json).write_text(json.dumps({"world_size": len(shards), "unlabeled_shards": shards}))
     state = result.state
     print(
-        f"Adapted model written to {args.out} after {state.step} steps; kept step {state.best_step}"
-        + (f" ({state.stop_reason})" if state.stop_reason else "")
+        f"Adapted model written to {args.out} after {state.step} steps ({_trained_in(result)});"
+        f" kept step {state.best_step}" + (f" ({state.stop_reason})" if state.stop_reason else "")
     )
+
+
+def _trained_in(result) -> str:
+    from dallmi_core.config import precision_words
+
+    return precision_words(result.extras.get("precision"))
 
 
 def _score(model_dir, data_path, device="auto"):
@@ -400,8 +408,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--precision",
         default="auto",
-        choices=["auto", "bf16"],
-        help="bf16: our pipeline under bf16 autocast, e.g. on CPUs with avx512_bf16/AMX (the official shape stays)",
+        choices=["auto", "no", "bf16"],
+        help="our pipeline's and both steps' precision: auto as `dallmi adapt` picks it (bf16 on GPUs and CPUs"
+        " with avx512_bf16/AMX), no (float32) or bf16; the official shape stays float32",
     )
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
     p.add_argument("--json", help="write the figures as JSON here")

@@ -20,6 +20,11 @@ MIXUP_AT = ("word_embeddings", "embedding_output")
 SELECTIONS = ("val_variational", "val_pu_ap", "last")
 
 
+def precision_words(precision: str | None) -> str:
+    """How a run's resolved precision reads to a user ("no" is accelerate's word for float32)."""
+    return "float32" if precision in (None, "no") else f"{precision} autocast"
+
+
 def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
     if value not in choices:
         raise ConfigError(f"{name}={value!r} is not one of {', '.join(choices)}.")

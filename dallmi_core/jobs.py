@@ -289,7 +289,7 @@ def run_finetune_source(job: Job) -> tuple[str, dict]:
     _after_training(job, result)
     out = save_classifier(result.clf, job.model_dir)
     job.store.update_project(project.id, source_model=str(out))
-    return str(out), {"steps": result.state.step, "documents": len(texts)}
+    return str(out), {"steps": result.state.step, "documents": len(texts), "precision": result.extras.get("precision")}
 
 
 def run_adapt(job: Job) -> tuple[str, dict]:
@@ -335,6 +335,7 @@ def run_adapt(job: Job) -> tuple[str, dict]:
         "steps": result.state.step,
         "best_step": result.state.best_step,
         "stop_reason": result.state.stop_reason,
+        "precision": result.extras.get("precision"),
         "tags": counts,
         "skipped_labels": [label for label, n in counts.items() if not n],
     }

@@ -215,6 +215,27 @@ def forward_from_embedding_output(model: nn.Module, hidden: torch.Tensor, attent
 
 
 @contextlib.contextmanager
+def eager_attention(model: nn.Module, enabled: bool = True) -> Iterator[None]:
+    """Eager instead of SDPA attention inside the block (a training forward on a CPU under bf16).
+
+    PyTorch's fused CPU attention cannot drop out attention weights, so a training forward through
+    SDPA takes its math path, which computes in float32; eager attention is the same function with
+    bf16 matmuls: a MiniLM training step 1.2x faster on the reference CPU (benchmarks/
+    bench_cpu_kernels.py). Outside the block (inference, float32 training) the model's own choice
+    holds."""
+    bare = unwrap(model)
+    before = getattr(bare.config, "_attn_implementation", None)
+    if not enabled or before != "sdpa" or not hasattr(bare, "set_attn_implementation"):
+        yield
+        return
+    bare.set_attn_implementation("eager")
+    try:
+        yield
+    finally:
+        bare.set_attn_implementation(before)
+
+
+@contextlib.contextmanager
 def _quiet(hf_logging) -> Iterator[None]:
     """Silence the 'newly initialised head' report: a fresh head is what we asked for."""
     previous = hf_logging.get_verbosity()

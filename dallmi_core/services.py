@@ -22,12 +22,13 @@ import numpy as np
 
 import dallmi_core
 from dallmi_core import exporter, importer
-from dallmi_core.config import AdaptConfig, SourceConfig
+from dallmi_core.config import AdaptConfig, SourceConfig, precision_words
 from dallmi_core.errors import ConfigError, DataError, RunStateError
 from dallmi_core.store import Document, Project, Run, Store, open_store
 from dallmi_core.worker import LOG_FILE, RUN_KINDS, worker_running
 
 RECOMMENDED_TAGS = 8  # positives per label below which the coverage meter warns
+PRECISION_WORDS = precision_words  # "no" -> "float32", "bf16" -> "bf16 autocast" (run outcomes)
 SOURCE_EPOCHS = SourceConfig.default_epochs  # fine-tuning epochs after the head's warm-up (Data page default)
 STRATEGIES = ("likely", "uncertain", "similar")
 PENDING = ("queued", "running", "interrupted")

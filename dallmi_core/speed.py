@@ -4,19 +4,22 @@ Shared machines make absolute times noise; ratios measured in the same run, on t
 and random draws, interleaved step by step, are not. Three measurements:
 
 - step: the per-label reference step (1 + 3L forwards) against the vectorised step, both with
-  dynamic padding on the same batches and MixUp draws; each time includes backward and the
-  optimizer step. Labels beyond those of the data are synthesised: each gets `tags_per_label`
-  documents drawn at random as its tags (speed depends on how many sequences there are and how
-  long, not on which documents carry a label).
+  dynamic padding on the same batches and MixUp draws, both in the same precision; each time
+  includes backward and the optimizer step. Labels beyond those of the data are synthesised:
+  each gets `tags_per_label` documents drawn at random as its tags (speed depends on how many
+  sequences there are and how long, not on which documents carry a label).
 - pipeline: adaptation throughput in target documents/s on real texts: the official shape
-  (per-label loop, every text tokenised per forward and padded to max_length) against ours
-  (vectorised step with its length groups, dynamic padding, the corpus tokenised once).
+  (per-label loop, every text tokenised per forward and padded to max_length, float32, as the
+  official code runs on a CPU) against ours (vectorised step with its length groups, dynamic
+  padding, the corpus tokenised once, in the precision `dallmi adapt` would pick here). When that
+  is not float32, ours also runs in float32, so both ratios come from the same run.
 - scoring: the `dallmi score` path (`score_texts`) against the limit, a bare `model(**batch)`
   loop over pre-tokenised, length-sorted, dynamically padded batches in inference mode.
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import resource
 import time
@@ -28,7 +31,8 @@ import torch
 
 from dallmi_core.config import AdaptConfig
 from dallmi_core.data import Corpus
-from dallmi_core.model import new_classifier
+from dallmi_core.model import eager_attention, new_classifier
+from dallmi_core.precision import resolve_precision
 from dallmi_core.sampling import LabelBalancedSampler
 from dallmi_core.scoring import autocast_for, score_texts
 from dallmi_core.step import draw_mixup, reference_dallmi_step, vectorised_dallmi_step
@@ -46,7 +50,7 @@ class SpeedSettings:
     score_batch_size: int = 64
     seed: int = 0
     docs: int | None = None  # the first N target rows only (all by default)
-    precision: str = "auto"  # "bf16": our pipeline under bf16 autocast on any device (the official shape stays)
+    precision: str = "auto"  # ours (and both steps): auto as `dallmi adapt` resolves it, or no / bf16
 
 
 class OnTheFlyTokens:
@@ -96,17 +100,17 @@ def _tags(gold: np.ndarray, n_labels: int, k: int, rng: np.random.Generator) -> 
 class _Path:
     """One model copy with its optimizer and one step function; times each training step."""
 
-    def __init__(self, model, step: Callable, tokens, device: torch.device, bf16: bool = False, **step_kw):
+    def __init__(self, model, step: Callable, tokens, device: torch.device, precision: str = "no", **step_kw):
         self.model, self.step, self.tokens, self.device, self.kw = model, step, tokens, device, step_kw
-        self.bf16 = bf16
+        self.precision = precision
         self.optimizer = torch.optim.AdamW(model.parameters(), lr=5e-5)
         self.times: list[float] = []
 
     def run(self, batch, mix, cfg: AdaptConfig, *, timed: bool = True) -> None:
         _sync(self.device)
         start = time.perf_counter()
-        autocast = torch.autocast(self.device.type, dtype=torch.bfloat16) if self.bf16 else autocast_for(self.device)
-        with autocast:
+        cpu_bf16 = self.device.type == "cpu" and self.precision == "bf16"  # as the trainer does
+        with _autocast(self.device, self.precision), eager_attention(self.model, enabled=cpu_bf16):
             loss, _ = self.step(self.model, self.tokens, batch, mix, cfg, self.device, **self.kw)
         loss.backward()
         self.optimizer.step()
@@ -114,6 +118,11 @@ class _Path:
         _sync(self.device)
         if timed:
             self.times.append(time.perf_counter() - start)
+
+
+def _autocast(device: torch.device, precision: str):
+    dtypes = {"bf16": torch.bfloat16, "fp16": torch.float16}
+    return torch.autocast(device.type, dtype=dtypes[precision]) if precision in dtypes else contextlib.nullcontext()
 
 
 def _interleaved(paths: dict[str, _Path], sampler, cfg: AdaptConfig, steps: int, seed: int) -> int:
@@ -143,9 +152,10 @@ def bench_step(backbone: str, texts: Sequence[str], gold: np.ndarray, n_labels: 
     clf = new_classifier(backbone, [f"label_{i}" for i in range(n_labels)])
     tokens = TokenizedCorpus.build(clf.tokenizer, texts, s.max_length)
     model = clf.model.to(device).train()
+    precision = resolve_precision(s.precision, device.type)
     paths = {
-        "reference": _Path(copy.deepcopy(model), reference_dallmi_step, tokens, device),
-        "vectorised": _Path(model, vectorised_dallmi_step, tokens, device),
+        "reference": _Path(copy.deepcopy(model), reference_dallmi_step, tokens, device, precision),
+        "vectorised": _Path(model, vectorised_dallmi_step, tokens, device, precision),
     }
     cfg = _adapt_cfg(s)
     sampler = LabelBalancedSampler(
@@ -153,6 +163,7 @@ def bench_step(backbone: str, texts: Sequence[str], gold: np.ndarray, n_labels: 
     )
     sequences = _interleaved(paths, sampler, cfg, s.steps, s.seed)
     out = {"labels": n_labels, "synthesised_labels": synthesised, "sequences_per_step": sequences}
+    out["precision"] = precision
     for name, path in paths.items():
         median = float(np.median(path.times))
         out[f"{name}_step_s"] = round(median, 4)
@@ -163,7 +174,7 @@ def bench_step(backbone: str, texts: Sequence[str], gold: np.ndarray, n_labels: 
 
 
 def bench_pipeline(backbone: str, corpus: Corpus, gold: np.ndarray, labels: Sequence[str], s: SpeedSettings, device):
-    """Target documents/s: official shape (per-label loop, padded to max_length) vs ours."""
+    """Target documents/s: official shape (per-label loop, padded to max_length, float32) vs ours."""
     tags, _ = _tags(gold, len(labels), s.tags_per_label, np.random.default_rng(s.seed))
     torch.manual_seed(s.seed)
     clf = new_classifier(backbone, labels)
@@ -172,10 +183,13 @@ def bench_pipeline(backbone: str, corpus: Corpus, gold: np.ndarray, labels: Sequ
     tokens = TokenizedCorpus.build(clf.tokenizer, corpus.texts, s.max_length)
     tokenise_s = time.perf_counter() - start
     official = OnTheFlyTokens(clf.tokenizer, corpus.texts, s.max_length)
+    precision = resolve_precision(s.precision, device.type)
     paths = {
         "official": _Path(copy.deepcopy(model), reference_dallmi_step, official, device, pad_to=s.max_length),
-        "ours": _Path(model, vectorised_dallmi_step, tokens, device, bf16=s.precision == "bf16"),
+        "ours": _Path(model, vectorised_dallmi_step, tokens, device, precision),
     }
+    if precision != "no":
+        paths["ours_float32"] = _Path(copy.deepcopy(model), vectorised_dallmi_step, tokens, device)
     cfg = _adapt_cfg(s)
     sampler = LabelBalancedSampler(
         np.arange(len(tokens)), tags, batch_size=s.batch_size, positives_per_label=s.positives_per_label, seed=s.seed
@@ -183,10 +197,12 @@ def bench_pipeline(backbone: str, corpus: Corpus, gold: np.ndarray, labels: Sequ
     _interleaved(paths, sampler, cfg, s.steps, s.seed)
     documents = s.steps * sampler.unlabeled.batch_size
     out = {"documents": len(corpus), "labels": len(labels), "steps": s.steps, "tokenise_corpus_s": round(tokenise_s, 3)}
-    out["ours_precision"] = s.precision
+    out["ours_precision"] = precision
     for name, path in paths.items():
         out[f"{name}_docs_per_s"] = round(documents / sum(path.times), 2)
     out["ratio"] = round(out["ours_docs_per_s"] / out["official_docs_per_s"], 3)
+    if "ours_float32_docs_per_s" in out:
+        out["ratio_float32"] = round(out["ours_float32_docs_per_s"] / out["official_docs_per_s"], 3)
     return out | _memory(device)
 
 
@@ -246,9 +262,12 @@ def run_speed(
         result["step"][str(n_labels)] = row
         log(f"step L={n_labels}: ratio {row['ratio']}x ({row['vectorised_step_s']} s vs {row['reference_step_s']} s)")
     result["pipeline"] = bench_pipeline(backbone, corpus, gold, labels, s, device)
-    log(f"pipeline: ratio {result['pipeline']['ratio']}x ({result['pipeline']['ours_docs_per_s']} docs/s)")
+    pipeline = result["pipeline"]
+    line = f"pipeline: ratio {pipeline['ratio']}x ({pipeline['ours_docs_per_s']} docs/s, {pipeline['ours_precision']})"
+    if "ratio_float32" in pipeline:
+        line += f"; ours in float32: {pipeline['ratio_float32']}x"
+    log(line)
     result["scoring"] = bench_scoring(backbone, corpus, labels, s, device)
     scoring = result["scoring"]
     log(f"scoring: {scoring['ratio']} of the bare forward's speed ({scoring['ours_docs_per_s']} docs/s)")
     return result
-

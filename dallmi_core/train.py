@@ -26,7 +26,8 @@ from dallmi_core.errors import ConfigError, RunStateError
 from dallmi_core.losses import variational_term
 from dallmi_core.metrics import pu_estimated_ap
 from dallmi_core.mixup import MixupRecord, score_pairs
-from dallmi_core.model import Classifier, resolve_device, unwrap
+from dallmi_core.model import Classifier, eager_attention, resolve_device, unwrap
+from dallmi_core.precision import resolve_precision
 from dallmi_core.probe import probe_head
 from dallmi_core.sampling import LabelBalancedSampler, UnlabeledStream
 from dallmi_core.scoring import logits_for, sigmoid
@@ -37,13 +38,10 @@ CHECKPOINT_FILE = "trainer_state.pt"
 
 
 def make_accelerator(device: str, precision: str) -> Accelerator:
-    """device auto: cuda > mps > cpu; precision auto: bf16 where supported, fp16 on older GPUs."""
-    cpu = resolve_device(device) == "cpu"
-    if precision == "auto":
-        if cpu or not torch.cuda.is_available():
-            precision = "no"
-        else:
-            precision = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    """device auto: cuda > mps > cpu; precision auto: see `precision.resolve_precision`."""
+    device_type = resolve_device(device)
+    cpu = device_type == "cpu"
+    precision = resolve_precision(precision, device_type)
     if int(os.environ.get("WORLD_SIZE", "1")) == 1:
         # accelerate keeps one process-wide state that refuses another device or precision; a
         # long-lived process (the worker, a test session) starts every run from a clean one.
@@ -165,7 +163,8 @@ class Trainer:
         self.maybe_resume()
 
     def train_step(self) -> None:
-        with self.accelerator.autocast():
+        cpu_bf16 = self.device.type == "cpu" and self.accelerator.mixed_precision == "bf16"
+        with self.accelerator.autocast(), eager_attention(self.model, enabled=cpu_bf16):
             loss, parts = self.compute_loss()
         self.accelerator.backward(loss)
         if self.cfg.grad_clip > 0:
@@ -184,7 +183,7 @@ class Trainer:
         self.callbacks.on_train_end(self.state)
         self.clf.model = unwrap(self.model)
         self.clf.model.eval()
-        extras = {"unlabeled_shard": self.unlabeled_shard().tolist()}
+        extras = {"unlabeled_shard": self.unlabeled_shard().tolist(), "precision": self.accelerator.mixed_precision}
         return TrainResult(self.clf, self.state, getattr(self, "split", None), extras)
 
     # -- hooks for subclasses ------------------------------------------------------------------

@@ -13,6 +13,9 @@ import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# float32 on every CPU, so the suite does the same arithmetic whether or not the CPU has native
+# bf16 (precision.py); tests of the bf16 path set it themselves.
+os.environ.setdefault("DALLMI_CPU_BF16", "0")
 
 # CI (CI=true) runs the same hypothesis examples every time, so a red build is reproducible; locally
 # every run explores new ones (and `.hypothesis/` replays what failed before).

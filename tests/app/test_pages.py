@@ -532,13 +532,14 @@ def test_a_finished_run_shows_its_macro_ap_before_and_after(seeded):
     store.claim_next_run(1)
     store.update_progress(run_id, {"stage": "score", "scored": 30, "total": 30})
     metrics = {"steps": 20, "estimate": False, "before": {"map_macro": 0.41}, "after": {"map_macro": 0.525}}
-    store.finish_run(run_id, "done", metrics=metrics)
+    store.finish_run(run_id, "done", metrics=metrics | {"precision": "bf16"})
     at = _app("Adapt")
     assert at.get("progress")[-1].proto.text == "done"  # not the last stage's "score: 30 of 30 documents"
     shown = {m.label: (m.value, m.proto.delta) for m in at.metric}
     assert shown["Steps"][0] == "20" and shown["Macro AP before"][0] == "0.410"
     assert shown["Macro AP after"] == ("0.525", "+0.115") and shown["Measured on"][0] == "gold labels"
     assert "Epoch" not in shown and "ETA" not in shown
+    assert next(m for m in at.metric if m.label == "Steps").proto.help == "Trained in bf16 autocast."
 
 
 def test_the_projects_page_tells_a_first_time_viewer_what_the_demo_does_next(env, tiny_backbone):

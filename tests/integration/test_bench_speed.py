@@ -33,6 +33,9 @@ def test_bench_speed_writes_step_pipeline_and_scoring_figures(tmp_path, tiny_bac
                 assert value > 0, key
     assert result["pipeline"]["labels"] == len(LABELS)
     assert result["pipeline"]["ours_precision"] == "bf16"
+    assert result["pipeline"]["ratio_float32"] > 0  # ours in float32 too, in the same run
+    assert result["pipeline"]["ours_float32_docs_per_s"] > 0
+    assert result["step"]["2"]["precision"] == "bf16"  # both steps alike
     assert result["scoring"]["documents"] == 40
     assert "ratio" in capsys.readouterr().out
 

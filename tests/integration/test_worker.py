@@ -135,6 +135,7 @@ def test_adapt_runs_to_done_with_progress_model_predictions_and_metrics(served):
     assert (
         metrics["estimate"] is False and metrics["steps"] == 4 and metrics["best_step"] is None
     )  # default selection "last" keeps the final step
+    assert metrics["precision"] == "no"  # recorded with the run: the suite keeps CPUs in float32
     for when in ("before", "after"):
         assert set(metrics[when]["per_label_ap"]) == set(LABELS) and 0 < metrics[when]["map_macro"] <= 1
     status = services.run_status(run_id)
