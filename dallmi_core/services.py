@@ -117,6 +117,7 @@ class SystemInfo:
     mps: bool
     torch_version: str | None
     note: str | None = None  # why the probe found nothing (e.g. torch failed to import)
+    cpu_bf16: bool = False  # native bf16: `precision auto` trains under bf16 on this CPU (precision.py)
 
     @property
     def devices(self) -> tuple[str, ...]:
@@ -130,7 +131,8 @@ class SystemInfo:
             return f"{len(self.gpus)} CUDA GPU{'s' * (len(self.gpus) > 1)}: {names}; {self.cpu_cores} CPU cores"
         if self.mps:
             return f"Apple GPU (MPS); {self.cpu_cores} CPU cores"
-        return f"no GPU: CPU only, {self.cpu_cores} cores"
+        bf16 = "; native bf16, so training runs under bf16 autocast" if self.cpu_bf16 else ""
+        return f"no GPU: CPU only, {self.cpu_cores} cores{bf16}"
 
 
 _PROBE = """
@@ -144,6 +146,8 @@ if torch.cuda.is_available():
         info["gpus"].append([p.name, round(p.total_memory / 2**30, 1)])
 mps = getattr(torch.backends, "mps", None)
 info["mps"] = bool(mps is not None and mps.is_available())
+from dallmi_core.precision import cpu_has_native_bf16
+info["cpu_bf16"] = cpu_has_native_bf16()
 print(json.dumps(info))
 """
 _system_info: list[SystemInfo] = []  # the probe's answer, once per process
@@ -162,6 +166,7 @@ def system_info(timeout_s: float = 120.0) -> SystemInfo:
                 tuple((str(n), float(m)) for n, m in info["gpus"]),
                 bool(info["mps"]),
                 info["torch"],
+                cpu_bf16=bool(info.get("cpu_bf16")),
             )
         except (OSError, subprocess.SubprocessError, ValueError, KeyError, IndexError) as exc:
             detail = exc.stderr.strip().splitlines()[-1] if getattr(exc, "stderr", None) else str(exc)

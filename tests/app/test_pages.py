@@ -571,6 +571,15 @@ def test_the_device_probe_runs_torch_in_a_child_process(monkeypatch):
     assert info.note is None and info.torch_version and info.cpu_cores >= 1
     assert info.devices[:2] == ("auto", "cpu") and ("cuda" in info.devices) == bool(info.gpus)
     assert services_module.system_info() is info  # probed once per process
+    assert info.cpu_bf16 is False  # the suite keeps CPUs in float32 (conftest), the child process too
+
+
+def test_the_adapt_page_says_when_this_cpu_trains_in_bf16(seeded, monkeypatch):
+    monkeypatch.setattr(services_module, "_system_info", [SystemInfo(2, (), False, "test", cpu_bf16=True)])
+    at = _app("Adapt")
+    at.run()
+    shown = [c.value for c in at.caption if c.value.startswith("This machine")]
+    assert shown == ["This machine: no GPU: CPU only, 2 cores; native bf16, so training runs under bf16 autocast."]
 
 
 def test_pages_call_only_the_services(seeded):
