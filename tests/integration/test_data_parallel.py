@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 
@@ -25,8 +26,18 @@ def _macro_ap(model_dir, texts, gold) -> float:
     return ap_report(gold, score_texts(load_classifier(model_dir), texts, max_length=32), LABELS).map_macro
 
 
-@pytest.mark.slow
-def test_torchrun_two_ranks_adapt_on_disjoint_shards_write_one_model_and_score_in_shards(tmp_path, tiny_backbone):
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _adapt_with_two_ranks(tmp_path, tiny_backbone, launcher: list[str]):
+    """Adapt a never-adapted source model under `launcher`; checks shards, the one writer, and AP."""
     torch.manual_seed(1)
     source = tmp_path / "source"
     save_classifier(new_classifier(tiny_backbone, LABELS), source)  # has never seen a target keyword
@@ -39,11 +50,9 @@ def test_torchrun_two_ranks_adapt_on_disjoint_shards_write_one_model_and_score_i
     pd.DataFrame({"text": texts, "labels": labels, "domain": "target"}).to_csv(target, index=False)
     out, shards = tmp_path / "adapted", tmp_path / "shards.json"
 
-    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
     adapt = ["-m", "dallmi_core.cli", "adapt", "--model", str(source), "--target", str(target), "--out", str(out)]
     adapt += ["--max-steps", "30", "--lr", "1e-3", "--batch-size", "8", "--max-length", "32", "--device", "cpu"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
-    done = subprocess.run([*launcher, *adapt, "--shards-json", str(shards)], env=env, capture_output=True, text=True)
+    done = subprocess.run([*launcher, *adapt, "--shards-json", str(shards)], env=ENV, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-3000:]
 
     report = json.loads(shards.read_text())
@@ -54,14 +63,29 @@ def test_torchrun_two_ranks_adapt_on_disjoint_shards_write_one_model_and_score_i
     assert done.stdout.count("Adapted model written") == 1  # rank 0 alone reports and writes
     assert sorted(p.name for p in tmp_path.iterdir() if (p / "config.json").exists()) == ["adapted", "source"]
     assert _macro_ap(out, texts, y) > _macro_ap(source, texts, y) + 0.1
+    return out, target, texts
 
+
+@pytest.mark.slow
+def test_torchrun_two_ranks_adapt_on_disjoint_shards_write_one_model_and_score_in_shards(tmp_path, tiny_backbone):
+    out, target, texts = _adapt_with_two_ranks(tmp_path, tiny_backbone, TORCHRUN)
     scores = tmp_path / "scores.csv"
     score = ["-m", "dallmi_core.cli", "score", "--model", str(out), "--data", str(target), "--out", str(scores)]
-    done = subprocess.run([*launcher, *score, "--device", "cpu"], env=env, capture_output=True, text=True)
+    done = subprocess.run([*TORCHRUN, *score, "--device", "cpu"], env=ENV, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-3000:]
     sharded_scores = pd.read_csv(scores)[[f"score_{label}" for label in LABELS]].to_numpy()
     expected = score_texts(load_classifier(out), texts)
     np.testing.assert_allclose(sharded_scores, expected, atol=1e-5)  # each rank scored half, rank 0 wrote all
+
+
+@pytest.mark.slow
+def test_accelerate_launch_runs_the_same_two_rank_adaptation(tmp_path, tiny_backbone):
+    """accelerate's own launcher (its `--multi_gpu` mode is torchrun underneath, gloo on a CPU;
+    `--cpu --num_processes 2` would start one process: README)."""
+    launcher = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2"]
+    launcher += ["--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
+    launcher += ["--main_process_port", str(_free_port())]
+    _adapt_with_two_ranks(tmp_path, tiny_backbone, launcher)
 
 
 def test_shards_of_all_ranks_are_disjoint_and_cover_everything(monkeypatch):
