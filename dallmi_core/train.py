@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import os
+import pickle
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -254,7 +255,13 @@ class Trainer:
         path = self.checkpoint_dir / CHECKPOINT_FILE if self.checkpoint_dir else None
         if path is None or not path.exists():
             return
-        payload = torch.load(path, map_location="cpu", weights_only=False)  # our own file
+        try:  # tensors and plain values only: a pickled object in a tampered file is never run
+            payload = torch.load(path, map_location="cpu", weights_only=True)
+        except (pickle.UnpicklingError, RuntimeError, EOFError) as exc:
+            raise RunStateError(
+                f"Checkpoint {path} cannot be resumed: it is not a checkpoint of this tool "
+                f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else 'unreadable'}); start a new run."
+            ) from exc
         if payload["config"] != self.cfg.to_dict():
             raise RunStateError(f"Checkpoint {path} was written with another configuration; start a new run.")
         unwrap(self.model).load_state_dict(payload["model"])

@@ -199,7 +199,7 @@ def test_adapt_writes_checkpoints_and_resumes(files, tmp_path, tiny_backbone, ca
         "2",
     ]
     assert main(args) == 0
-    state = torch.load(ckpt / "trainer_state.pt", weights_only=False)
+    state = torch.load(ckpt / "trainer_state.pt", weights_only=True)
     assert state["step"] == 4  # the last checkpoint before the end
     assert main(args) == 0  # resumes at step 4 and runs the last step
     assert "after 5 steps" in capsys.readouterr().out

@@ -211,7 +211,7 @@ def test_killed_worker_run_is_interrupted_then_resumed_from_its_checkpoint(tmp_p
         first.send_signal(signal.SIGKILL)
     finally:
         first.wait()
-    saved_step = torch.load(checkpoint, weights_only=False)["step"]
+    saved_step = torch.load(checkpoint, weights_only=True)["step"]
     killed = store.run_metrics(run_id, "loss")  # may run past the checkpoint: those steps are done again
     before = Counter(step for step, _, _ in killed if step <= saved_step)
     assert store.get_run(run_id).status == "running" and 2 <= saved_step < 60

@@ -44,7 +44,7 @@ def _checkpoint_step(run) -> int:
     import torch
 
     path = Path(run.checkpoint_dir or "/nonexistent") / "trainer_state.pt"
-    return torch.load(path, map_location="cpu", weights_only=False)["step"] if path.exists() else 0
+    return torch.load(path, map_location="cpu", weights_only=True)["step"] if path.exists() else 0
 
 
 @pytest.mark.slow

@@ -326,6 +326,28 @@ def test_resume_with_another_config_is_refused(clf, corpus, tmp_path):
         adapt(copy.deepcopy(clf), texts, tags, adapt_cfg(lr=2e-3), checkpoint_dir=ckpt)
 
 
+class _RunsCodeWhenUnpickled:
+    def __reduce__(self):
+        return (exec, ("import pathlib; pathlib.Path('PWNED').write_text('ran')",))
+
+
+@pytest.mark.parametrize("payload", ["object", "garbage"])
+def test_a_checkpoint_that_is_not_ours_is_refused_without_running_it(clf, corpus, tmp_path, monkeypatch, payload):
+    """Checkpoints load as tensors and plain values only (weights_only): a pickled object in a
+    tampered or foreign trainer_state.pt is a clear error, and its code never runs."""
+    texts, _, tags = corpus
+    ckpt = tmp_path / "ckpt"
+    ckpt.mkdir()
+    if payload == "object":
+        torch.save({"step": 2, "config": _RunsCodeWhenUnpickled()}, ckpt / "trainer_state.pt")
+    else:
+        (ckpt / "trainer_state.pt").write_bytes(b"not a checkpoint at all")
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(RunStateError, match="not a checkpoint of this tool"):
+        adapt(copy.deepcopy(clf), texts, tags, adapt_cfg(), checkpoint_dir=ckpt)
+    assert not (tmp_path / "PWNED").exists()
+
+
 # -- determinism ---------------------------------------------------------------------------
 
 
