@@ -27,22 +27,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_import import LABELS, maxrss_mib, write_csv  # noqa: E402
+from random_backbone import random_backbone  # noqa: E402
 
 
 def tiny_model(folder: Path) -> str:
     """A random 2-layer, 64-wide BERT classifier with the default backbone's tokenizer."""
-    import torch
-    from transformers import AutoTokenizer, BertConfig, BertModel
+    from dallmi_core.model import new_classifier, save_classifier
 
-    from dallmi_core.model import default_backbone_dir, new_classifier, save_classifier
-
-    torch.manual_seed(0)
-    tokenizer = AutoTokenizer.from_pretrained(default_backbone_dir())
-    config = BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=64, num_hidden_layers=2,
-                        num_attention_heads=2, intermediate_size=128, max_position_embeddings=128)
-    BertModel(config).save_pretrained(folder / "backbone")
-    tokenizer.save_pretrained(folder / "backbone")
-    return str(save_classifier(new_classifier(str(folder / "backbone"), LABELS), folder / "model"))
+    backbone = random_backbone(folder / "backbone", "small")
+    return str(save_classifier(new_classifier(backbone, LABELS), folder / "model"))
 
 
 def one_size(n: int, backbone: str) -> dict:

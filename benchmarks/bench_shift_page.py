@@ -23,9 +23,11 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "benchmarks"))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import numpy as np  # noqa: E402
+from random_backbone import random_backbone  # noqa: E402
 
 LABELS = ["billing", "login", "shipping", "returns", "product"]
 COMMON = "the my please help today again order thanks hello issue account app update".split()
@@ -39,27 +41,6 @@ def texts(n: int, domain_words: list[str], seed: int) -> list[str]:
         " ".join(rng.choices(COMMON, k=rng.randint(5, 20)) + rng.choices(domain_words, k=rng.randint(2, 10)))
         for _ in range(n)
     ]
-
-
-def tiny_backbone(folder: Path) -> str:
-    import torch
-    from transformers import AutoTokenizer, BertConfig, BertModel
-
-    from dallmi_core.model import default_backbone_dir
-
-    torch.manual_seed(0)
-    tokenizer = AutoTokenizer.from_pretrained(default_backbone_dir())
-    config = BertConfig(
-        vocab_size=tokenizer.vocab_size,
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=64,
-        max_position_embeddings=128,
-    )
-    BertModel(config).save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return str(folder)
 
 
 def seed_store(root: Path, n: int, backbone: str) -> int:
@@ -110,7 +91,7 @@ def main() -> None:
     torch.set_num_threads(max(1, os.cpu_count() or 1))
     with tempfile.TemporaryDirectory(prefix="bench-shift-") as tmp:
         root = Path(tmp)
-        backbone = tiny_backbone(root / "tiny") if args.backbone == "tiny" else args.backbone
+        backbone = random_backbone(root / "tiny", "tiny") if args.backbone == "tiny" else args.backbone
         start = time.perf_counter()
         run_id = seed_store(root, args.n, backbone)
         print(f"seeded {args.n:,} source + {args.n:,} target documents in {time.perf_counter() - start:.1f} s")

@@ -273,6 +273,8 @@ def cmd_bench_speed(args) -> None:
         raise ConfigError(f"--labels {args.labels!r}: give label counts such as 5,14,40.") from exc
     if not Path(args.data).is_file():
         raise DataError(f"--data {args.data}: no such file; pass a file with text and labels columns.")
+    if args.peak_tflops is not None and not args.peak_tflops > 0:
+        raise ConfigError(f"--peak-tflops {args.peak_tflops}: give the device's peak, a positive number of TFLOP/s.")
     settings = SpeedSettings(
         labels=labels,
         batch_size=args.batch_size,
@@ -280,6 +282,7 @@ def cmd_bench_speed(args) -> None:
         max_length=args.max_length,
         docs=args.docs,
         precision=args.precision,
+        peak_tflops=args.peak_tflops,
     )
     device = torch.device(resolve_device(args.device))
     result = run_speed(read_corpus(args.data), resolve_backbone(args.backbone), settings, device)
@@ -405,6 +408,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, default=5, help="timed steps per measurement (default 5)")
     p.add_argument("--max-length", type=int, default=128, help="max tokens per document (default 128)")
     p.add_argument("--docs", type=int, help="use only the first N target rows (default: all)")
+    p.add_argument(
+        "--peak-tflops",
+        type=float,
+        help="the device's peak TFLOP/s in the precision measured (e.g. 989 for an H100/H200's dense bf16):"
+        " adds model FLOP utilisation (*_mfu) to the figures",
+    )
     p.add_argument(
         "--precision",
         default="auto",

@@ -31,6 +31,7 @@ import torch
 
 from dallmi_core.config import AdaptConfig
 from dallmi_core.data import Corpus
+from dallmi_core.flops import ShapeRecorder, flop_model
 from dallmi_core.model import eager_attention, new_classifier
 from dallmi_core.precision import resolve_precision
 from dallmi_core.sampling import LabelBalancedSampler
@@ -51,6 +52,7 @@ class SpeedSettings:
     seed: int = 0
     docs: int | None = None  # the first N target rows only (all by default)
     precision: str = "auto"  # ours (and both steps): auto as `dallmi adapt` resolves it, or no / bf16
+    peak_tflops: float | None = None  # the device's peak for that precision: model FLOP utilisation
 
 
 class OnTheFlyTokens:
@@ -105,8 +107,11 @@ class _Path:
         self.precision = precision
         self.optimizer = torch.optim.AdamW(model.parameters(), lr=5e-5)
         self.times: list[float] = []
+        self.flop_model, self.shapes = flop_model(model), ShapeRecorder(model)
+        self.flops: list[float] = []  # training FLOPs of each timed step, from its forwards' shapes
 
     def run(self, batch, mix, cfg: AdaptConfig, *, timed: bool = True) -> None:
+        self.shapes.shapes.clear()
         _sync(self.device)
         start = time.perf_counter()
         cpu_bf16 = self.device.type == "cpu" and self.precision == "bf16"  # as the trainer does
@@ -118,6 +123,19 @@ class _Path:
         _sync(self.device)
         if timed:
             self.times.append(time.perf_counter() - start)
+            self.flops.append(self.shapes.training_flops(self.flop_model))
+
+    def flop_figures(self, name: str, peak_tflops: float | None) -> dict[str, float]:
+        """TFLOP per step, achieved TFLOP/s and, given the device's peak, model FLOP utilisation."""
+        tflops = sum(self.flops) / sum(self.times) / 1e12
+        out = {f"{name}_tflop_per_step": float(np.mean(self.flops)) / 1e12, f"{name}_tflops": tflops}
+        if peak_tflops:
+            out[f"{name}_mfu"] = tflops / peak_tflops
+        return {key: _significant(value) for key, value in out.items()}
+
+
+def _significant(x: float, digits: int = 4) -> float:
+    return float(f"{x:.{digits}g}")
 
 
 def _autocast(device: torch.device, precision: str):
@@ -168,6 +186,7 @@ def bench_step(backbone: str, texts: Sequence[str], gold: np.ndarray, n_labels: 
         median = float(np.median(path.times))
         out[f"{name}_step_s"] = round(median, 4)
         out[f"{name}_sequences_per_s"] = round(sequences / median, 2)
+        out |= path.flop_figures(name, s.peak_tflops)
     out["reference_forwards_per_step"] = 1 + 3 * n_labels
     out["ratio"] = round(out["reference_step_s"] / out["vectorised_step_s"], 3)
     return out | _memory(device)
@@ -200,6 +219,7 @@ def bench_pipeline(backbone: str, corpus: Corpus, gold: np.ndarray, labels: Sequ
     out["ours_precision"] = precision
     for name, path in paths.items():
         out[f"{name}_docs_per_s"] = round(documents / sum(path.times), 2)
+        out |= path.flop_figures(name, s.peak_tflops)
     out["ratio"] = round(out["ours_docs_per_s"] / out["official_docs_per_s"], 3)
     if "ours_float32_docs_per_s" in out:
         out["ratio_float32"] = round(out["ours_float32_docs_per_s"] / out["official_docs_per_s"], 3)
