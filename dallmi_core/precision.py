@@ -3,11 +3,10 @@
 Training runs under bf16 autocast wherever the hardware computes bf16 natively: GPUs that support
 it, and CPUs with avx512_bf16 or AMX, where a MiniLM training step is 2x faster (with eager
 attention, `model.eager_attention`) and DALLMi's macro mAP moved by under 0.004 per seed
-(docs/BENCHMARKS.md). Older GPUs get fp16 with a
-loss scaler; every other device float32 (a CPU without native bf16 only emulates it, slower than
-float32). `DALLMI_CPU_BF16=0` keeps float32 on every CPU, so a run's numbers do not depend on the
-CPU it lands on (the test suite sets it); `=1` forces bf16 on any CPU.
-Scoring is not affected: CPU scores stay float32 (`scoring.autocast_for`).
+(docs/BENCHMARKS.md). Older GPUs get fp16 with a loss scaler; every other device float32 (a CPU
+without native bf16 only emulates it, slower than float32). `DALLMI_CPU_BF16=0` keeps float32 on
+every CPU, so a run's numbers do not depend on the CPU it lands on (the test suite sets it); `=1`
+forces bf16 on any CPU. Scoring is not affected: CPU scores stay float32 (`scoring.autocast_for`).
 """
 
 from __future__ import annotations

@@ -131,7 +131,7 @@ class SystemInfo:
             return f"{len(self.gpus)} CUDA GPU{'s' * (len(self.gpus) > 1)}: {names}; {self.cpu_cores} CPU cores"
         if self.mps:
             return f"Apple GPU (MPS); {self.cpu_cores} CPU cores"
-        bf16 = "; native bf16, so training runs under bf16 autocast" if self.cpu_bf16 else ""
+        bf16 = "; native bf16, so precision auto trains under bf16 autocast" if self.cpu_bf16 else ""
         return f"no GPU: CPU only, {self.cpu_cores} cores{bf16}"
 
 

@@ -579,7 +579,9 @@ def test_the_adapt_page_says_when_this_cpu_trains_in_bf16(seeded, monkeypatch):
     at = _app("Adapt")
     at.run()
     shown = [c.value for c in at.caption if c.value.startswith("This machine")]
-    assert shown == ["This machine: no GPU: CPU only, 2 cores; native bf16, so training runs under bf16 autocast."]
+    assert shown == [
+        "This machine: no GPU: CPU only, 2 cores; native bf16, so precision auto trains under bf16 autocast."
+    ]
 
 
 def test_pages_call_only_the_services(seeded):
