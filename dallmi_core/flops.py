@@ -81,6 +81,9 @@ class ShapeRecorder:
         if isinstance(inputs, torch.Tensor):
             self.shapes.append((int(inputs.shape[0]), int(inputs.shape[1])))
 
+    def reset(self) -> None:
+        self.shapes.clear()
+
     def training_flops(self, flop_model: FlopModel) -> float:
         return sum(flop_model.training_flops(batch, length) for batch, length in self.shapes)
 

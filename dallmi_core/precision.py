@@ -37,3 +37,8 @@ def resolve_precision(precision: str, device_type: str) -> str:
     if device_type == "cpu":
         return "bf16" if cpu_has_native_bf16() else "no"
     return "no"
+
+
+def cpu_bf16(device_type: str, resolved_precision: str) -> bool:
+    """A CPU run under bf16 autocast: its training forwards use eager attention (`model.eager_attention`)."""
+    return device_type == "cpu" and resolved_precision == "bf16"

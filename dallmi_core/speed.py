@@ -33,7 +33,7 @@ from dallmi_core.config import AdaptConfig
 from dallmi_core.data import Corpus
 from dallmi_core.flops import ShapeRecorder, flop_model
 from dallmi_core.model import eager_attention, new_classifier
-from dallmi_core.precision import resolve_precision
+from dallmi_core.precision import cpu_bf16, resolve_precision
 from dallmi_core.sampling import LabelBalancedSampler
 from dallmi_core.scoring import autocast_for, score_texts
 from dallmi_core.step import draw_mixup, reference_dallmi_step, vectorised_dallmi_step
@@ -111,11 +111,11 @@ class _Path:
         self.flops: list[float] = []  # training FLOPs of each timed step, from its forwards' shapes
 
     def run(self, batch, mix, cfg: AdaptConfig, *, timed: bool = True) -> None:
-        self.shapes.shapes.clear()
+        self.shapes.reset()
         _sync(self.device)
         start = time.perf_counter()
-        cpu_bf16 = self.device.type == "cpu" and self.precision == "bf16"  # as the trainer does
-        with _autocast(self.device, self.precision), eager_attention(self.model, enabled=cpu_bf16):
+        eager = cpu_bf16(self.device.type, self.precision)  # as the trainer decides
+        with _autocast(self.device, self.precision), eager_attention(self.model, enabled=eager):
             loss, _ = self.step(self.model, self.tokens, batch, mix, cfg, self.device, **self.kw)
         loss.backward()
         self.optimizer.step()

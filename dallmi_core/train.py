@@ -28,7 +28,7 @@ from dallmi_core.losses import variational_term
 from dallmi_core.metrics import pu_estimated_ap
 from dallmi_core.mixup import MixupRecord, score_pairs
 from dallmi_core.model import Classifier, eager_attention, resolve_device, unwrap
-from dallmi_core.precision import resolve_precision
+from dallmi_core.precision import cpu_bf16, resolve_precision
 from dallmi_core.probe import probe_head
 from dallmi_core.sampling import LabelBalancedSampler, UnlabeledStream
 from dallmi_core.scoring import logits_for, sigmoid
@@ -164,8 +164,8 @@ class Trainer:
         self.maybe_resume()
 
     def train_step(self) -> None:
-        cpu_bf16 = self.device.type == "cpu" and self.accelerator.mixed_precision == "bf16"
-        with self.accelerator.autocast(), eager_attention(self.model, enabled=cpu_bf16):
+        eager = cpu_bf16(self.device.type, self.accelerator.mixed_precision)
+        with self.accelerator.autocast(), eager_attention(self.model, enabled=eager):
             loss, parts = self.compute_loss()
         self.accelerator.backward(loss)
         if self.cfg.grad_clip > 0:
