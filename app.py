@@ -3,8 +3,9 @@
 Page config, the one Services handle of this process (ui.services), the demo project on the first
 start, the sidebar project picker, and st.navigation over the pages listed explicitly (app_pages/). Set
 DALLMI_DATA_DIR to choose the data folder, DALLMI_NO_WORKER=1 to queue runs without starting a
-worker process, DALLMI_NO_DEMO=1 to skip the demo project, DALLMI_PASSWORD_HASH (from `dallmi
-hash-password`) to ask for a password before anything else.
+worker process, DALLMI_WORKER_IDLE_EXIT (seconds, default 600, 0 = never) for how long the worker it
+starts outlives the last app process, DALLMI_NO_DEMO=1 to skip the demo project,
+DALLMI_PASSWORD_HASH (from `dallmi hash-password`) to ask for a password before anything else.
 """
 
 import streamlit as st

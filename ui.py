@@ -55,7 +55,9 @@ def worker_autostart() -> bool:
 
 @st.cache_resource(show_spinner="Opening the project store…")
 def _open(directory: str, autostart: bool) -> Services:
-    return open_services(directory, autostart_worker=autostart)
+    """The process's handle; it beats into the store (app_heartbeats) while the server lives, so the
+    worker it starts exits once no app uses the data folder ($DALLMI_WORKER_IDLE_EXIT)."""
+    return open_services(directory, autostart_worker=autostart, app_heartbeat=True)
 
 
 def services() -> Services:

@@ -12,6 +12,41 @@ with st.spinner("Checking this machine's devices…"):
     system = svc.system_info()
 st.caption(f"This machine: {system.summary}." + (f" ({system.note})" if system.note else ""))
 
+
+@st.fragment(run_every=5)
+def worker_line() -> None:
+    """Whether a worker serves this data folder and when it last reported, refreshed every 5 s."""
+    status = ui.attempt(svc.worker_status)
+    if status is None:
+        return
+    report = status.report
+    if not status.alive:
+        start = (
+            "one starts when a run is queued"
+            if ui.worker_autostart()
+            else f"start one with `dallmi worker --data-dir {ui.data_dir()}`"
+        )
+        last = ""
+        if report is not None:
+            how = "exited" if report.state == "exited" else "stopped reporting"
+            last = f" The last one (pid {report.pid}) {how} {ui.duration(status.report_age_s)} ago."
+        st.caption(f":material/power_off: No worker is running for this data folder: {start}.{last}")
+        return
+    bits = [f"pid {status.pid}"]
+    if report is not None and report.pid == status.pid and report.state != "exited":
+        bits.append(f"running run {report.run_id}" if report.state == "running" else report.state)
+        bits.append(f"last reported {ui.duration(status.report_age_s)} ago")
+        if status.rss_mb is not None:
+            bits.append(f"{status.rss_mb:,.0f} MB resident")
+        idle = report.app_idle_exit
+        bits.append(f"exits {ui.duration(idle)} after the app closes" if idle else "runs until stopped")
+    else:
+        bits.append("starting, no report yet")
+    st.caption(f":material/memory: A worker serves this data folder: {' · '.join(bits)}.")
+
+
+worker_line()
+
 coverage = svc.coverage(project.id)
 counts = svc.document_counts(project.id)
 empty = [c.label for c in coverage if not c.positives]

@@ -1,15 +1,14 @@
 """The use-cases the pages and the CLI call, so pages stay thin: no SQL, no torch, no file layout.
 
 Every user error is a DallmiError subclass whose message says how to fix it. Runs are only queued
-here; the worker process (started on demand by `ensure_worker`) executes them, and the store is
-the only channel between the two.
+here; the worker process (started on demand by `ensure_worker`, in presence.py) executes them, and
+the store is the only channel between the two.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import shlex
 import shutil
 import subprocess
 import sys
@@ -20,52 +19,18 @@ from pathlib import Path
 
 import numpy as np
 
-import dallmi_core
 from dallmi_core import exporter, importer
 from dallmi_core.config import AdaptConfig, SourceConfig, precision_words
 from dallmi_core.errors import ConfigError, DataError, RunStateError
+from dallmi_core.presence import AppHeartbeat, WorkerStatus, ensure_worker, worker_status
 from dallmi_core.store import Document, Project, Run, Store, open_store
-from dallmi_core.worker import LOG_FILE, RUN_KINDS, worker_running
+from dallmi_core.worker import RUN_KINDS, worker_running
 
 RECOMMENDED_TAGS = 8  # positives per label below which the coverage meter warns
 PRECISION_WORDS = precision_words  # "no" -> "float32", "bf16" -> "bf16 autocast" (run outcomes)
 SOURCE_EPOCHS = SourceConfig.default_epochs  # fine-tuning epochs after the head's warm-up (Data page default)
 STRATEGIES = ("likely", "uncertain", "similar")
 PENDING = ("queued", "running", "interrupted")
-_spawned: list[subprocess.Popen] = []  # reaped on the next call, so finished workers leave no zombies
-
-
-def ensure_worker(data_dir: str | os.PathLike) -> subprocess.Popen | None:
-    """Start a worker for `data_dir` unless a process holds its lock; returns the new process.
-
-    A fresh interpreter in a new session (never a fork of the server), its output appended to
-    <data_dir>/worker.log. Two callers racing may both start one: the lock makes the later exit.
-    $DALLMI_WORKER_ARGS adds arguments (e.g. `--idle-exit 20`).
-    """
-    _spawned[:] = [proc for proc in _spawned if proc.poll() is None]
-    root = Path(data_dir).resolve()
-    root.mkdir(parents=True, exist_ok=True)
-    if worker_running(root):
-        return None
-    args = [
-        sys.executable,
-        "-m",
-        "dallmi_core.worker",
-        "--data-dir",
-        str(root),
-        *shlex.split(os.environ.get("DALLMI_WORKER_ARGS", "")),
-    ]
-    env = dict(os.environ)  # the worker must import this very package, installed or not
-    package_root = str(Path(dallmi_core.__file__).resolve().parent.parent)
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, env.get("PYTHONPATH")) if p)
-    with open(root / LOG_FILE, "ab") as log:
-        proc = subprocess.Popen(
-            args, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=env
-        )
-    _spawned.append(proc)
-    return proc
-
-
 @dataclass(frozen=True)
 class LabelCoverage:
     label: str
@@ -200,10 +165,16 @@ def _model_labels(folder: str) -> list[str]:
     return [str(id2label[k]) for k in sorted(id2label, key=int)]
 
 
-def open_services(data_dir: str | os.PathLike | None = None, *, autostart_worker: bool = True) -> Services:
+def open_services(
+    data_dir: str | os.PathLike | None = None, *, autostart_worker: bool = True, app_heartbeat: bool = False
+) -> Services:
     """Open the store of `data_dir` (default $DALLMI_DATA_DIR or ./dallmi_data); with
-    `autostart_worker`, a worker is started when runs are pending (e.g. after an app restart)."""
+    `autostart_worker`, a worker is started when runs are pending (e.g. after an app restart). With
+    `app_heartbeat` (the app's one handle per process), this process beats into the store until closed,
+    so the worker it starts knows when the app is gone."""
     services = Services(open_store(data_dir), autostart_worker=autostart_worker)
+    if app_heartbeat:
+        services.start_app_heartbeat()
     if autostart_worker and services.store.list_runs(status=PENDING):
         ensure_worker(services.data_dir)
     return services
@@ -214,12 +185,15 @@ class Services:
 
     def __init__(self, store: Store, *, autostart_worker: bool = True):
         self.store, self.autostart_worker = store, autostart_worker
+        self.app_heartbeat: AppHeartbeat | None = None
 
     @property
     def data_dir(self) -> Path:
         return self.store.data_dir
 
     def close(self) -> None:
+        if self.app_heartbeat is not None:
+            self.app_heartbeat.stop()
         self.store.close()
 
     def __enter__(self) -> Services:
@@ -230,6 +204,16 @@ class Services:
 
     def ensure_worker(self) -> subprocess.Popen | None:
         return ensure_worker(self.data_dir)
+
+    def start_app_heartbeat(self) -> AppHeartbeat:
+        """Beat into the store as a live app process (once per handle; stopped by close)."""
+        if self.app_heartbeat is None:
+            self.app_heartbeat = AppHeartbeat(self.store.path).start()
+        return self.app_heartbeat
+
+    def worker_status(self) -> WorkerStatus:
+        """Whether a worker serves this data folder, and its last report (state, run, memory)."""
+        return worker_status(self.store)
 
     # ---- projects -------------------------------------------------------------------------------
 

@@ -3,18 +3,25 @@
 Always a fresh interpreter (`python -m dallmi_core.worker`), never a thread or fork of the app
 server: Streamlit reruns pages on every click, and CUDA cannot re-initialise in a forked child.
 One worker per data directory (an exclusive flock on `worker.lock`). This module is the process:
-the lock, the queue loop, the heartbeat, signals; what each run kind does is in `jobs.py`. torch is
-imported only when a run executes, so the lock check is instant and the services import the lock
-helpers cheaply.
+the queue loop, the heartbeats, signals, its life; what each run kind does is in `jobs.py`, the lock,
+memory and exec mechanics in `process.py`. torch is imported only when a run executes, so the lock
+check is instant and the services import the lock helpers cheaply.
+
+Its life. A worker the app starts is given `--exit-when-app-idle S`: between runs, with nothing
+queued and no app heartbeat (presence.py) for S seconds, it releases the lock, looks at the queue
+once more (a run queued meanwhile found the lock held and started no worker) and exits. Its memory:
+after every run it drops what the run loaded (gc, CUDA cache, malloc_trim); once the queue is empty
+it replaces itself with a fresh interpreter (execve, same pid, the lock handed over as an inherited
+fd), since torch and transformers, once imported, keep ~350 MB resident that no collection returns.
 """
 
 from __future__ import annotations
 
 import argparse
-import fcntl
 import logging
 import os
 import signal
+import socket
 import sys
 import threading
 import time
@@ -23,10 +30,18 @@ from typing import IO
 
 from dallmi_core.errors import ConfigError, DallmiError
 from dallmi_core.jobs import EXECUTORS, RUN_KINDS, Job, Stopped
+from dallmi_core.process import (  # noqa: F401 - the lock helpers, re-exported for services, tests, benchmarks
+    LOCK_FILE,
+    LOG_FILE,
+    acquire_lock,
+    exec_fresh,
+    inherited_lock,
+    release_memory,
+    rss_bytes,
+    worker_pid,
+    worker_running,
+)
 from dallmi_core.store import Run, Store, data_dir, open_store
-
-LOCK_FILE = "worker.lock"
-LOG_FILE = "worker.log"
 
 log = logging.getLogger("dallmi_core.worker")
 
@@ -40,52 +55,9 @@ def heartbeat_interval() -> float:
     return float(os.environ.get("DALLMI_HEARTBEAT_INTERVAL") or 2.0)
 
 
-# ---- the single-worker lock -------------------------------------------------------------------
-
-
-def acquire_lock(root: str | os.PathLike, *, wait_s: float = 1.0) -> IO | None:
-    """Take the exclusive lock and write our pid into it; None when another process holds it.
-
-    Retries for `wait_s`: an app probing the lock (`worker_running`) holds it for microseconds, and
-    a worker starting at that moment must not give up and leave the queue unserved.
-    """
-    handle = open(Path(root) / LOCK_FILE, "a+")  # noqa: SIM115 - held for the process lifetime
-    deadline = time.monotonic() + wait_s
-    while True:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            break
-        except BlockingIOError:
-            if time.monotonic() >= deadline:
-                handle.close()
-                return None
-            time.sleep(0.05)
-    handle.truncate(0)
-    handle.write(f"{os.getpid()}\n")
-    handle.flush()
-    return handle
-
-
-def worker_running(root: str | os.PathLike) -> bool:
-    """True when some process holds the lock of `root` (probed non-blocking, released at once)."""
-    path = Path(root) / LOCK_FILE
-    if not path.exists():
-        return False
-    with open(path, "a+") as handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            return True
-        fcntl.flock(handle, fcntl.LOCK_UN)
-    return False
-
-
-def worker_pid(root: str | os.PathLike) -> int | None:
-    """The pid written by the live worker of `root`, None when there is none."""
-    if not worker_running(root):
-        return None
-    text = (Path(root) / LOCK_FILE).read_text().strip()
-    return int(text) if text.isdigit() else None
+def report_interval() -> float:
+    """Seconds between the worker's own reports (state, memory) that the Adapt page shows."""
+    return float(os.environ.get("DALLMI_WORKER_REPORT_INTERVAL") or 5.0)
 
 
 # ---- one run's heartbeat (what a run does is in jobs.py) -----------------------------------------
@@ -125,41 +97,109 @@ class Heartbeat:
 # ---- the loop -----------------------------------------------------------------------------------
 
 
-class Worker:
-    """Claim, execute, repeat; a run's outcome is always written, and the worker survives it."""
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
-    def __init__(self, store: Store, *, poll: float = 1.0, idle_exit: float | None = None, once: bool = False):
+
+class Worker:
+    """Claim, execute, repeat; a run's outcome is always written, and the worker survives it.
+
+    `app_idle_exit`: between runs, with nothing queued, stop once no app process has beat for that many
+    seconds (counted from this worker's start at the earliest). `recycle`: stop once the queue is empty
+    after a run, so `main` can start a fresh interpreter. `exit_reason` says why `serve` returned."""
+
+    def __init__(
+        self,
+        store: Store,
+        *,
+        poll: float = 1.0,
+        idle_exit: float | None = None,
+        once: bool = False,
+        app_idle_exit: float | None = None,
+        recycle: bool = False,
+        started_at: float | None = None,
+        runs_done: int = 0,
+    ):
         self.store, self.poll, self.idle_exit, self.once = store, poll, idle_exit, once
+        self.app_idle_exit, self.recycle = app_idle_exit, recycle
+        self.started_at = time.time() if started_at is None else started_at
+        self.runs_done = runs_done
+        self.run_id: int | None = None  # the run in hand
+        self.exit_reason: str | None = None  # stopped | once | idle | app-idle | recycle
         self.stopping = threading.Event()
+
+    def report(self, store: Store | None = None, state: str | None = None) -> None:
+        """Write this worker's report (state, run in hand, resident memory) for the Adapt page."""
+        try:
+            (store or self.store).report_worker(
+                os.getpid(),
+                socket.gethostname(),
+                started_at=self.started_at,
+                state=state or ("running" if self.run_id is not None else "idle"),
+                run_id=self.run_id,
+                rss_bytes=rss_bytes(),
+                app_idle_exit=self.app_idle_exit,
+                runs_done=self.runs_done,
+            )
+        except DallmiError as exc:  # a busy store: the next report tries again
+            log.warning("cannot write the worker report: %s", exc)
+
+    def app_gone(self) -> bool:
+        """True when no app process has beat for `app_idle_exit` seconds (and this worker is that old)."""
+        if self.app_idle_exit is None:
+            return False
+        last = self.store.last_app_heartbeat()
+        return time.time() - max(last or 0.0, self.started_at) >= self.app_idle_exit
 
     def serve(self) -> int:
         """Returns the number of runs executed."""
         # We hold the lock, so no other worker is alive: every 'running' run is an orphan to resume now.
         self.store.mark_stale_runs_interrupted(0)
-        executed, idle_since = 0, time.monotonic()
+        executed, idle_since, self.exit_reason = 0, time.monotonic(), None
         while not self.stopping.is_set():
             try:
                 self.store.mark_stale_runs_interrupted(heartbeat_timeout())
                 run = self.store.claim_next_run(os.getpid())
+                gone = run is None and self.app_gone()  # never while a run is in hand or queued
             except DallmiError as exc:  # e.g. the store stayed locked: keep serving
                 log.warning("cannot read the queue: %s", exc)
-                run = None
+                run, gone = None, False
             if run is None:
                 if self.idle_exit is not None and time.monotonic() - idle_since >= self.idle_exit:
                     log.info("no work for %.0f s: exiting", self.idle_exit)
+                    self.exit_reason = "idle"
+                    break
+                if gone:
+                    log.info("no app has used this data folder for %.0f s and nothing is queued", self.app_idle_exit)
+                    self.exit_reason = "app-idle"
+                    break
+                if executed and self.recycle:
+                    self.exit_reason = "recycle"
                     break
                 self.stopping.wait(self.poll)
                 continue
             self.execute(run)
             executed += 1
+            release_memory()  # the run's models, optimiser state and corpora are unreachable now
+            self.report()
             if self.once:
+                self.exit_reason = "once"
                 break
             idle_since = time.monotonic()
+        else:
+            self.exit_reason = "stopped"
         return executed
 
     def execute(self, run: Run) -> str | None:
         """Run one claimed run to its final status (None when the run was taken from us)."""
         log.info("run %d (%s) started, attempt %d", run.id, run.kind, run.attempts)
+        self.run_id = run.id
+        self.report()
+        try:
+            return self._execute(run)
+        finally:
+            self.run_id, self.runs_done = None, self.runs_done + 1
+
+    def _execute(self, run: Run) -> str | None:
         job = Job(self.store, run, self.stopping)
         outcome: dict = {}
         with Heartbeat(self.store.path, run.id, heartbeat_interval(), job.lost):
@@ -188,13 +228,89 @@ class Worker:
         return status
 
 
+class Reporter:
+    """The worker's report every `interval` s from its own thread and connection, so the Adapt page
+    sees a live worker (and its memory) during a long run too."""
+
+    def __init__(self, worker: Worker, db_path: Path, interval: float):
+        self.worker, self.db_path, self.interval = worker, db_path, interval
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._beat, name="worker-report", daemon=True)
+
+    def _beat(self) -> None:
+        store = None
+        while not self._stop.wait(self.interval):
+            try:
+                store = store or Store(self.db_path)
+            except DallmiError as exc:
+                log.warning("cannot open the store for the worker report: %s", exc)
+                continue
+            self.worker.report(store)
+        if store is not None:
+            store.close()
+
+    def __enter__(self) -> Reporter:
+        self.worker.report()
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="dallmi worker", description="Serve the run queue of a data directory.")
     parser.add_argument("--data-dir", help="data directory (default: $DALLMI_DATA_DIR or ./dallmi_data)")
     parser.add_argument("--poll", type=float, default=1.0, help="seconds between queue polls (default 1)")
     parser.add_argument("--idle-exit", type=float, default=None, help="exit after this many idle seconds")
     parser.add_argument("--once", action="store_true", help="exit after one run")
+    parser.add_argument(
+        "--exit-when-app-idle",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="exit once no app process has beat into the store for this long, between runs with nothing "
+        "queued (what the app gives the worker it starts; 0 or absent: never)",
+    )
+    parser.add_argument(
+        "--no-recycle",
+        action="store_true",
+        help="keep this interpreter when the queue empties (default: a fresh one, to give the run's memory back)",
+    )
+    for hidden in ("--lock-fd", "--runs-done"):  # handed over by the previous interpreter of this worker
+        parser.add_argument(hidden, type=int, default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--started-at", type=float, default=None, help=argparse.SUPPRESS)
     return parser
+
+
+def _still_queued(store: Store) -> bool:
+    """After the lock is released: is a run waiting? (One queued meanwhile found the lock held and
+    started no worker.) When the store cannot say, assume so: the caller tries to take the lock back."""
+    try:
+        return store.has_queued_runs()
+    except DallmiError:
+        return True
+
+
+def _exec_fresh(args: argparse.Namespace, root: Path, lock: IO, worker: Worker) -> None:
+    """Replace this interpreter with a fresh one serving on (same pid, the lock passed as an inherited
+    fd): what torch, transformers and the allocator kept of the runs goes back to the OS. A stop signal
+    arriving meanwhile stays pending (blocked across the execve) until the new one handles it."""
+    argv = [sys.executable, "-m", "dallmi_core.worker", "--data-dir", str(root), "--poll", repr(args.poll)]
+    argv += ["--idle-exit", repr(args.idle_exit)] if args.idle_exit is not None else []
+    argv += ["--exit-when-app-idle", repr(worker.app_idle_exit)] if worker.app_idle_exit else []
+    fd = lock.fileno()
+    argv += ["--lock-fd", str(fd), "--started-at", repr(worker.started_at), "--runs-done", str(worker.runs_done)]
+    rss = rss_bytes()
+    log.info(
+        "queue empty after %d run(s): starting a fresh interpreter%s",
+        worker.runs_done,
+        f" (this one holds {rss / 2**20:.0f} MB)" if rss else "",
+    )
+    for handler in logging.getLogger().handlers:
+        handler.flush()
+    exec_fresh(argv, keep_fd=fd)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -203,10 +319,10 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.INFO, stream=sys.stderr, format="%(asctime)s worker[%(process)d] %(levelname)s %(message)s"
     )
     os.environ.setdefault("TQDM_DISABLE", "1")  # no progress bars of model loading in worker.log
-    root = Path(args.data_dir) if args.data_dir else data_dir()
+    root = (Path(args.data_dir) if args.data_dir else data_dir()).resolve()
     try:
         root.mkdir(parents=True, exist_ok=True)
-        lock = acquire_lock(root)
+        lock = inherited_lock(args.lock_fd) if args.lock_fd is not None else acquire_lock(root)
     except OSError as exc:
         print(f"dallmi worker: cannot use the data folder {root} ({exc}).", file=sys.stderr)
         return 2
@@ -219,15 +335,53 @@ def main(argv: list[str] | None = None) -> int:
         print(f"dallmi worker: {exc}", file=sys.stderr)
         lock.close()
         return 2
-    worker = Worker(store, poll=args.poll, idle_exit=args.idle_exit, once=args.once)
-    for sig in (signal.SIGTERM, signal.SIGINT):  # finish the step, checkpoint, leave the run resumable
+    worker = Worker(
+        store,
+        poll=args.poll,
+        idle_exit=args.idle_exit,
+        once=args.once,
+        app_idle_exit=args.exit_when_app_idle or None,
+        recycle=not (args.no_recycle or args.once),
+        started_at=args.started_at,
+        runs_done=args.runs_done or 0,
+    )
+    for sig in STOP_SIGNALS:  # finish the step, checkpoint, leave the run resumable
         signal.signal(sig, lambda *_: worker.stopping.set())
-    log.info("serving %s", root.resolve())
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)  # blocked by a previous interpreter's execve
+    if args.lock_fd is None:
+        log.info("serving %s", root)
+    else:
+        log.info("fresh interpreter: serving on (%d run(s) so far)", worker.runs_done)
     try:
-        worker.serve()
+        while True:
+            with Reporter(worker, store.path, report_interval()):  # stopped before the lock is let go
+                worker.serve()
+            if worker.exit_reason == "app-idle":
+                worker.report(state="exited")
+                lock.close()  # released first, then one more look at the queue
+                lock = None
+                if _still_queued(store) and (lock := acquire_lock(root, wait_s=0)) is not None:
+                    log.info("a run was queued as this worker was leaving: serving on")
+                    continue
+                log.info("exiting")
+                break
+            signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+            if worker.exit_reason != "recycle" or worker.stopping.is_set():
+                signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
+                worker.report(state="exited")
+                break
+            store.close()
+            try:
+                _exec_fresh(args, root, lock, worker)  # does not return unless the execve failed
+            except OSError as exc:
+                log.warning("cannot start a fresh interpreter (%s): serving on in this one", exc)
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
+            store = worker.store = open_store(root)
+            worker.recycle = False
     finally:
         store.close()
-        lock.close()
+        if lock is not None:
+            lock.close()
     return 0
 
 

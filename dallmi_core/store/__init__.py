@@ -6,7 +6,8 @@ share one typed API. Model weights and exports are files under the data director
 
     db.py           the connection: pragmas, migrations, transactions, reads, errors
     schema.py       the numbered migrations
-    projects.py     documents.py     annotations.py     runs.py     analysis.py: the tables, as Store mixins
+    projects.py     documents.py     annotations.py     runs.py     analysis.py     presence.py:
+                    the tables, as Store mixins
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from dallmi_core.store.analysis import AnalysisMixin
 from dallmi_core.store.annotations import Annotation, AnnotationsMixin
 from dallmi_core.store.db import StoreBase
 from dallmi_core.store.documents import Document, DocumentsMixin, content_hash, fts_query
+from dallmi_core.store.presence import PresenceMixin, WorkerReport
 from dallmi_core.store.projects import Project, ProjectsMixin
 from dallmi_core.store.runs import FINISH_STATUSES, Run, RunsMixin
 from dallmi_core.store.schema import MIGRATIONS, RUN_STATUSES
@@ -32,6 +34,7 @@ __all__ = [
     "Project",
     "Run",
     "Store",
+    "WorkerReport",
     "content_hash",
     "data_dir",
     "fts_query",
@@ -39,7 +42,7 @@ __all__ = [
 ]
 
 
-class Store(ProjectsMixin, DocumentsMixin, AnnotationsMixin, RunsMixin, AnalysisMixin, StoreBase):
+class Store(ProjectsMixin, DocumentsMixin, AnnotationsMixin, RunsMixin, AnalysisMixin, PresenceMixin, StoreBase):
     """A handle on one store file: its own connection, safe to share between threads (a lock)."""
 
 

@@ -82,6 +82,10 @@ class RunsMixin(StoreBase):
             _run(row) for row in self._rows(f"SELECT * FROM runs WHERE {' AND '.join(where)} ORDER BY id DESC", params)
         ]
 
+    def has_queued_runs(self) -> bool:
+        """True when a run waits for a worker (queued, or interrupted and to be resumed)."""
+        return self._one("SELECT 1 FROM runs WHERE status IN ('queued', 'interrupted') LIMIT 1") is not None
+
     def claim_next_run(self, worker_pid: int, *, kinds: Sequence[str] | None = None) -> Run | None:
         """Atomically take the oldest interrupted run (to resume from its checkpoint), else the oldest
         queued one, and mark it running for `worker_pid`; None when there is nothing to do. The previous

@@ -90,4 +90,18 @@ def _m4_run_analysis(db: sqlite_utils.Database) -> None:
     """)
 
 
-MIGRATIONS = (_m1_core, _m2_fts, _m3_runs, _m4_run_analysis)  # append only: the index + 1 is the schema version
+def _m5_presence(db: sqlite_utils.Database) -> None:
+    """Who uses the data folder: one heartbeat row per app process, and the report of its worker
+    (one row: one worker per data folder), so a worker started by the app can exit once the app is gone."""
+    db.executescript("""
+    CREATE TABLE app_heartbeats (token TEXT PRIMARY KEY, pid INTEGER NOT NULL, host TEXT NOT NULL,
+        started_at REAL NOT NULL, last_seen REAL NOT NULL) WITHOUT ROWID;
+    CREATE INDEX app_heartbeats_seen ON app_heartbeats(last_seen);
+    CREATE TABLE worker_report (id INTEGER PRIMARY KEY CHECK (id = 1), pid INTEGER NOT NULL,
+        host TEXT NOT NULL, started_at REAL NOT NULL, last_seen REAL NOT NULL, state TEXT NOT NULL,
+        run_id INTEGER, rss_bytes INTEGER, app_idle_exit REAL, runs_done INTEGER NOT NULL DEFAULT 0);
+    """)
+
+
+# append only: the index + 1 is the schema version
+MIGRATIONS = (_m1_core, _m2_fts, _m3_runs, _m4_run_analysis, _m5_presence)
