@@ -60,22 +60,54 @@ if {"after", "before (source model)"} <= set(wide.columns):
     wide["change"] = wide["after"] - wide["before (source model)"]
 st.dataframe(wide.reset_index(), hide_index=True, column_config={"label": st.column_config.TextColumn("label")})
 
+st.subheader("Decisions: the thresholds of the exported 0/1 columns")
+table = ui.attempt(insights.decision_table, run.id)
+if table is not None:
+    st.caption(
+        "Each label's scores are calibrated without gold: its share of your target documents (the prior) is "
+        "estimated from the tagged positives and the unlabeled text, and the suggested threshold marks that share "
+        "positive. **from**: *estimate* (that suggestion), *saved* (yours), *default* (too little to estimate: "
+        "the reason is under *rests on*)."
+        + (" With gold eval documents, *gold-tuned* is the best-F1 threshold there." if "gold-tuned" in table else "")
+    )
+    few = table[table["rests on"].str.contains("tag(s) <", regex=False)]["label"].tolist()
+    if few:
+        st.warning(
+            f"Too few tags to estimate the share of {', '.join(map(ui.md_escape, few))}: their thresholds are a "
+            "stated default (see *rests on*). Tag more positives for them, then score or adapt again.",
+            icon=":material/info:",
+        )
+    if table["rests on"].str.startswith("no calibration").all():
+        st.caption("This run predates calibration: its 0/1 columns use 0.5 unless you save a threshold.")
+    shares = {"estimated prior", "predicted share", "gold share"} & set(table.columns)
+    st.dataframe(
+        table,
+        hide_index=True,
+        column_config={
+            "label": st.column_config.TextColumn("label"),
+            **{c: st.column_config.NumberColumn(c, format="%.3f") for c in shares},
+            **{c: st.column_config.NumberColumn(c, format="%.3f") for c in ("threshold", "suggested", "gold-tuned")},
+        },
+    )
+
 st.subheader("Precision-recall and threshold")
 labels = list(run.prediction_labels or project.labels)
 label = st.selectbox("Label", labels, key="ap_label", help="Type to search the labels.")
 curve = ui.attempt(insights.label_curve, run.id, label)
-if curve is not None:
-    saved = insights.thresholds(run.id)
-    best = curve.best_threshold()
+if curve is not None and table is not None:
+    decision = table.set_index("label").loc[label]
+    gold_tuned = decision.get("gold-tuned") if "gold-tuned" in decision else None
+    gold_tuned = None if gold_tuned is None or pd.isna(gold_tuned) else float(gold_tuned)
     threshold = st.slider(
         f"Decision threshold for {ui.md_escape(label)}",
         0.0,
         1.0,
-        value=float(saved.get(label, round(best, 3))),
-        step=0.005,
+        value=float(decision["threshold"]),
+        step=0.001,
         format="%.3f",
         key=f"threshold-{run.id}-{label}",
-        help=f"Documents scoring at least this are predicted '{ui.md_escape(label)}'. Best F1 here: {best:.3f}.",
+        help=f"Documents scoring at least this are predicted '{ui.md_escape(label)}'. In use now: "
+        f"{decision['threshold']:.3f} ({decision['from']}).",
     )
     at = curve.at(threshold)
     precision, recall, _ = curve.pr()
@@ -106,11 +138,16 @@ if curve is not None:
                     f"Saved threshold {threshold:.3f} for {ui.md_escape(label)}: the exports of run {run.id} use it."
                 )
                 st.rerun()
-        saved = insights.thresholds(run.id)
-        if saved:
-            st.caption("Saved for export (others use 0.5):")
-            st.dataframe(
-                pd.DataFrame({"label": list(saved), "threshold": list(saved.values())}),
-                hide_index=True,
-                column_config={"threshold": st.column_config.NumberColumn(format="%.3f")},
-            )
+        if gold_tuned is not None and st.button(
+            f"Use the gold-tuned threshold ({gold_tuned:.3f})", key="gold_threshold", icon=":material/target:"
+        ):
+            with ui.shown_errors():
+                insights.save_thresholds(run.id, {label: gold_tuned})
+                ui.flash(f"Saved the gold-tuned threshold {gold_tuned:.3f} for {ui.md_escape(label)}.")
+                st.rerun()
+        if decision["from"] == "saved" and st.button(
+            "Back to the suggested threshold", key="clear_threshold", icon=":material/undo:"
+        ):
+            insights.clear_threshold(run.id, label)
+            ui.flash(f"{ui.md_escape(label)} uses the suggested threshold again.")
+            st.rerun()

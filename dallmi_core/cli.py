@@ -174,6 +174,7 @@ def _score(model_dir, data_path, device="auto"):
 
 
 def cmd_score(args) -> None:
+    import numpy as np
     import pandas as pd
 
     from dallmi_core.distributed import is_main
@@ -190,7 +191,7 @@ def cmd_score(args) -> None:
     for j, name in enumerate(clf.label_names):
         frame[f"score_{name}"] = scores[:, j]
     for j, name in enumerate(clf.label_names):
-        frame[f"pred_{name}"] = (scores[:, j] >= thresholds[name]).astype(int)
+        frame[f"pred_{name}"] = (scores[:, j] >= np.float32(thresholds[name])).astype(int)  # float32, as stored
     out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.NamedTemporaryFile(dir=out.parent, suffix=out.suffix, delete=False) as tmp:
         (frame.to_csv if out.suffix == ".csv" else frame.to_parquet)(tmp.name, index=False)
@@ -252,6 +253,8 @@ def cmd_bench_quality(args) -> None:
         work_dir=Path(args.work_dir),
         positives_per_label=args.k_tags,
         remove_ratio=args.remove_ratio,
+        eval_on=args.eval_on,
+        dump_dir=Path(args.dump_scores) if args.dump_scores else None,
         trace_test=args.trace_test,
         baseline_epochs=args.baseline_epochs,
         on_run=write_json,
@@ -374,6 +377,12 @@ def build_parser() -> argparse.ArgumentParser:
     k.add_argument("--positives-per-label", dest="k_tags", type=int, help="K gold positives kept as tags per label")
     k.add_argument("--remove-ratio", type=float, help="hide this share of each label's positives")
     p.add_argument("--seeds", type=int, default=3)
+    p.add_argument(
+        "--eval-on",
+        default="test",
+        choices=["dev", "test"],
+        help="gold part scored: dev (for choosing defaults) or test (for reporting; the default)",
+    )
     p.add_argument("--methods", default="tfidf-source,source-only,bce-partial,dallmi,target-oracle")
     p.add_argument("--backbone", default="default")
     p.add_argument("--labels", help="comma-separated label set (default: labels found in the file)")
@@ -387,6 +396,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--source-probe-epochs", type=float, help="source head warm-up epochs on frozen features (default 8; 0: off)"
     )
     p.add_argument("--work-dir", default="bench_out", help="caches the source model between runs")
+    p.add_argument("--dump-scores", help="also save each run's raw logits, eval gold and tags (.npz) in this folder")
     p.add_argument("--json", help="write summary and per-run figures as JSON here")
     p.add_argument(
         "--trace-test",

@@ -104,7 +104,9 @@ class SourceConfig(TrainingBase):
     head_lr: float | None = None  # None: the same as lr (the probe has trained the head already)
     probe_epochs: float = 8.0  # head-only epochs on frozen features first (probe.py); 0 turns it off
     probe_lr: float = 1e-3
+    calibration_fraction: float = 0.1  # source rows held out for the calibration fit (calibration.py)
     default_epochs: ClassVar[float] = 1.0  # when neither epochs nor max_steps is given
+    min_calibration_rows: ClassVar[int] = 20  # fewer held-out rows: calibrate on the training rows
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -113,6 +115,8 @@ class SourceConfig(TrainingBase):
             _check_positive("head_lr", self.head_lr)
         _check_positive("probe_epochs", self.probe_epochs, allow_zero=True)
         _check_positive("probe_lr", self.probe_lr)
+        if not 0 <= self.calibration_fraction < 1:
+            raise ConfigError(f"calibration_fraction must be in [0, 1), got {self.calibration_fraction!r}.")
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from dallmi_core.model import Classifier
-from dallmi_core.scoring import sigmoid
+from dallmi_core.scoring import probabilities as calibrated
 from dallmi_core.tokens import TokenizedCorpus, length_sorted_batches
 
 
@@ -31,7 +31,7 @@ def embed_texts(
     page: int = 2048,
     on_page: Callable[[int], None] | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """(embeddings float32 [n, H], probabilities float32 [n, L]) in the order of `texts`."""
+    """(embeddings float32 [n, H], calibrated probabilities float32 [n, L]) in the order of `texts`."""
     model = clf.model
     device = next(model.parameters()).device
     hidden_size = int(model.config.hidden_size)
@@ -47,7 +47,7 @@ def embed_texts(
                     ids, mask = (t.to(device) for t in tokens.collate(batch))
                     out = model(input_ids=ids, attention_mask=mask, output_hidden_states=True)
                     embeddings[start + batch] = mean_pool(out.hidden_states[-1], mask).float().cpu().numpy()
-                    probabilities[start + batch] = sigmoid(out.logits.float().cpu().numpy())
+                    probabilities[start + batch] = calibrated(clf, out.logits.float().cpu().numpy())
                 if on_page is not None:
                     on_page(min(start + page, len(texts)))
     finally:

@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from dallmi_core import decisions
 from dallmi_core.data import LABEL_SEPARATOR
 from dallmi_core.errors import DataError, RunStateError
 from dallmi_core.store import Store
@@ -105,15 +106,14 @@ def _thresholds(labels: tuple[str, ...], thresholds: Mapping[str, float] | None)
 
 
 def predictions_frame(store: Store, run_id: int, thresholds: Mapping[str, float] | None = None) -> pd.DataFrame:
-    """id, score_<label>..., pred_<label>... (0/1 at each label's threshold: `thresholds`, else the ones
-    saved for the run on the Per-label AP page, else 0.5)."""
+    """id, score_<label>..., pred_<label>... (0/1 at each label's threshold: `thresholds`, else the one
+    decisions.py picks: saved on the Per-label AP page, else the calibration's default)."""
     run = store.get_run(run_id)
-    thresholds = {**store.thresholds(run_id), **(thresholds or {})}
     doc_ids, scores = store.load_predictions(run_id)
     if not len(doc_ids):
         raise RunStateError(f"run {run_id} has no predictions yet (status {run.status}).")
     labels = run.prediction_labels or ()
-    cut = _thresholds(labels, thresholds)
+    cut = _thresholds(labels, decisions.thresholds(store, run_id, thresholds))
     ext = store.ext_ids(doc_ids.tolist())
     columns: dict[str, object] = {"id": [ext[int(i)] for i in doc_ids]}
     columns |= {f"score_{label}": scores[:, j] for j, label in enumerate(labels)}
@@ -152,6 +152,9 @@ def run_report(store: Store, run_id: int) -> dict:
         "project": {"id": project.id, "name": project.name, "labels": list(project.labels),
                     "source_model": project.source_model},
         "config": run.config, "progress": run.progress, "metrics": run.metrics, "last_logged": last,
+        "thresholds": ({label: {"threshold": d.threshold, "source": d.source, "basis": d.basis, "prior": d.prior}
+                        for label, d in decisions.decisions(store, run_id).items()}
+                       if run.prediction_labels else {}),
         "generated_at": _iso(time.time()),
     }
 
@@ -190,6 +193,11 @@ def report_markdown(report: Mapping) -> str:
                   for label, ap in table["per_label_ap"].items()]
         lines += [f"| **macro mAP** | {_num(table.get('map_macro'))} |",
                   f"| **micro mAP** | {_num(table.get('map_micro'))} |"]
+    if report.get("thresholds"):
+        lines += ["", "## Decision thresholds (the 0/1 columns of the predictions export)", "",
+                  "| label | threshold | from | estimated prior | basis |", "| --- | ---: | --- | ---: | --- |"]
+        lines += [f"| {_cell(label)} | {_num(d['threshold'])} | {d['source']} | {_num(d['prior'])} "
+                  f"| {_cell(d['basis'])} |" for label, d in report["thresholds"].items()]
     scalars = {k: v for k, v in report["metrics"].items() if not isinstance(v, Mapping | list)}
     if scalars or report["last_logged"]:
         lines += ["", "## Metrics", ""]
@@ -230,18 +238,22 @@ def zip_folder(folder, path, replace: Mapping[str, bytes] | None = None) -> Path
 
 
 def export_model(store: Store, run_id: int, path=None) -> Path:
-    """The run's model folder (Hugging Face format) as a zip; thresholds saved for the run go into its
-    config.json (`dallmi_thresholds`, what `dallmi score` and load_classifier(...).thresholds() read)."""
+    """The run's model folder (Hugging Face format) as a zip; thresholds the user saved for the run go
+    into its config.json (`dallmi_thresholds`, what `dallmi score` and load_classifier(...).thresholds()
+    read) over the calibration's defaults already there."""
     run = store.get_run(run_id)
     if not run.model_path or not Path(run.model_path).is_dir():
         raise RunStateError(f"run {run_id} has no model folder to export (status {run.status}).")
     project = store.get_project(run.project_id)
     replace = {}
+    calibration = decisions.run_calibration(store, run_id)
     saved = store.thresholds(run_id)
     config_file = Path(run.model_path) / "config.json"
-    if saved and config_file.is_file():
+    if (saved or calibration is not None) and config_file.is_file():
         config = json.loads(config_file.read_text(encoding="utf-8"))
-        config["dallmi_thresholds"] = {**(config.get("dallmi_thresholds") or {}), **saved}
+        if calibration is not None:  # the run's own (a score run re-estimates the source model's on the target)
+            config["dallmi_calibration"] = calibration.to_config()
+        config["dallmi_thresholds"] = {**(config.get("dallmi_thresholds") or {}), **decisions.thresholds(store, run_id)}
         replace["config.json"] = (json.dumps(config, indent=2, ensure_ascii=False) + "\n").encode()
     path = path or _default_path(store, project.name, f"run{run_id}-model", "zip")
     return zip_folder(run.model_path, path, replace)

@@ -8,6 +8,7 @@ view reads the store only. torch is imported lazily, so opening the app stays ch
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
@@ -16,8 +17,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from dallmi_core import decisions, plots
 from dallmi_core import metrics as m
-from dallmi_core import plots
 from dallmi_core.config import AdaptConfig
 from dallmi_core.errors import DataError, RunStateError
 from dallmi_core.store import Run, Store
@@ -183,6 +184,14 @@ def _load(source: str, backbone: str, labels: tuple[str, ...], seed: int, stamp:
     return clf
 
 
+def _folder_thresholds(folder: str | None) -> dict[str, float]:
+    """A model folder's own decision thresholds (config.json's dallmi_thresholds), read without loading it."""
+    config = Path(folder) / "config.json" if folder else None
+    if config is None or not config.is_file():
+        return {}
+    return json.loads(config.read_text(encoding="utf-8")).get("dallmi_thresholds") or {}
+
+
 def _models(store: Store, run: Run):
     """(source model, adapted model) of an adaptation run."""
     project = store.get_project(run.project_id)
@@ -344,8 +353,13 @@ def shift_analysis(store: Store, run_id: int, *, projection: str = "pca", limit:
     keep_s, keep_t = shift.subsample(len(source), limit, seed=1), shift.subsample(len(target), limit, seed=2)
     picked = [source[i] for i in keep_s] + [target[i] for i in keep_t]
     domain = np.r_[np.zeros(len(keep_s), dtype=np.int8), np.ones(len(keep_t), dtype=np.int8)]
-    thresholds = {**dict.fromkeys(labels, 0.5), **store.thresholds(run.id)}
-    cut = np.array([thresholds[label] for label in labels], dtype=np.float32)
+    after_cut = decisions.thresholds(store, run.id)  # the run's decisions, as its exports use them
+    before_cut = _folder_thresholds(run.config.get("source_model", store.get_project(run.project_id).source_model))
+    cuts = {
+        name: np.array([float(chosen.get(label, 0.5)) for label in labels], dtype=np.float32)
+        for name, chosen in (("before", before_cut), ("after", after_cut))
+    }
+    cut = cuts["after"]
     has_source_model = bool(run.config.get("source_model", store.get_project(run.project_id).source_model))
     meta: dict = {"source": len(source), "target": len(target), "sampled_source": len(keep_s)}
     meta |= {"sampled_target": len(keep_t), "projection": projection, "source_model": has_source_model}
@@ -367,7 +381,7 @@ def shift_analysis(store: Store, run_id: int, *, projection: str = "pca", limit:
             "permutations": mmd.permutations,
         }
         arrays[f"coords_{name}"] = shift.project_2d(emb, method=projection)
-        predicted[name] = probs >= cut
+        predicted[name] = probs >= cuts[name]
     gold = np.array([[label in (d.gold_labels or ()) for label in labels] for d in picked], dtype=bool)
     arrays["labels"] = np.where(domain[:, None] == 0, gold, predicted["after"])  # source: gold; target: predicted
     meta["terms"] = shift.weighted_log_odds([d.text for d in target], [d.text for d in source]).to_dict("records")
@@ -427,6 +441,12 @@ class Insights:
 
     def save_thresholds(self, run_id: int, thresholds: Mapping[str, float]) -> dict[str, float]:
         return save_thresholds(self.store, run_id, thresholds)
+
+    def decision_table(self, run_id: int) -> pd.DataFrame:
+        return decisions.decision_table(self.store, run_id)
+
+    def clear_threshold(self, run_id: int, label: str) -> None:
+        self.store.clear_threshold(run_id, label)
 
     def logged_mixup(self, run_id: int, label: str, limit: int = 500) -> pd.DataFrame:
         return logged_mixup(self.store, run_id, label, limit)

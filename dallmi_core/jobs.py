@@ -17,6 +17,7 @@ import numpy as np
 
 from dallmi_core.callbacks import Callback, CancelCallback, CheckpointEvery
 from dallmi_core.config import AdaptConfig, SourceConfig
+from dallmi_core.decisions import save_calibration
 from dallmi_core.errors import ConfigError, DataError
 from dallmi_core.store import Project, Run, Store
 
@@ -327,6 +328,8 @@ def run_adapt(job: Job) -> tuple[str, dict]:
     del texts
     _after_training(job, result)
     out = save_classifier(result.clf, job.model_dir)
+    if result.extras.get("calibration") is not None:
+        save_calibration(store, job.run.id, result.extras["calibration"])
     scored = _score_pages(job, result.clf, cfg.max_length, save=True, keep=frozenset(val))
     split = result.split or split
     counts = dict(zip(labels, map(len, tags), strict=True))
@@ -351,6 +354,27 @@ def run_adapt(job: Job) -> tuple[str, dict]:
     return str(out), metrics
 
 
+def _target_calibration(job: Job, clf, max_length: int):
+    """A source model's calibration re-estimated on the project's target documents and tags (its
+    priors by EM, calibration.py); a model without a source fit keeps the calibration it carries."""
+    from dallmi_core.calibration import calibrate_on_target
+    from dallmi_core.scoring import logits_for
+    from dallmi_core.tokens import TokenizedCorpus
+
+    fit = clf.source_fit()
+    ids, texts, _ = _documents(job, "target") if fit is not None else ([], [], [])
+    if not ids:
+        return clf.calibration()
+    job.check()
+    logits = logits_for(clf.model, TokenizedCorpus.build(clf.tokenizer, texts, max_length))
+    position = {doc: i for i, doc in enumerate(ids)}
+    by_label = job.store.tags_by_label(job.run.project_id)
+    tags = [[position[d] for d in by_label.get(label, []) if d in position] for label in clf.label_names]
+    calibration = calibrate_on_target(clf.label_names, logits, tags, source_fit=fit, same_model=True)
+    clf.set_calibration(calibration, source_fit=fit)
+    return calibration
+
+
 def run_score(job: Job) -> tuple[str, dict]:
     """Score target and eval documents with a model folder (e.g. "what to tag next" before adapting)."""
     from dallmi_core.model import load_classifier, resolve_device
@@ -364,7 +388,11 @@ def run_score(job: Job) -> tuple[str, dict]:
         )
     clf = load_classifier(model)
     clf.model.to(resolve_device(job.run.config.get("device", "auto")))
-    scored = _score_pages(job, clf, int(job.run.config.get("max_length", 128)), save=True)
+    max_length = int(job.run.config.get("max_length", 128))
+    calibration = _target_calibration(job, clf, max_length)
+    if calibration is not None:
+        save_calibration(job.store, job.run.id, calibration)
+    scored = _score_pages(job, clf, max_length, save=True)
     evaluation = _ap(scored, clf.label_names)
     return str(model), {"documents": scored.documents, **({"evaluation": evaluation} if evaluation else {})}
 

@@ -236,3 +236,17 @@ def recall_at_k(heldout_positive_scores, unlabeled_scores, k: int) -> float | No
     is_pos = np.r_[np.zeros(unl.size, dtype=bool), np.ones(pos.size, dtype=bool)]
     order = np.argsort(-np.r_[unl, pos], kind="stable")
     return float(is_pos[order[: int(k)]].sum() / pos.size)
+
+
+def f1_macro(y_true, scores, thresholds: Sequence[float]) -> float | None:
+    """Macro F1 of 0/1 predictions (score >= the label's threshold) over labels with a gold positive."""
+    y, s = _as_labels(y_true), _as_scores(scores)
+    values = [f1_at_threshold(y[:, j], s[:, j], thresholds[j])["f1"] for j in range(y.shape[1]) if y[:, j].any()]
+    return float(np.mean(values)) if values else None
+
+
+def f1_macro_best(y_true, scores) -> float | None:
+    """Macro F1 with each label at its best threshold on this gold: the ceiling of any threshold rule."""
+    y, s = _as_labels(y_true), _as_scores(scores)
+    best = [best_f1_threshold(y[:, j], s[:, j]) for j in range(y.shape[1])]
+    return f1_macro(y, s, best)

@@ -2,12 +2,14 @@
 
 A model is a plain Hugging Face folder (config with id2label/label2id, safetensors weights,
 tokenizer), loadable by `AutoModelForSequenceClassification.from_pretrained` without us.
-Per-label decision thresholds travel in the config (`dallmi_thresholds`).
+Per-label calibration maps and decision thresholds travel in the config (`dallmi_calibration`,
+`dallmi_thresholds` on the calibrated scale; `dallmi_source_fit` on a source model: calibration.py).
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import importlib.util
 import json
 import os
@@ -18,6 +20,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from dallmi_core.calibration import Calibration, SourceFit
 from dallmi_core.errors import ConfigError
 
 DEFAULT_BACKBONE = "default"
@@ -87,8 +90,27 @@ class Classifier:
         return len(self.label_names)
 
     def thresholds(self) -> dict[str, float]:
-        stored = getattr(self.model.config, "dallmi_thresholds", None) or {}
+        """Per-label decision thresholds on the calibrated scale (0.5 where none is stored)."""
+        stored = getattr(unwrap(self.model).config, "dallmi_thresholds", None) or {}
         return {name: float(stored.get(name, 0.5)) for name in self.label_names}
+
+    def calibration(self) -> Calibration | None:
+        return Calibration.from_config(getattr(unwrap(self.model).config, "dallmi_calibration", None))
+
+    def source_fit(self) -> dict[str, SourceFit] | None:
+        """The Platt fits on held-out source rows of a source model (None once adapted)."""
+        stored = getattr(unwrap(self.model).config, "dallmi_source_fit", None)
+        return {name: SourceFit(**fit) for name, fit in stored.items()} if stored else None
+
+    def set_calibration(self, calibration: Calibration, source_fit: dict[str, SourceFit] | None = None) -> None:
+        """Attach a calibration (and thresholds) to the model's config, so every save carries it;
+        `source_fit` None drops a stale source fit (an adapted model's logits no longer match it)."""
+        config = unwrap(self.model).config
+        config.dallmi_calibration = calibration.to_config()
+        config.dallmi_thresholds = calibration.thresholds()
+        config.dallmi_source_fit = (
+            {name: dataclasses.asdict(fit) for name, fit in source_fit.items()} if source_fit else None
+        )
 
 
 def _from_pretrained(source: str, **kwargs):

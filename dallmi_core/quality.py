@@ -18,13 +18,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from dallmi_core.calibration import calibrate_on_target
 from dallmi_core.callbacks import Callback, TqdmProgress
 from dallmi_core.config import AdaptConfig, SourceConfig
 from dallmi_core.data import Corpus
 from dallmi_core.errors import DataError
-from dallmi_core.metrics import ap_report
+from dallmi_core.metrics import ap_report, f1_macro, f1_macro_best, thresholded_ap
 from dallmi_core.model import Classifier, load_classifier, new_classifier, save_classifier
-from dallmi_core.scoring import logits_for, score_texts, sigmoid
+from dallmi_core.scoring import logits_for, sigmoid
 from dallmi_core.tokens import TokenizedCorpus
 from dallmi_core.train import adapt, finetune_source
 
@@ -65,11 +66,23 @@ def tfidf_source_scores(source_texts: Sequence[str], source_gold: np.ndarray, te
     return scores
 
 
+EVAL_PARTS = ("dev", "test")
+
+
 @dataclass(frozen=True)
 class TargetSplit:
+    """Three disjoint parts of the target rows: `train` (the tags come from here, the rest of it is
+    unlabeled), `dev` (gold, only for choosing defaults) and `test` (gold, reported)."""
+
     train: np.ndarray  # indices into the target corpus
+    dev: np.ndarray
     test: np.ndarray
     tags: tuple[tuple[int, ...], ...]  # per label, indices into `train` (positions) kept as tags
+
+    def part(self, name: str) -> np.ndarray:
+        if name not in EVAL_PARTS:
+            raise ValueError(f"evaluate on one of {', '.join(EVAL_PARTS)}, not {name!r}.")
+        return self.dev if name == "dev" else self.test
 
 
 def split_target(
@@ -78,23 +91,27 @@ def split_target(
     *,
     positives_per_label: int | None = None,
     remove_ratio: float | None = None,
-    test_fraction: float = 0.5,
+    test_fraction: float = 0.4,
+    dev_fraction: float = 0.2,
 ) -> TargetSplit:
-    """Train/test split of the target rows; keep K positives per label (or drop a ratio r) as tags."""
+    """Train/dev/test split of the target rows (deterministic from the seed); keep K positives per
+    label of the train part (or drop a ratio r of them, at least one kept) as tags."""
     if (positives_per_label is None) == (remove_ratio is None):
         raise ValueError("Give exactly one of positives_per_label and remove_ratio.")
     rng = np.random.default_rng(seed)
     order = rng.permutation(len(gold))
-    n_test = int(round(test_fraction * len(gold)))
-    test, train = np.sort(order[:n_test]), np.sort(order[n_test:])
+    n_test, n_dev = int(round(test_fraction * len(gold))), int(round(dev_fraction * len(gold)))
+    test, dev = np.sort(order[:n_test]), np.sort(order[n_test : n_test + n_dev])
+    train = np.sort(order[n_test + n_dev :])
     tags = []
     for label in range(gold.shape[1]):
         positives = np.flatnonzero(gold[train, label])
-        keep = (
-            positives_per_label if positives_per_label is not None else int(round((1 - remove_ratio) * len(positives)))
-        )
+        if positives_per_label is not None:
+            keep = positives_per_label
+        else:
+            keep = max(1, int(round((1 - remove_ratio) * len(positives))))
         tags.append(tuple(int(i) for i in np.sort(rng.permutation(positives)[: min(keep, len(positives))])))
-    return TargetSplit(train, test, tuple(tags))
+    return TargetSplit(train, dev, test, tuple(tags))
 
 
 class TestTrace(Callback):
@@ -125,6 +142,7 @@ class QualityResult:
                 "map_macro_mean": float(maps.mean()),
                 "map_macro_std": float(maps.std(ddof=1)) if len(maps) > 1 else 0.0,
                 "map_micro_mean": _mean([r["map_micro"] for r in runs]),
+                **{f"{key}_mean": _mean([r.get(key) for r in runs]) for key in _PREDICTION_FIGURES},
                 "per_label_ap": per_label,
                 "seeds": [r["seed"] for r in runs],
                 "map_macro_by_seed": maps.tolist(),
@@ -132,12 +150,17 @@ class QualityResult:
                 "best_step_mean": _mean([r.get("best_step") for r in runs]),
                 "seconds_mean": _mean([r["seconds"] for r in runs]),
             }
-        return {"labels": self.labels, "methods": methods}
+        eval_on = sorted({r.get("eval_on", "test") for r in self.runs})
+        return {"labels": self.labels, "eval_on": ",".join(eval_on), "methods": methods}
 
     def to_markdown(self) -> str:
         summary = self.summary()["methods"]
-        head = "| method | macro mAP (mean ± std) | " + " | ".join(self.labels) + " | steps (best) |"
-        rows = [head, "|" + "---|" * (len(self.labels) + 3)]
+        head = (
+            "| method | macro mAP (mean ± std) | micro mAP | F1 default / best | prior error | "
+            + " | ".join(self.labels)
+            + " | steps (best) |"
+        )
+        rows = [head, "|" + "---|" * (len(self.labels) + 6)]
         for method, s in summary.items():
             cells = [
                 f"{s['per_label_ap'][label]:.3f}" if s["per_label_ap"][label] is not None else "n/a"
@@ -147,11 +170,25 @@ class QualityResult:
             if s["best_step_mean"] is not None:
                 steps += f" ({s['best_step_mean']:.0f})"
             rows.append(
-                f"| {method} | {s['map_macro_mean']:.3f} ± {s['map_macro_std']:.3f} | "
-                + " | ".join(cells)
-                + f" | {steps} |"
+                f"| {method} | {s['map_macro_mean']:.3f} ± {s['map_macro_std']:.3f} | {_fmt(s['map_micro_mean'])} | "
+                f"{_fmt(s['f1_macro_default_mean'])} / {_fmt(s['f1_macro_best_mean'])} | "
+                f"{_fmt(s['prior_abs_error_mean'])} | " + " | ".join(cells) + f" | {steps} |"
             )
         return "\n".join(rows)
+
+
+_PREDICTION_FIGURES = (
+    "map_macro_raw",
+    "map_micro_raw",
+    "f1_macro_default",
+    "f1_macro_best",
+    "prior_abs_error",
+    "thresholded_map_macro",
+)
+
+
+def _fmt(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.3f}"
 
 
 def _mean(values: Sequence) -> float | None:
@@ -186,6 +223,44 @@ def source_model(
     return out
 
 
+def prediction_report(
+    gold: np.ndarray,
+    scores: np.ndarray,
+    thresholds: Sequence[float],
+    labels: list[str],
+    priors: Sequence[float | None] | None = None,
+    raw: np.ndarray | None = None,
+) -> dict:
+    """What a run's predictions are worth on gold: AP (ranking), F1 of the exported 0/1 columns at
+    the default thresholds, F1 at each label's best threshold on this gold (the ceiling), the error
+    of the estimated priors, and the paper's thresholded AP (raw sigmoid at 0.5)."""
+    report = ap_report(gold, scores, labels)
+    raw = scores if raw is None else raw
+    errors = [abs(p - float(gold[:, j].mean())) for j, p in enumerate(priors or []) if p is not None]
+    return {
+        "map_macro": report.map_macro,
+        "map_micro": report.map_micro,
+        "map_macro_raw": ap_report(gold, raw, labels).map_macro,
+        "map_micro_raw": ap_report(gold, raw, labels).map_micro,
+        "per_label_ap": report.per_label_ap(),
+        "f1_macro_default": f1_macro(gold, scores, thresholds),
+        "f1_macro_best": f1_macro_best(gold, scores),
+        "prior_abs_error": float(np.mean(errors)) if errors else None,
+        "thresholded_map_macro": thresholded_ap(gold, raw, labels).map_macro,
+    }
+
+
+def _calibrated_scores(clf: Classifier, calibration, texts: Sequence[str], max_length: int):
+    """(calibrated probabilities, raw sigmoid probabilities, thresholds, priors) on `texts`."""
+    logits = logits_for(clf.model, TokenizedCorpus.build(clf.tokenizer, texts, max_length))
+    raw = sigmoid(logits)
+    if calibration is None:
+        return raw, raw, [0.5] * clf.num_labels, None
+    thresholds = [calibration.labels[name].threshold for name in clf.label_names]
+    priors = [calibration.labels[name].prior for name in clf.label_names]
+    return calibration.apply(logits, clf.label_names).astype(np.float32), raw, thresholds, priors  # as stored
+
+
 def run_quality(
     corpus: Corpus,
     *,
@@ -198,15 +273,21 @@ def run_quality(
     work_dir: Path,
     positives_per_label: int | None = None,
     remove_ratio: float | None = None,
+    eval_on: str = "test",
     callbacks: Callable[[str, int], list[Callback]] | None = None,
     trace_test: int = 0,
     baseline_epochs: float | None = None,
     on_run: Callable[[QualityResult], None] | None = None,
     log: Callable[[str], None] = print,
+    dump_dir: Path | None = None,
 ) -> QualityResult:
+    """Each method on each seed's split; adapting methods see only the train part's texts and tags,
+    gold serves the target-oracle and the final scoring on `eval_on` (dev or test) alone."""
     unknown = [m for m in methods if m not in METHODS]
     if unknown:
         raise DataError(f"Unknown method(s) {unknown}; choose from {', '.join(METHODS)}.")
+    if eval_on not in EVAL_PARTS:
+        raise DataError(f"--eval-on {eval_on!r}: choose dev (for choosing defaults) or test (for reporting).")
     target = corpus.where_domain("target")
     gold = target.label_matrix(labels)
     source = corpus.where_domain("source")
@@ -215,20 +296,24 @@ def run_quality(
     result = QualityResult(labels)
     for seed in seeds:
         split = split_target(gold, seed, positives_per_label=positives_per_label, remove_ratio=remove_ratio)
+        part = split.part(eval_on)
         train_texts = [target.texts[i] for i in split.train]
-        test_texts = [target.texts[i] for i in split.test]
+        eval_texts = [target.texts[i] for i in part]
         for method in methods:
             started = time.perf_counter()
+            info: dict = {}
             if method == "tfidf-source":
-                scores, info = tfidf_source_scores(source.texts, source.label_matrix(labels), test_texts), {}
+                scores = tfidf_source_scores(source.texts, source.label_matrix(labels), eval_texts)
+                figures = prediction_report(gold[part], scores, [0.5] * len(labels), labels)
             else:
                 torch.manual_seed(seed)
                 clf: Classifier = load_classifier(src_dir)
-                info = {}
-                if method != "source-only":
+                if method == "source-only":
+                    calibration = calibrate_source(clf, train_texts, split.tags, adapt_cfg.max_length, seed)
+                else:
                     extra = callbacks(method, seed) if callbacks else [TqdmProgress(f"{method} seed {seed}")]
                     if trace_test:
-                        sample = np.random.default_rng(seed).permutation(split.test)[:trace_test]
+                        sample = np.random.default_rng(seed).permutation(part)[:trace_test]
                         texts = [target.texts[i] for i in sample]
                         extra = [*extra, TestTrace(clf, texts, gold[sample], labels, adapt_cfg.max_length)]
                     res = adapt(
@@ -239,15 +324,19 @@ def run_quality(
                         callbacks=extra,
                         gold=gold[split.train] if method == "target-oracle" else None,
                     )
+                    calibration = res.extras.get("calibration")
                     info = {"steps": res.state.step, "best_step": res.state.best_step, "history": res.state.history}
-                scores = score_texts(clf, test_texts, max_length=adapt_cfg.max_length)
-            report = ap_report(gold[split.test], scores, labels)
+                scores, raw, thresholds, priors = _calibrated_scores(clf, calibration, eval_texts, adapt_cfg.max_length)
+                if dump_dir is not None:
+                    _dump(dump_dir, f"{method}-seed{seed}-{eval_on}", clf, train_texts, eval_texts, gold[part],
+                          split.tags, adapt_cfg.max_length)  # fmt: skip
+                figures = prediction_report(gold[part], scores, thresholds, labels, priors, raw)
+                info["priors"] = dict(zip(labels, priors or [None] * len(labels), strict=True))
             run = {
                 "method": method,
                 "seed": seed,
-                "map_macro": report.map_macro,
-                "map_micro": report.map_micro,
-                "per_label_ap": report.per_label_ap(),
+                "eval_on": eval_on,
+                **figures,
                 "tags": [len(t) for t in split.tags],
                 "seconds": time.perf_counter() - started,
                 **info,
@@ -255,5 +344,31 @@ def run_quality(
             result.runs.append(run)
             if on_run is not None:
                 on_run(result)  # e.g. rewrite the JSON, so a late failure loses nothing
-            log(f"seed {seed} {method}: macro mAP {report.map_macro:.4f} ({run['seconds']:.0f}s)")
+            log(
+                f"seed {seed} {method}: macro mAP {run['map_macro']:.4f}, micro {run['map_micro']:.4f}, "
+                f"F1 default/best {run['f1_macro_default']:.3f}/{run['f1_macro_best']:.3f} ({run['seconds']:.0f}s)"
+            )
     return result
+
+
+def _dump(folder: Path, name: str, clf: Classifier, train_texts, eval_texts, eval_gold, tags, max_length: int) -> None:
+    """A run's raw logits on the train and evaluation parts, the gold of the latter and the tags, so
+    calibration variants can be compared on dev without training again (benchmarks/calibration_dev.py)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    logits = [
+        logits_for(clf.model, TokenizedCorpus.build(clf.tokenizer, t, max_length)) for t in (train_texts, eval_texts)
+    ]
+    lengths = np.array([len(t) for t in tags])
+    flat = np.array([i for t in tags for i in t], dtype=np.int64)
+    np.savez_compressed(folder / f"{name}.npz", train_logits=logits[0], eval_logits=logits[1], eval_gold=eval_gold,
+                        tag_lengths=lengths, tags=flat, labels=np.array(clf.label_names))  # fmt: skip
+
+
+def calibrate_source(clf: Classifier, texts: Sequence[str], tags, max_length: int, seed: int):
+    """The source model's calibration re-estimated on the target texts (its priors from the tags)."""
+    logits = logits_for(clf.model, TokenizedCorpus.build(clf.tokenizer, texts, max_length))
+    calibration = calibrate_on_target(
+        clf.label_names, logits, tags, source_fit=clf.source_fit(), same_model=True, seed=seed
+    )
+    clf.set_calibration(calibration, source_fit=clf.source_fit())
+    return calibration

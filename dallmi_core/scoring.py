@@ -75,9 +75,19 @@ def score_texts(
     batch_size: int = 64,
     device: torch.device | str | None = None,
     on_batch: Callable[[int], None] | None = None,
+    calibrated: bool = True,
 ) -> np.ndarray:
-    """Probabilities [n, L] for raw texts."""
+    """Probabilities [n, L] for raw texts: through the model's calibration map when it has one
+    (calibration.py; `calibrated=False`: the plain sigmoid of the logits)."""
     if device is not None:
         clf.model.to(device)
     tokens = TokenizedCorpus.build(clf.tokenizer, texts, max_length)
-    return sigmoid(logits_for(clf.model, tokens, batch_size=batch_size, on_batch=on_batch))
+    return probabilities(clf, logits_for(clf.model, tokens, batch_size=batch_size, on_batch=on_batch), calibrated)
+
+
+def probabilities(clf: Classifier, logits: np.ndarray, calibrated: bool = True) -> np.ndarray:
+    """The model's probabilities for its logits: calibrated when it carries a calibration."""
+    calibration = clf.calibration() if calibrated else None
+    if calibration is None:
+        return sigmoid(logits)
+    return calibration.apply(logits, clf.label_names).astype(np.float32)

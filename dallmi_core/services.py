@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from dallmi_core import exporter, importer
+from dallmi_core import decisions, exporter, importer
 from dallmi_core.config import AdaptConfig, SourceConfig, precision_words
 from dallmi_core.errors import ConfigError, DataError, RunStateError
 from dallmi_core.presence import AppHeartbeat, WorkerStatus, ensure_worker, worker_status
@@ -322,11 +322,12 @@ class Services:
         )
 
     def candidates(
-        self, project_id: int, label: str, strategy: str = "likely", limit: int = 20, *, threshold: float = 0.5
+        self, project_id: int, label: str, strategy: str = "likely", limit: int = 20, *, threshold: float | None = None
     ) -> list[Candidate]:
         """Untagged target documents to look at next for `label` (documents tagged with other labels
         stay candidates: labels are not exclusive). likely: highest score first; uncertain: score
-        closest to `threshold`; similar: TF-IDF cosine to the centroid of the label's tagged documents."""
+        closest to `threshold` (default: the label's decision threshold for the run); similar: TF-IDF
+        cosine to the centroid of the label's tagged documents."""
         project = self.store.get_project(project_id)
         if label not in project.labels:
             raise DataError(f"unknown label {label!r}; the project's labels are {', '.join(project.labels)}.")
@@ -346,6 +347,8 @@ class Services:
             ids, scores = self.store.load_predictions(run.id)
             target = np.isin(ids, np.asarray(self.store.document_ids(project_id, "target"), dtype=np.int64))
             ids, score, run_id = ids[target], scores[target, run.prediction_labels.index(label)], run.id
+            if threshold is None:
+                threshold = decisions.thresholds(self.store, run.id)[label]
             key = -score if strategy == "likely" else np.abs(score - threshold)
         keep = ~np.isin(ids, np.fromiter(tagged, dtype=np.int64, count=len(tagged)))
         ids, score, key = ids[keep], score[keep], key[keep]

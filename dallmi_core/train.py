@@ -20,6 +20,7 @@ import torch
 from accelerate import Accelerator
 from accelerate.utils import set_seed
 
+from dallmi_core.calibration import Calibration, calibrate_on_target, fit_on_source, source_calibration
 from dallmi_core.callbacks import Callback, CallbackList, EarlyStopping, TrainState
 from dallmi_core.config import AdaptConfig, SourceConfig, TrainingBase
 from dallmi_core.distributed import gather
@@ -470,6 +471,17 @@ class BceTargetTrainer(_TargetTrainer):
         self.stream.rng.bit_generator.state = state["rng"]
 
 
+def calibration_rows(n: int, cfg: SourceConfig) -> tuple[np.ndarray, np.ndarray]:
+    """(training rows, held-out calibration rows) of the source rows; with too few to hold out,
+    every row trains and the calibration is fitted on the training rows (slightly overconfident)."""
+    held = int(round(cfg.calibration_fraction * n))
+    if held < SourceConfig.min_calibration_rows or n - held < 1:
+        everything = np.arange(n)
+        return everything, everything
+    order = np.random.default_rng(cfg.seed + 104729).permutation(n)
+    return np.sort(order[held:]), np.sort(order[:held])
+
+
 def finetune_source(
     clf: Classifier,
     texts: Sequence[str],
@@ -479,15 +491,47 @@ def finetune_source(
     checkpoint_dir=None,
 ) -> TrainResult:
     """Fine-tune `clf` with BCE on labelled source texts (targets [n, L] 0/1): first the head alone
-    on frozen features (skipped when resuming: the checkpoint holds the weights), then everything."""
-    tokens = TokenizedCorpus.build(clf.tokenizer, texts, cfg.max_length)
+    on frozen features (skipped when resuming: the checkpoint holds the weights), then everything;
+    finally the per-label Platt calibration on the held-out source rows (`calibration_fraction`)."""
+    train_rows, held_rows = calibration_rows(len(texts), cfg)
+    targets = np.asarray(targets)
+    tokens = TokenizedCorpus.build(clf.tokenizer, [texts[i] for i in train_rows], cfg.max_length)
     resuming = checkpoint_dir is not None and (Path(checkpoint_dir) / CHECKPOINT_FILE).exists()
     if not resuming:
-        probed = probe_head(clf.model, tokens, targets, cfg, callbacks)
+        probed = probe_head(clf.model, tokens, targets[train_rows], cfg, callbacks)
         if probed is not None and probed.should_stop:  # cancelled during the warm-up: nothing to resume
             clf.model.eval()
             return TrainResult(clf, probed)
-    return SourceTrainer(clf, tokens, targets, cfg, callbacks=callbacks, checkpoint_dir=checkpoint_dir).fit()
+    trainer = SourceTrainer(clf, tokens, targets[train_rows], cfg, callbacks=callbacks, checkpoint_dir=checkpoint_dir)
+    result = trainer.fit()
+    if result.state.stop_reason != "cancelled":
+        held = TokenizedCorpus.build(clf.tokenizer, [texts[i] for i in held_rows], cfg.max_length)
+        logits = logits_for(result.clf.model, held)
+        fits = fit_on_source(logits, targets[held_rows], clf.label_names)
+        result.clf.set_calibration(source_calibration(fits, logits, clf.label_names), source_fit=fits)
+    return result
+
+
+def calibrate_adapted(
+    result: TrainResult, tokens: TokenizedCorpus, tags: Sequence[Sequence[int]], prior: CalibrationInputs
+) -> Calibration:
+    """The adapted model's calibration on all its target documents (the priors estimated before it
+    trained, by the source model); attached to the model's config."""
+    clf = result.clf
+    logits = logits_for(clf.model, tokens)
+    calibration = calibrate_on_target(
+        clf.label_names, logits, tags, source_fit=prior.source_fit, prior_logits=prior.logits, seed=result.state.step
+    )
+    clf.set_calibration(calibration)
+    return calibration
+
+
+@dataclass(frozen=True)
+class CalibrationInputs:
+    """What the initial model says about the target before adapting: its logits and source fit."""
+
+    logits: np.ndarray | None
+    source_fit: dict | None
 
 
 def adapt(
@@ -500,16 +544,26 @@ def adapt(
     gold: np.ndarray | None = None,
     tokens: TokenizedCorpus | None = None,
 ) -> TrainResult:
-    """Adapt `clf` to target `texts`; `tags[l]` lists the documents tagged positive for label l."""
+    """Adapt `clf` to target `texts`; `tags[l]` lists the documents tagged positive for label l.
+
+    A source model with a source fit first scores the target (one inference pass): the label priors
+    are estimated from it; after training the adapted model is calibrated on the target with them."""
     tokens = tokens or TokenizedCorpus.build(clf.tokenizer, texts, cfg.max_length)
     callbacks = list(callbacks)
     if cfg.patience is not None:
         callbacks.append(EarlyStopping(cfg.patience))
+    source_fit = clf.source_fit()
+    clf.model.to(resolve_device(cfg.device))
+    inputs = CalibrationInputs(logits_for(clf.model, tokens) if source_fit else None, source_fit)
     kw = {"callbacks": callbacks, "checkpoint_dir": checkpoint_dir}
     if cfg.method == "dallmi":
-        return DallmiTrainer(clf, tokens, tags, cfg, **kw).fit()
-    if cfg.method == "target-oracle":
+        result = DallmiTrainer(clf, tokens, tags, cfg, **kw).fit()
+    elif cfg.method == "target-oracle":
         if gold is None:
             raise ConfigError("target-oracle needs gold target labels (it is the upper bound).")
-        return BceTargetTrainer(clf, tokens, tags, cfg, gold=gold, **kw).fit()
-    return BceTargetTrainer(clf, tokens, tags, cfg, **kw).fit()
+        result = BceTargetTrainer(clf, tokens, tags, cfg, gold=gold, **kw).fit()
+    else:
+        result = BceTargetTrainer(clf, tokens, tags, cfg, **kw).fit()
+    if result.state.stop_reason != "cancelled":
+        result.extras["calibration"] = calibrate_adapted(result, tokens, tags, inputs)
+    return result

@@ -89,6 +89,11 @@ class AnalysisMixin(StoreBase):
             self.conn.executemany("INSERT OR REPLACE INTO run_thresholds VALUES (?, ?, ?, ?)", rows)
         return self.thresholds(run_id)
 
+    def clear_threshold(self, run_id: int, label: str) -> None:
+        """Forget a label's saved threshold: its exports go back to the calibration's default."""
+        with self.transaction():
+            self.conn.execute("DELETE FROM run_thresholds WHERE run_id = ? AND label = ?", (run_id, label))
+
     def thresholds(self, run_id: int) -> dict[str, float]:
         """The saved per-label thresholds of a run (labels never saved are absent)."""
         rows = self._rows("SELECT label, threshold FROM run_thresholds WHERE run_id = ? ORDER BY label", (run_id,))

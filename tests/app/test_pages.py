@@ -203,7 +203,8 @@ def test_per_label_ap_page_marks_the_estimate_and_saves_a_threshold_for_export(a
     assert frame["pred_billing"].sum() == (frame["score_billing"] >= 0.9).sum()
 
 
-def test_per_label_ap_page_with_gold_labels_shows_true_ap(seeded, tiny_backbone):
+def _gold_run(seeded, tiny_backbone, name: str) -> int:
+    """A finished adapt run scored on 12 gold eval documents with a perfect ranking (0.9 vs 0.1)."""
     svc = seeded.svc
     eval_texts, eval_y = make_texts(12, seed=9)
     labels = ["|".join(LABELS[j] for j in np.flatnonzero(row)) for row in eval_y]
@@ -212,16 +213,43 @@ def test_per_label_ap_page_with_gold_labels_shows_true_ap(seeded, tiny_backbone)
     )
     svc.import_file(seeded.project.id, seeded.tmp / "eval.csv")
     docs = svc.store.document_ids(seeded.project.id, "eval")
-    scores = eval_y * 0.8 + 0.1  # a perfect ranking
     metrics = {"estimate": False, "after": {"per_label_ap": dict.fromkeys(LABELS, 1.0), "map_macro": 1.0}}
-    model = shutil.copytree(tiny_backbone, svc.store.models_dir / "run-gold")
-    _finished_run(svc.store, seeded.project.id, "adapt", scores, docs, model_path=model, metrics=metrics)
+    model = shutil.copytree(tiny_backbone, svc.store.models_dir / name)
+    return _finished_run(svc.store, seeded.project.id, "adapt", eval_y * 0.8 + 0.1, docs, model_path=model,
+                         metrics=metrics)  # fmt: skip
+
+
+def test_per_label_ap_page_with_gold_labels_shows_true_ap(seeded, tiny_backbone):
+    _gold_run(seeded, tiny_backbone, "run-gold")
     at = _app("Per-label AP")
     assert not at.exception and not at.error and not at.warning
     assert "Measured on the gold-labelled eval documents" in _texts(at)
     title = json.loads(at.get("plotly_chart")[1].proto.spec)["layout"]["title"]["text"]
     assert title == "billing: AP 1.000"
     assert {m.label: m.value for m in at.metric}["F1"] == "1.000"  # at the best-F1 threshold
+
+
+def test_per_label_ap_page_shows_priors_thresholds_and_offers_the_gold_tuned_one(seeded, tiny_backbone):
+    from dallmi_core.calibration import Calibration, LabelCalibration
+    from dallmi_core.decisions import save_calibration
+
+    svc = seeded.svc
+    run_id = _gold_run(seeded, tiny_backbone, "run-cal")  # a perfect ranking: any threshold in (0.1, 0.9] is best
+    items = {name: LabelCalibration(1.0, 0.0, 0.95, 0.2, 0.1, 0.3, 10, "estimate: EM, 10 tags") for name in LABELS}
+    items["login"] = LabelCalibration(1.0, 0.0, 0.5, 0.25, None, None, 1, "default: 1 tag(s) < 3; source share kept")
+    save_calibration(svc.store, run_id, Calibration(items))
+    at = _app("Per-label AP")
+    assert not at.exception and not at.error
+    assert "Too few tags to estimate the share of login" in at.warning[0].value
+    table = next(d.value for d in at.dataframe if "estimated prior" in d.value.columns).set_index("label")
+    assert table.loc["billing", "threshold"] == 0.95 and table.loc["billing", "from"] == "estimate"
+    assert table.loc["billing", "prior interval"] == "0.100-0.300" and table.loc["login", "from"] == "default"
+    assert table.loc["billing", "gold-tuned"] == pytest.approx(0.9)
+    assert at.slider(key=f"threshold-{run_id}-billing").value == pytest.approx(0.95)  # the one in use
+    at.button(key="gold_threshold").click().run()
+    assert not at.exception and svc.insights.thresholds(run_id) == {"billing": pytest.approx(0.9)}
+    at.button(key="clear_threshold").click().run()
+    assert not at.exception and svc.insights.thresholds(run_id) == {}
 
 
 def test_mixup_page_shows_logged_and_fresh_pairs_with_the_decoded_mix(adapted):

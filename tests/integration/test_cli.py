@@ -62,7 +62,9 @@ def test_finetune_adapt_score_evaluate(files, tmp_path, tiny_backbone, capsys):
         )
         == 0
     )
-    assert load_classifier(src).label_names == LABELS
+    source = load_classifier(src)
+    assert source.label_names == LABELS
+    assert set(source.source_fit()) == set(LABELS) and set(source.calibration().labels) == set(LABELS)
     assert (
         main(
             [
@@ -87,11 +89,45 @@ def test_finetune_adapt_score_evaluate(files, tmp_path, tiny_backbone, capsys):
     assert "documents, float32) written to" in printed  # the suite keeps CPUs in float32 (conftest)
     assert "Adapted model written" in printed and "steps (float32)" in printed
 
+    adapted = load_classifier(out)
+    assert adapted.source_fit() is None  # an adapted model's logits no longer match the source fit
+    calibration = adapted.calibration()
+    assert all(item.basis.startswith(("estimate", "default")) for item in calibration.labels.values())
+
     preds = tmp_path / "preds.parquet"
     assert main(["score", "--model", str(out), "--data", str(files["gold"]), "--out", str(preds)]) == 0
     frame = pd.read_parquet(preds)
     assert list(frame.columns) == ["id"] + [f"score_{n}" for n in LABELS] + [f"pred_{n}" for n in LABELS]
     assert len(frame) == 40 and frame[[f"score_{n}" for n in LABELS]].stack().between(0, 1).all()
+    # thresholds and the map travel in config.json, readable without our code
+    config = json.loads((out / "config.json").read_text())
+    assert config["dallmi_thresholds"] == pytest.approx(calibration.thresholds())
+    for name in LABELS:
+        assert (frame[f"pred_{name}"] == (frame[f"score_{name}"] >= config["dallmi_thresholds"][name])).all()
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    plain = AutoModelForSequenceClassification.from_pretrained(out)
+    batch = AutoTokenizer.from_pretrained(out)(
+        list(pd.read_csv(files["gold"])["text"][:5]), padding=True, truncation=True, max_length=128, return_tensors="pt"
+    )
+    logits = plain(**batch).logits.detach().numpy()
+    by_hand = np.stack(
+        [
+            1
+            / (
+                1
+                + np.exp(
+                    -(
+                        config["dallmi_calibration"][n]["slope"] * logits[:, j]
+                        + config["dallmi_calibration"][n]["intercept"]
+                    )
+                )
+            )
+            for j, n in enumerate(LABELS)
+        ],
+        axis=1,
+    )
+    np.testing.assert_allclose(by_hand, frame[[f"score_{n}" for n in LABELS]].to_numpy()[:5], atol=1e-5)
 
     report = tmp_path / "eval.json"
     assert main(["evaluate", "--model", str(out), "--data", str(files["gold"]), "--json", str(report)]) == 0
@@ -125,13 +161,20 @@ def test_bench_quality_writes_the_documented_json(files, tmp_path, tiny_backbone
             str(tmp_path / "work"),
             "--json",
             str(out),
+            "--dump-scores",
+            str(tmp_path / "dump"),
         ]
     )
     assert code == 0
+    dumped = np.load(tmp_path / "dump" / "dallmi-seed1-test.npz")
+    assert dumped["eval_logits"].shape == dumped["eval_gold"].shape == (24, 3)  # 40% of the 60 target rows
+    assert dumped["tag_lengths"].tolist() == [3, 3, 3] and len(dumped["train_logits"]) == 24
     data = json.loads(out.read_text())
     assert set(data["methods"]) == {"tfidf-source", "source-only", "bce-partial", "dallmi", "target-oracle"}
+    assert data["eval_on"] == "test"
+    prediction_keys = {"map_micro_mean", "f1_macro_default_mean", "f1_macro_best_mean", "prior_abs_error_mean"}
     for summary in data["methods"].values():
-        assert {"map_macro_mean", "map_macro_std", "per_label_ap"} <= set(summary)
+        assert {"map_macro_mean", "map_macro_std", "per_label_ap"} | prediction_keys <= set(summary)
         assert set(summary["per_label_ap"]) == set(LABELS)
     dallmi_runs = [r for r in data["runs"] if r["method"] == "dallmi"]
     assert [r["steps"] for r in dallmi_runs] == [2, 2] and all(r["tags"] == [3, 3, 3] for r in dallmi_runs)

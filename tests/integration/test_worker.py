@@ -145,6 +145,35 @@ def test_adapt_runs_to_done_with_progress_model_predictions_and_metrics(served):
     assert len(likely) == 5 and all(c.run_id == run_id for c in likely)
     assert [c.score for c in likely] == sorted((c.score for c in likely), reverse=True)
     assert services.export_predictions(run_id, fmt="csv").is_file()
+    # the run is calibrated: its map in the store and the model folder, its thresholds in every export
+    from dallmi_core.decisions import decisions, run_calibration
+
+    adapted = load_classifier(run.model_path)
+    assert run_calibration(store, run_id) == adapted.calibration() is not None
+    chosen = decisions(store, run_id)
+    assert {d.source for d in chosen.values()} <= {"estimate", "default"}
+    frame = pd.read_csv(services.export_predictions(run_id, fmt="csv"), dtype={"id": str})
+    for label in LABELS:
+        cut = np.float32(chosen[label].threshold)  # stored scores are float32, and so is the cut
+        assert (frame[f"pred_{label}"] == (frame[f"score_{label}"].astype(np.float32) >= cut)).all()
+
+
+def test_a_score_run_re_estimates_the_source_calibration_on_the_target(served):
+    services, project_id, proc = served
+    store = services.store
+    run_id = services.start_run(project_id, "score", {"max_length": 32})
+    run = wait_status(services, run_id, "done", "failed", "cancelled")
+    assert run.status == "done", run.error
+    from dallmi_core.decisions import run_calibration
+
+    on_target = run_calibration(store, run_id)
+    source = load_classifier(services.get_project(project_id).source_model)
+    assert on_target is not None and set(on_target.labels) == set(LABELS)
+    tags = store.tags_by_label(project_id)
+    for label, item in on_target.labels.items():
+        if len(tags.get(label, [])) >= 3:
+            assert item.basis.startswith("estimate")
+            assert item.intercept != source.calibration().labels[label].intercept  # moved to the target
 
 
 def test_cancel_mid_run_ends_cancelled_before_its_budget(served):

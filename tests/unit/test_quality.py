@@ -1,4 +1,5 @@
-"""The benchmark protocol's split: tags come only from the train part, gold test rows stay hidden."""
+"""The benchmark protocol's split: three disjoint parts; tags come only from the train part, gold dev and
+test rows stay hidden from the adapting methods."""
 
 from __future__ import annotations
 
@@ -16,9 +17,19 @@ def gold():
     return y
 
 
+def test_three_parts_are_disjoint_and_cover_the_target(gold):
+    split = split_target(gold, seed=1, positives_per_label=5)
+    parts = [set(split.train.tolist()), set(split.dev.tolist()), set(split.test.tolist())]
+    assert all(not a & b for i, a in enumerate(parts) for b in parts[i + 1 :])
+    assert set().union(*parts) == set(range(len(gold)))
+    assert (len(split.test), len(split.dev)) == (80, 40)  # 40% test, 20% dev, the rest train
+    assert np.array_equal(split.part("dev"), split.dev) and np.array_equal(split.part("test"), split.test)
+    with pytest.raises(ValueError):
+        split.part("train")
+
+
 def test_keeps_k_positives_per_label_from_the_train_part(gold):
     split = split_target(gold, seed=1, positives_per_label=5)
-    assert not set(split.train) & set(split.test) and len(split.train) + len(split.test) == len(gold)
     for label, tags in enumerate(split.tags):
         positives_in_train = int(gold[split.train, label].sum())
         assert len(tags) == min(5, positives_in_train)
@@ -29,13 +40,18 @@ def test_remove_ratio_hides_that_share_of_each_labels_positives(gold):
     split = split_target(gold, seed=2, remove_ratio=0.7)
     for label, tags in enumerate(split.tags):
         positives = int(gold[split.train, label].sum())
-        assert len(tags) == int(round(0.3 * positives))
+        assert len(tags) == max(1, int(round((1 - 0.7) * positives)))  # at least one positive kept
+
+
+def test_remove_ratio_keeps_at_least_one_positive(gold):
+    split = split_target(gold, seed=2, remove_ratio=0.99)
+    assert all(len(tags) == 1 for tags in split.tags)
 
 
 def test_split_is_seeded(gold):
     a, b, c = (split_target(gold, seed=s, positives_per_label=3) for s in (4, 4, 5))
-    assert np.array_equal(a.test, b.test) and a.tags == b.tags
-    assert not np.array_equal(a.test, c.test)
+    assert np.array_equal(a.test, b.test) and np.array_equal(a.dev, b.dev) and a.tags == b.tags
+    assert not np.array_equal(a.test, c.test) and not np.array_equal(a.dev, c.dev)
 
 
 def test_exactly_one_of_k_and_ratio(gold):

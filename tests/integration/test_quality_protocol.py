@@ -1,0 +1,64 @@
+"""bench-quality's protocol: adapting methods see only train texts and tags; gold reaches the oracle
+and the final scoring alone, on the part asked for (dev or test)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+from conftest import LABELS, make_texts
+
+from dallmi_core import quality
+from dallmi_core.config import AdaptConfig, SourceConfig
+from dallmi_core.data import read_corpus
+
+
+@pytest.fixture()
+def corpus(tmp_path):
+    frames = []
+    for domain, n, seed in (("source", 40, 1), ("target", 60, 2)):
+        texts, y = make_texts(n, seed=seed)
+        labels = ["|".join(LABELS[j] for j in np.flatnonzero(row)) for row in y]
+        frames.append(
+            pd.DataFrame({"id": [f"{domain}{i}" for i in range(n)], "text": texts, "labels": labels, "domain": domain})
+        )
+    path = tmp_path / "bench.csv"
+    pd.concat(frames).to_csv(path, index=False)
+    return read_corpus(path)
+
+
+@pytest.mark.parametrize("eval_on", ["dev", "test"])
+def test_gold_reaches_only_the_oracle_and_the_final_scoring(corpus, tmp_path, tiny_backbone, monkeypatch, eval_on):
+    seen, scored = [], []
+    real_adapt, real_scores = quality.adapt, quality._calibrated_scores
+
+    def recording_adapt(clf, texts, tags, cfg, callbacks=(), gold=None):
+        seen.append((cfg.method, list(texts), tags, gold))
+        return real_adapt(clf, texts, tags, cfg, callbacks=callbacks, gold=gold)
+
+    def recording_scores(clf, calibration, texts, max_length):
+        scored.append(list(texts))
+        return real_scores(clf, calibration, texts, max_length)
+
+    monkeypatch.setattr(quality, "adapt", recording_adapt)
+    monkeypatch.setattr(quality, "_calibrated_scores", recording_scores)
+    result = quality.run_quality(
+        corpus, labels=LABELS, methods=["source-only", "dallmi", "bce-partial", "target-oracle"], seeds=[0],
+        adapt_cfg=AdaptConfig(max_steps=1, max_length=24, eval_every=1), source_cfg=SourceConfig(max_steps=1,
+        max_length=24, probe_epochs=0), backbone=tiny_backbone, work_dir=tmp_path / "work", positives_per_label=3,
+        eval_on=eval_on, baseline_epochs=None, log=lambda _: None,
+    )  # fmt: skip
+    target = corpus.where_domain("target")
+    gold = target.label_matrix(LABELS)
+    split = quality.split_target(gold, 0, positives_per_label=3)
+    train_texts = [target.texts[i] for i in split.train]
+    eval_texts = [target.texts[i] for i in split.part(eval_on)]
+    assert [m for m, *_ in seen] == ["dallmi", "bce-partial", "target-oracle"]
+    for method, texts, tags, given_gold in seen:
+        assert texts == train_texts and tags == split.tags  # the train part alone, and only its tags
+        if method == "target-oracle":
+            np.testing.assert_array_equal(given_gold, gold[split.train])
+        else:
+            assert given_gold is None
+    assert scored == [eval_texts] * 4  # every model is scored on the evaluation part only
+    assert {r["eval_on"] for r in result.runs} == {eval_on}
