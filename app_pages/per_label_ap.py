@@ -65,9 +65,10 @@ table = ui.attempt(insights.decision_table, run.id)
 if table is not None:
     st.caption(
         "Each label's scores are calibrated without gold: its share of your target documents (the prior) is "
-        "estimated from the tagged positives and the unlabeled text, and the suggested threshold marks that share "
-        "positive. **from**: *estimate* (that suggestion), *saved* (yours), *default* (too little to estimate: "
-        "the reason is under *rests on*)."
+        "estimated from the tagged positives and the unlabeled text, the scores are mapped so that their mean is "
+        "that share, and the suggested threshold is the one with the best expected F1 under them. **from**: "
+        "*estimate* (that suggestion), *saved* (yours), *default* (too little to estimate: the reason is under "
+        "*rests on*)."
         + (" With gold eval documents, *gold-tuned* is the best-F1 threshold there." if "gold-tuned" in table else "")
     )
     few = table[table["rests on"].str.contains("tag(s) <", regex=False)]["label"].tolist()

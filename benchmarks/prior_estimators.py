@@ -13,6 +13,8 @@ read. Candidates:
 - mean:   calibration in the large: (K + sum of the untagged documents' probabilities) / N
 - ratio:  min over the tag scores c with at least half the tags at or above c of
           q_U(c) / q_P(c) (the BBE bound of Garg et al. 2021 without its confidence penalty)
+- median: the bound at one cut only, the tags' median score
+- capped_median: min(mean, median)
 - capped: min(mean, ratio): the covariate-shift estimate, capped by the tags' upper bound
 - source: the label's share in the source rows (no re-estimation)
 - gold:   the dev gold share itself (not an estimator: the ceiling of the map and threshold rule)
@@ -84,7 +86,16 @@ def estimate(name: str, z: np.ndarray, tags, fit: cal.SourceFit) -> float:
     raise ValueError(name)
 
 
-ESTIMATORS = ("em", "mean", "ratio", "median", "capped", "capped_median", "source", "gold")  # gold: the dev share itself, a ceiling for the map
+ESTIMATORS = (
+    "em",
+    "mean",
+    "ratio",
+    "median",
+    "capped",
+    "capped_median",
+    "source",
+    "gold",
+)  # gold: the dev share itself, a ceiling for the map
 
 
 def main() -> None:

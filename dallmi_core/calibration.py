@@ -18,7 +18,7 @@ text. From them (DESIGN.md section 5):
 3. a default threshold per label on the calibrated scale: the plug-in expected-F1 optimum.
 
 Each choice was made on the dev parts of all shared datasets at once (benchmarks/prior_estimators.py,
-benchmarks/calibration_dev.py; docs/BENCHMARKS.md, "Calibration").
+benchmarks/calibration_dev.py; docs/BENCHMARKS.md, "v5: calibrated scores").
 
 Pure numpy: arrays in, small frozen records out. The map, the thresholds and the priors travel in
 the model folder's config.json (`dallmi_calibration`, `dallmi_thresholds`), readable without us.

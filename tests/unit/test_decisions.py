@@ -24,7 +24,7 @@ def _calibration() -> Calibration:
     )  # shipping: none, so the fixed 0.5
 
 
-def test_exports_use_the_calibration_default_unless_the_user_saved_one(store, project, scored_run, tmp_path):
+def test_exports_use_the_calibration_default_unless_the_user_saved_one(store, project, scored_run, tmp_path):  # noqa: F811 - test_exporter's fixtures
     run_id, doc_ids, scores = scored_run
     decisions.save_calibration(store, run_id, _calibration())
     chosen = decisions.decisions(store, run_id)
@@ -41,7 +41,7 @@ def test_exports_use_the_calibration_default_unless_the_user_saved_one(store, pr
     assert decisions.decisions(store, run_id)["billing"].source == "estimate"
 
 
-def test_report_and_model_zip_carry_the_thresholds_and_their_source(store, project, scored_run, tmp_path):
+def test_report_and_model_zip_carry_the_thresholds_and_their_source(store, project, scored_run, tmp_path):  # noqa: F811 - test_exporter's fixtures
     run_id = scored_run[0]
     model = tmp_path / "model"
     model.mkdir()
@@ -63,7 +63,7 @@ def test_report_and_model_zip_carry_the_thresholds_and_their_source(store, proje
     assert config["dallmi_calibration"]["billing"]["slope"] == 1.0
 
 
-def test_decision_table_reports_prior_share_and_gold_tuned(store, project, scored_run):
+def test_decision_table_reports_prior_share_and_gold_tuned(store, project, scored_run):  # noqa: F811 - test_exporter's fixtures
     run_id, doc_ids, scores = scored_run
     decisions.save_calibration(store, run_id, _calibration())
     table = decisions.decision_table(store, run_id).set_index("label")
