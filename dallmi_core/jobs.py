@@ -355,24 +355,18 @@ def run_adapt(job: Job) -> tuple[str, dict]:
 
 
 def _target_calibration(job: Job, clf, max_length: int):
-    """A source model's calibration re-estimated on the project's target documents and tags (its
-    priors by EM, calibration.py); a model without a source fit keeps the calibration it carries."""
-    from dallmi_core.calibration import calibrate_on_target
-    from dallmi_core.scoring import logits_for
-    from dallmi_core.tokens import TokenizedCorpus
+    """A source model's calibration re-estimated on the project's target documents and tags
+    (train.calibrate_source_on_target); a model without a source fit keeps the one it carries."""
+    from dallmi_core.train import calibrate_source_on_target
 
-    fit = clf.source_fit()
-    ids, texts, _ = _documents(job, "target") if fit is not None else ([], [], [])
-    if not ids:
+    if clf.source_fit() is None:
         return clf.calibration()
+    ids, texts, _ = _documents(job, "target")
     job.check()
-    logits = logits_for(clf.model, TokenizedCorpus.build(clf.tokenizer, texts, max_length))
     position = {doc: i for i, doc in enumerate(ids)}
     by_label = job.store.tags_by_label(job.run.project_id)
     tags = [[position[d] for d in by_label.get(label, []) if d in position] for label in clf.label_names]
-    calibration = calibrate_on_target(clf.label_names, logits, tags, source_fit=fit, same_model=True)
-    clf.set_calibration(calibration, source_fit=fit)
-    return calibration
+    return calibrate_source_on_target(clf, texts, tags, max_length)
 
 
 def run_score(job: Job) -> tuple[str, dict]:

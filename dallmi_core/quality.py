@@ -18,7 +18,6 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from dallmi_core.calibration import calibrate_on_target
 from dallmi_core.callbacks import Callback, TqdmProgress
 from dallmi_core.config import AdaptConfig, SourceConfig
 from dallmi_core.data import Corpus
@@ -27,7 +26,7 @@ from dallmi_core.metrics import ap_report, f1_macro, f1_macro_best, thresholded_
 from dallmi_core.model import Classifier, load_classifier, new_classifier, save_classifier
 from dallmi_core.scoring import logits_for, sigmoid
 from dallmi_core.tokens import TokenizedCorpus
-from dallmi_core.train import adapt, finetune_source
+from dallmi_core.train import adapt, calibrate_source_on_target, finetune_source
 
 METHODS = ("tfidf-source", "source-only", "bce-partial", "dallmi", "target-oracle")
 # Per-method settings on top of the shared AdaptConfig: BCE baselines select by the PU-estimated
@@ -235,13 +234,14 @@ def prediction_report(
     the default thresholds, F1 at each label's best threshold on this gold (the ceiling), the error
     of the estimated priors, and the paper's thresholded AP (raw sigmoid at 0.5)."""
     report = ap_report(gold, scores, labels)
+    raw_report = report if raw is None else ap_report(gold, raw, labels)
     raw = scores if raw is None else raw
     errors = [abs(p - float(gold[:, j].mean())) for j, p in enumerate(priors or []) if p is not None]
     return {
         "map_macro": report.map_macro,
         "map_micro": report.map_micro,
-        "map_macro_raw": ap_report(gold, raw, labels).map_macro,
-        "map_micro_raw": ap_report(gold, raw, labels).map_micro,
+        "map_macro_raw": raw_report.map_macro,
+        "map_micro_raw": raw_report.map_micro,
         "per_label_ap": report.per_label_ap(),
         "f1_macro_default": f1_macro(gold, scores, thresholds),
         "f1_macro_best": f1_macro_best(gold, scores),
@@ -251,14 +251,15 @@ def prediction_report(
 
 
 def _calibrated_scores(clf: Classifier, calibration, texts: Sequence[str], max_length: int):
-    """(calibrated probabilities, raw sigmoid probabilities, thresholds, priors) on `texts`."""
+    """(calibrated probabilities, raw sigmoid probabilities, thresholds, priors, logits) on `texts`."""
     logits = logits_for(clf.model, TokenizedCorpus.build(clf.tokenizer, texts, max_length))
     raw = sigmoid(logits)
     if calibration is None:
-        return raw, raw, [0.5] * clf.num_labels, None
+        return raw, raw, [0.5] * clf.num_labels, None, logits
     thresholds = [calibration.labels[name].threshold for name in clf.label_names]
     priors = [calibration.labels[name].prior for name in clf.label_names]
-    return calibration.apply(logits, clf.label_names).astype(np.float32), raw, thresholds, priors  # as stored
+    calibrated = calibration.apply(logits, clf.label_names).astype(np.float32)  # as stored
+    return calibrated, raw, thresholds, priors, logits
 
 
 def run_quality(
@@ -309,7 +310,7 @@ def run_quality(
                 torch.manual_seed(seed)
                 clf: Classifier = load_classifier(src_dir)
                 if method == "source-only":
-                    calibration = calibrate_source(clf, train_texts, split.tags, adapt_cfg.max_length, seed)
+                    calibration = calibrate_source_on_target(clf, train_texts, split.tags, adapt_cfg.max_length, seed)
                 else:
                     extra = callbacks(method, seed) if callbacks else [TqdmProgress(f"{method} seed {seed}")]
                     if trace_test:
@@ -326,9 +327,11 @@ def run_quality(
                     )
                     calibration = res.extras.get("calibration")
                     info = {"steps": res.state.step, "best_step": res.state.best_step, "history": res.state.history}
-                scores, raw, thresholds, priors = _calibrated_scores(clf, calibration, eval_texts, adapt_cfg.max_length)
+                scores, raw, thresholds, priors, logits = _calibrated_scores(
+                    clf, calibration, eval_texts, adapt_cfg.max_length
+                )
                 if dump_dir is not None:
-                    _dump(dump_dir, f"{method}-seed{seed}-{eval_on}", clf, train_texts, eval_texts, gold[part],
+                    _dump(dump_dir, f"{method}-seed{seed}-{eval_on}", clf, train_texts, logits, gold[part],
                           split.tags, adapt_cfg.max_length)  # fmt: skip
                 figures = prediction_report(gold[part], scores, thresholds, labels, priors, raw)
                 info["priors"] = dict(zip(labels, priors or [None] * len(labels), strict=True))
@@ -351,24 +354,12 @@ def run_quality(
     return result
 
 
-def _dump(folder: Path, name: str, clf: Classifier, train_texts, eval_texts, eval_gold, tags, max_length: int) -> None:
+def _dump(folder: Path, name: str, clf: Classifier, train_texts, eval_logits, eval_gold, tags, max_length: int) -> None:
     """A run's raw logits on the train and evaluation parts, the gold of the latter and the tags, so
     calibration variants can be compared on dev without training again (benchmarks/calibration_dev.py)."""
     folder.mkdir(parents=True, exist_ok=True)
-    logits = [
-        logits_for(clf.model, TokenizedCorpus.build(clf.tokenizer, t, max_length)) for t in (train_texts, eval_texts)
-    ]
+    train_logits = logits_for(clf.model, TokenizedCorpus.build(clf.tokenizer, train_texts, max_length))
     lengths = np.array([len(t) for t in tags])
     flat = np.array([i for t in tags for i in t], dtype=np.int64)
-    np.savez_compressed(folder / f"{name}.npz", train_logits=logits[0], eval_logits=logits[1], eval_gold=eval_gold,
+    np.savez_compressed(folder / f"{name}.npz", train_logits=train_logits, eval_logits=eval_logits, eval_gold=eval_gold,
                         tag_lengths=lengths, tags=flat, labels=np.array(clf.label_names))  # fmt: skip
-
-
-def calibrate_source(clf: Classifier, texts: Sequence[str], tags, max_length: int, seed: int):
-    """The source model's calibration re-estimated on the target texts (its priors from the tags)."""
-    logits = logits_for(clf.model, TokenizedCorpus.build(clf.tokenizer, texts, max_length))
-    calibration = calibrate_on_target(
-        clf.label_names, logits, tags, source_fit=clf.source_fit(), same_model=True, seed=seed
-    )
-    clf.set_calibration(calibration, source_fit=clf.source_fit())
-    return calibration

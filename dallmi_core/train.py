@@ -23,7 +23,7 @@ from accelerate.utils import set_seed
 from dallmi_core.calibration import Calibration, calibrate_on_target, fit_on_source, source_calibration
 from dallmi_core.callbacks import Callback, CallbackList, EarlyStopping, TrainState
 from dallmi_core.config import AdaptConfig, SourceConfig, TrainingBase
-from dallmi_core.distributed import gather
+from dallmi_core.distributed import gather, rank_device
 from dallmi_core.errors import ConfigError, RunStateError
 from dallmi_core.losses import variational_term
 from dallmi_core.metrics import pu_estimated_ap
@@ -526,6 +526,20 @@ def calibrate_adapted(
     return calibration
 
 
+def calibrate_source_on_target(
+    clf: Classifier, texts: Sequence[str], tags: Sequence[Sequence[int]], max_length: int, seed: int = 0
+) -> Calibration | None:
+    """A source model's calibration re-estimated on target `texts` and their tags (its source fit
+    kept); a model without a source fit keeps the calibration it carries."""
+    fit = clf.source_fit()
+    if fit is None or not len(texts):
+        return clf.calibration()
+    logits = logits_for(clf.model, TokenizedCorpus.build(clf.tokenizer, texts, max_length))
+    calibration = calibrate_on_target(clf.label_names, logits, tags, source_fit=fit, same_model=True, seed=seed)
+    clf.set_calibration(calibration, source_fit=fit)
+    return calibration
+
+
 @dataclass(frozen=True)
 class CalibrationInputs:
     """What the initial model says about the target before adapting: its logits and source fit."""
@@ -553,7 +567,7 @@ def adapt(
     if cfg.patience is not None:
         callbacks.append(EarlyStopping(cfg.patience))
     source_fit = clf.source_fit()
-    clf.model.to(resolve_device(cfg.device))
+    clf.model.to(rank_device(resolve_device(cfg.device)))  # each rank on its own device under a launcher
     inputs = CalibrationInputs(logits_for(clf.model, tokens) if source_fit else None, source_fit)
     kw = {"callbacks": callbacks, "checkpoint_dir": checkpoint_dir}
     if cfg.method == "dallmi":
