@@ -1,4 +1,4 @@
-"""Shared widgets of the app: the only module besides app.py and app_pages/ that imports streamlit.
+"""Shared widgets of the app: with ui_page.py, the only modules besides app.py and pages/ that import streamlit.
 
 Pages call `services()` for the one Services handle of this process and draw with the helpers
 here. `st.session_state` holds only ids (the current project, the run on display) and the label
@@ -7,13 +7,11 @@ name being annotated; the store is the source of truth for everything else.
 
 from __future__ import annotations
 
-import hmac
 import math
 import os
 import re
 import shutil
 import tempfile
-import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime
@@ -24,8 +22,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import plotly.graph_objects as go
 import streamlit as st
 
-from dallmi_core import auth
-from dallmi_core.errors import ConfigError, DallmiError
+from dallmi_core.errors import DallmiError
 from dallmi_core.services import PENDING, PRECISION_WORDS, Services, open_services
 from dallmi_core.services import SOURCE_EPOCHS as SOURCE_EPOCHS  # re-exported for the Data page
 
@@ -34,7 +31,6 @@ if TYPE_CHECKING:
     from dallmi_core.store import Document, Project, Run
 
 T = TypeVar("T")
-PROJECT_KEY = "project_id"
 _FLASH_KEY = "_flash"
 _TRUTHY = ("1", "true", "yes", "on")
 
@@ -128,49 +124,6 @@ def is_demo(project: Project) -> bool:
     return isinstance(name, str) and name == project.name
 
 
-# ---- access ----------------------------------------------------------------------------------------
-
-_AUTH_KEY = "_authenticated_hash"
-
-
-def _configured_hash() -> str | None:
-    """$DALLMI_PASSWORD_HASH, else password_hash in .streamlit/secrets.toml (no secrets file: None)."""
-    try:
-        secrets = {auth.SECRET_KEY: st.secrets.get(auth.SECRET_KEY)}
-    except FileNotFoundError as exc:  # StreamlitSecretNotFoundError: none at all, or one that cannot be read
-        if getattr(exc, "error_id", None) != "no-secrets-found":  # it may hold the hash: fail closed
-            raise ConfigError(f"the secrets file cannot be read ({exc}). Fix .streamlit/secrets.toml.") from exc
-        secrets = {}
-    return auth.configured_hash(secrets)
-
-
-def password_gate() -> None:
-    """Stop the script, before anything of any project renders, until this session has entered the
-    configured password; a no-op when none is configured. A malformed hash shows only its error."""
-    try:
-        stored = _configured_hash()
-    except DallmiError as exc:
-        st.error(f"The app's password is misconfigured: {exc}", icon=":material/lock:")
-        st.stop()
-    if stored is None or hmac.compare_digest(str(st.session_state.get(_AUTH_KEY, "")).encode(), stored.encode()):
-        if stored is not None and st.sidebar.button("Log out", key="logout", icon=":material/logout:"):
-            st.session_state.clear()
-            st.rerun()
-        return
-    st.title("DALLMi Studio")
-    with st.form("login"):
-        password = st.text_input("Password", type="password", key="password")
-        entered = st.form_submit_button("Log in", type="primary")
-    if entered:
-        if auth.verify_password(password, stored):
-            st.session_state.pop("password", None)
-            st.session_state[_AUTH_KEY] = stored
-            st.rerun()
-        time.sleep(0.5)  # with scrypt, a few guesses per second per session at most
-        st.error("Wrong password.", icon=":material/lock:")
-    st.stop()
-
-
 # ---- user errors and messages -------------------------------------------------------------------
 
 
@@ -217,56 +170,6 @@ def plain(message: str) -> str:
     """A message that quotes user text (file names, labels, ids) shown through Markdown: no HTML tag,
     autolink or link can form, while the message's own `code` spans still render."""
     return _MARKUP.sub(r"\\\1", str(message))
-
-
-# ---- the current project ------------------------------------------------------------------------
-
-
-def select_project(project_id: int | None) -> None:
-    if project_id is None:
-        st.session_state.pop(PROJECT_KEY, None)
-    else:
-        st.session_state[PROJECT_KEY] = int(project_id)
-
-
-def project_picker(prefer: int | None = None) -> Project | None:
-    """The sidebar's project selector; keeps st.session_state[PROJECT_KEY] valid against the store."""
-    projects = services().list_projects()
-    if not projects:
-        select_project(None)
-        st.sidebar.caption("No project yet: create one on the Projects page.")
-        return None
-    by_id = {p.id: p for p in projects}
-    current = st.session_state.get(PROJECT_KEY)
-    if current not in by_id:
-        current = prefer if prefer in by_id else projects[0].id
-    ids = list(by_id)
-    # Unkeyed on purpose: a page that selects another project (select_project + st.rerun) moves
-    # `index`, which makes a new widget showing that project.
-    chosen = st.sidebar.selectbox(
-        "Project",
-        ids,
-        index=ids.index(current),
-        format_func=lambda pid: by_id[pid].name,
-        help="Type to search. Every page works on this project.",
-    )
-    select_project(chosen)
-    return by_id[chosen]
-
-
-def current_project() -> Project:
-    """The selected project, or stop the page with a pointer to the Projects page."""
-    project_id = st.session_state.get(PROJECT_KEY)
-    project = None
-    if project_id is not None:
-        try:
-            project = services().get_project(project_id)
-        except DallmiError:
-            select_project(None)
-    if project is None:
-        st.info("Create or pick a project first: see the Projects page, or the picker in the sidebar.")
-        st.stop()
-    return project
 
 
 # ---- labels and documents -----------------------------------------------------------------------

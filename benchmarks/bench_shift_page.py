@@ -113,7 +113,7 @@ def main() -> None:
         for _ in range(args.repeats + 1):  # the first session also imports plotly/pandas: not counted
             at = AppTest.from_file(str(REPO / "app.py"), default_timeout=300)
             at.run()
-            at.switch_page("app_pages/domain_shift.py")
+            at.switch_page("pages/domain_shift.py")
             start = time.perf_counter()
             at.run()
             times.append(time.perf_counter() - start)

@@ -83,10 +83,7 @@ def decision_table(store: Store, run_id: int) -> pd.DataFrame:
     ids, scores = store.load_predictions(run_id)
     row = {int(d): i for i, d in enumerate(ids)}
     target = [row[d] for d in store.document_ids(run.project_id, "target") if d in row]
-    gold_docs = [
-        d for page in store.iter_documents(run.project_id, domain="eval") for d in page
-        if d.gold_labels is not None and d.id in row
-    ]  # fmt: skip
+    gold_docs = [d for d in store.gold_documents(run.project_id) if d.id in row]
     tags = store.tags_by_label(run.project_id)
     records = []
     for j, label in enumerate(labels):

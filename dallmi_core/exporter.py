@@ -1,8 +1,11 @@
-"""Exports: annotations, predictions, run reports and model folders, written atomically.
+"""Exports: documents, annotations, predictions, run reports and model folders, written atomically.
 
 Every file is written to a temp file beside its target and moved into place with os.replace, so a
 failed export never leaves half a file. Annotations use the interchange format the importer reads
-(id, text, labels 'a|b' or a JSON list, domain), so an export re-imports into an equal project.
+(id, text, labels 'a|b' or a JSON list, domain, then the project's metadata columns), so an export
+re-imports into an equal project: a target document with gold labels from an evaluation file is
+written twice, as its target row (its tags) and as an eval row (its gold), which the importer
+attaches again. Every export writes the metadata columns back, so a user's file round-trips.
 Default destinations are timestamped files under <data dir>/exports/.
 """
 
@@ -63,42 +66,83 @@ def _format(path: Path | None, fmt: str | None, allowed: tuple[str, ...]) -> str
     return fmt
 
 
-def export_annotations(store: Store, project_id: int, path=None, *, fmt: str | None = None,
-                       only_labelled: bool = False) -> Path:
-    """Every document (or only those with labels) as id, text, labels, domain. Labels are the live
-    tags of target documents and the gold labels of source/eval ones: exactly what
-    import_file(label_policy='auto') turns back into tags and gold labels."""
-    project = store.get_project(project_id)
-    path = None if path is None else Path(path)
-    fmt = _format(path, fmt, ("csv", "jsonl"))
-    path = path or _default_path(store, project.name, "annotations", fmt)
+def _meta_cell(value) -> str:
+    """A metadata value in a CSV cell: text as is, anything else as JSON (numbers read back alike)."""
+    return value if isinstance(value, str) else "" if value is None else json.dumps(value, ensure_ascii=False)
+
+
+def _rows(store: Store, project_id: int, only_labelled: bool):
+    """(document, labels, domain) in the interchange format: tags of target documents, gold labels
+    of source/eval ones, and an extra eval row for a target document that has gold labels."""
+    for page in store.iter_documents(project_id):
+        tags = store.tags_for([doc.id for doc in page])
+        for doc in page:
+            labels = tags.get(doc.id, []) if doc.domain == "target" else list(doc.gold_labels or ())
+            if labels or not only_labelled:
+                yield doc, labels, doc.domain
+            if doc.domain == "target" and doc.gold_labels is not None:
+                yield doc, list(doc.gold_labels), "eval"
+
+
+def _write_records(path: Path, fmt: str, header: list[str], records, meta: list[str]) -> Path:
+    """CSV or JSONL of (fixed cells, metadata dict) records; CSV cells hold labels as 'a|b'."""
 
     def write(tmp: Path) -> None:
         with open(tmp, "w", encoding="utf-8", newline="") as handle:
             writer = csv.writer(handle, lineterminator="\n")
             if fmt == "csv":
-                writer.writerow(["id", "text", "labels", "domain"])
-            for page in store.iter_documents(project_id):
-                tags = store.tags_for([doc.id for doc in page])
-                for doc in page:
-                    labels = tags.get(doc.id, []) if doc.domain == "target" else list(doc.gold_labels or ())
-                    if only_labelled and not labels:
-                        continue
-                    if fmt == "csv":
-                        writer.writerow([doc.ext_id, doc.text, LABEL_SEPARATOR.join(labels), doc.domain])
-                    else:
-                        record = {"id": doc.ext_id, "text": doc.text, "labels": labels, "domain": doc.domain}
-                        handle.write(json.dumps(record, ensure_ascii=False) + "\n")
+                writer.writerow(header + meta)
+            for cells, extra in records:
+                if fmt == "csv":
+                    flat = [LABEL_SEPARATOR.join(c) if isinstance(c, list) else c for c in cells]
+                    writer.writerow(flat + [_meta_cell(extra.get(name)) for name in meta])
+                else:
+                    record = dict(zip(header, cells, strict=True)) | {k: extra[k] for k in meta if k in extra}
+                    handle.write(json.dumps(record, ensure_ascii=False) + "\n")
 
     return _atomic_write(path, write)
+
+
+def export_annotations(
+    store: Store, project_id: int, path=None, *, fmt: str | None = None, only_labelled: bool = False
+) -> Path:
+    """Every document (or only those with labels) as id, text, labels, domain and its metadata: exactly
+    what import_file(label_policy='auto') turns back into documents, tags, gold labels and metadata."""
+    project = store.get_project(project_id)
+    path = None if path is None else Path(path)
+    fmt = _format(path, fmt, ("csv", "jsonl"))
+    path = path or _default_path(store, project.name, "annotations", fmt)
+    records = (
+        ([doc.ext_id, doc.text, labels, domain], doc.meta)
+        for doc, labels, domain in _rows(store, project_id, only_labelled)
+    )
+    return _write_records(path, fmt, ["id", "text", "labels", "domain"], records, store.meta_columns(project_id))
+
+
+def export_documents(store: Store, project_id: int, path=None, *, fmt: str | None = None) -> Path:
+    """Every document as id, text, domain, gold_labels ('a|b'; empty without gold), tags and its metadata
+    columns: the project's data as one table, for a spreadsheet or a script."""
+    project = store.get_project(project_id)
+    path = None if path is None else Path(path)
+    fmt = _format(path, fmt, ("csv", "jsonl"))
+    path = path or _default_path(store, project.name, "documents", fmt)
+
+    def records():
+        for page in store.iter_documents(project_id):
+            tags = store.tags_for([doc.id for doc in page])
+            for doc in page:
+                gold = list(doc.gold_labels) if doc.gold_labels is not None else ([] if fmt == "csv" else None)
+                yield [doc.ext_id, doc.text, doc.domain, gold, tags.get(doc.id, [])], doc.meta
+
+    header = ["id", "text", "domain", "gold_labels", "tags"]
+    return _write_records(path, fmt, header, records(), store.meta_columns(project_id))
 
 
 def _thresholds(labels: tuple[str, ...], thresholds: Mapping[str, float] | None) -> np.ndarray:
     thresholds = dict(thresholds or {})
     unknown = sorted(set(thresholds) - set(labels))
     if unknown:
-        raise DataError(f"thresholds for unknown labels {', '.join(map(repr, unknown))}; labels: "
-                        f"{', '.join(labels)}.")
+        raise DataError(f"thresholds for unknown labels {', '.join(map(repr, unknown))}; labels: {', '.join(labels)}.")
     values = np.array([float(thresholds.get(label, 0.5)) for label in labels], dtype=np.float32)
     if not np.all((values >= 0) & (values <= 1)):
         raise DataError("thresholds must be between 0 and 1.")
@@ -106,23 +150,27 @@ def _thresholds(labels: tuple[str, ...], thresholds: Mapping[str, float] | None)
 
 
 def predictions_frame(store: Store, run_id: int, thresholds: Mapping[str, float] | None = None) -> pd.DataFrame:
-    """id, score_<label>..., pred_<label>... (0/1 at each label's threshold: `thresholds`, else the one
-    decisions.py picks: saved on the Per-label AP page, else the calibration's default)."""
+    """id, the metadata columns, score_<label>..., pred_<label>... (0/1 at each label's threshold:
+    `thresholds`, else the one decisions.py picks: saved on the Per-label AP page, else the calibration's
+    default)."""
     run = store.get_run(run_id)
     doc_ids, scores = store.load_predictions(run_id)
     if not len(doc_ids):
         raise RunStateError(f"run {run_id} has no predictions yet (status {run.status}).")
     labels = run.prediction_labels or ()
     cut = _thresholds(labels, decisions.thresholds(store, run_id, thresholds))
-    ext = store.ext_ids(doc_ids.tolist())
+    ext, meta = store.ext_ids(doc_ids.tolist()), store.document_meta(doc_ids.tolist())
     columns: dict[str, object] = {"id": [ext[int(i)] for i in doc_ids]}
+    for name in store.meta_columns(run.project_id):  # the user's own columns, to join or filter on
+        columns[name] = [_meta_cell(meta.get(int(i), {}).get(name)) for i in doc_ids]
     columns |= {f"score_{label}": scores[:, j] for j, label in enumerate(labels)}
     columns |= {f"pred_{label}": (scores[:, j] >= cut[j]).astype(np.int8) for j, label in enumerate(labels)}
     return pd.DataFrame(columns)
 
 
-def export_predictions(store: Store, run_id: int, path=None, *, fmt: str | None = None,
-                       thresholds: Mapping[str, float] | None = None) -> Path:
+def export_predictions(
+    store: Store, run_id: int, path=None, *, fmt: str | None = None, thresholds: Mapping[str, float] | None = None
+) -> Path:
     """A run's predictions as CSV or Parquet (see predictions_frame)."""
     path = None if path is None else Path(path)
     fmt = _format(path, fmt, ("csv", "parquet"))
@@ -146,15 +194,35 @@ def run_report(store: Store, run_id: int) -> dict:
     for _, name, value in store.run_metrics(run_id):
         last[name] = value
     return {
-        "run": {"id": run.id, "kind": run.kind, "status": run.status, "error": run.error,
-                "attempts": run.attempts, "model_path": run.model_path, "created_at": _iso(run.created_at),
-                "started_at": _iso(run.started_at), "finished_at": _iso(run.finished_at)},
-        "project": {"id": project.id, "name": project.name, "labels": list(project.labels),
-                    "source_model": project.source_model},
-        "config": run.config, "progress": run.progress, "metrics": run.metrics, "last_logged": last,
-        "thresholds": ({label: {"threshold": d.threshold, "source": d.source, "basis": d.basis, "prior": d.prior}
-                        for label, d in decisions.decisions(store, run_id).items()}
-                       if run.prediction_labels else {}),
+        "run": {
+            "id": run.id,
+            "kind": run.kind,
+            "status": run.status,
+            "error": run.error,
+            "attempts": run.attempts,
+            "model_path": run.model_path,
+            "created_at": _iso(run.created_at),
+            "started_at": _iso(run.started_at),
+            "finished_at": _iso(run.finished_at),
+        },
+        "project": {
+            "id": project.id,
+            "name": project.name,
+            "labels": list(project.labels),
+            "source_model": project.source_model,
+        },
+        "config": run.config,
+        "progress": run.progress,
+        "metrics": run.metrics,
+        "last_logged": last,
+        "thresholds": (
+            {
+                label: {"threshold": d.threshold, "source": d.source, "basis": d.basis, "prior": d.prior}
+                for label, d in decisions.decisions(store, run_id).items()
+            }
+            if run.prediction_labels
+            else {}
+        ),
         "generated_at": _iso(time.time()),
     }
 
@@ -179,25 +247,40 @@ def _cell(value) -> str:
 
 def report_markdown(report: Mapping) -> str:
     run, project = report["run"], report["project"]
-    lines = [f"# Run {run['id']}: {run['kind']} ({run['status']})", "",
-             f"Project **{project['name']}**, labels: {', '.join(project['labels'])}.", ""]
-    lines += [f"- {key.replace('_', ' ')}: {_num(value)}" for key, value in run.items()
-              if key not in ("id", "kind", "status", "error") and value is not None]
+    lines = [
+        f"# Run {run['id']}: {run['kind']} ({run['status']})",
+        "",
+        f"Project **{project['name']}**, labels: {', '.join(project['labels'])}.",
+        "",
+    ]
+    lines += [
+        f"- {key.replace('_', ' ')}: {_num(value)}"
+        for key, value in run.items()
+        if key not in ("id", "kind", "status", "error") and value is not None
+    ]
     if run.get("error"):
         lines += ["", "```", str(run["error"]), "```"]
     lines += ["", "## Configuration", "", "| setting | value |", "| --- | --- |"]
     lines += [f"| {key} | {_cell(json.dumps(value))} |" for key, value in sorted(report["config"].items())]
     for title, table in _ap_tables(report["metrics"]):
         lines += ["", f"## Per-label AP: {title}", "", "| label | AP |", "| --- | ---: |"]
-        lines += [f"| {_cell(label)} | {_num(ap)} |"
-                  for label, ap in table["per_label_ap"].items()]
-        lines += [f"| **macro mAP** | {_num(table.get('map_macro'))} |",
-                  f"| **micro mAP** | {_num(table.get('map_micro'))} |"]
+        lines += [f"| {_cell(label)} | {_num(ap)} |" for label, ap in table["per_label_ap"].items()]
+        lines += [
+            f"| **macro mAP** | {_num(table.get('map_macro'))} |",
+            f"| **micro mAP** | {_num(table.get('map_micro'))} |",
+        ]
     if report.get("thresholds"):
-        lines += ["", "## Decision thresholds (the 0/1 columns of the predictions export)", "",
-                  "| label | threshold | from | estimated prior | basis |", "| --- | ---: | --- | ---: | --- |"]
-        lines += [f"| {_cell(label)} | {_num(d['threshold'])} | {d['source']} | {_num(d['prior'])} "
-                  f"| {_cell(d['basis'])} |" for label, d in report["thresholds"].items()]
+        lines += [
+            "",
+            "## Decision thresholds (the 0/1 columns of the predictions export)",
+            "",
+            "| label | threshold | from | estimated prior | basis |",
+            "| --- | ---: | --- | ---: | --- |",
+        ]
+        lines += [
+            f"| {_cell(label)} | {_num(d['threshold'])} | {d['source']} | {_num(d['prior'])} | {_cell(d['basis'])} |"
+            for label, d in report["thresholds"].items()
+        ]
     scalars = {k: v for k, v in report["metrics"].items() if not isinstance(v, Mapping | list)}
     if scalars or report["last_logged"]:
         lines += ["", "## Metrics", ""]

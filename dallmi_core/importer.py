@@ -1,5 +1,12 @@
 """Streaming import of a data file into a project: bounded memory, all or nothing.
 
+Which row becomes what: rows are distinct documents when their ids differ (the same text under two
+ids is two documents); an exact repeat (same id, same text), within the file or of a document already
+in the project, is skipped and counted; an eval row whose text is already a target document gives
+that document its gold labels (counted as attached), so gold is never lost. The same id with another
+text is an error naming both rows. Columns beyond text/id/labels/domain are kept as the document's
+metadata and registered in the project's metadata columns, which every export writes back.
+
 Files are read in chunks (CSV/TSV by pandas `chunksize`, JSONL by line, Parquet by record
 batches) and every chunk goes through data.py's decoding policy and row validation, so an import
 and `read_corpus` accept and reject exactly the same rows with the same messages. The whole import
@@ -19,6 +26,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import re
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -32,16 +40,17 @@ from dallmi_core.data import (
     SUPPORTED_SUFFIXES,
     _check_text_column,
     _read_json,
-    sniff_encoding,
     validate_rows,
 )
 from dallmi_core.errors import DataError
 from dallmi_core.store import Project, Store, content_hash
+from dallmi_core.textfile import file_delimiter, sniff_encoding
 
 LABEL_POLICIES = ("auto", "gold", "ignore")
 IMPORT_ANNOTATOR = "import"
 _ABSENT = "\x00absent"  # a column name no file has: "this mapping has no such column"
 MAX_IMPORT_ENV = "DALLMI_MAX_IMPORT_MB"
+_NUMBER = re.compile(r"[-+]?(\d[\d,. ]*)?\d([eE][-+]?\d+)?%?")
 
 
 def max_import_bytes() -> int:
@@ -68,18 +77,66 @@ class ColumnMapping:
 class ImportReport:
     path: str
     encoding: str
+    delimiter: str | None = None
     rows_read: int = 0
     imported: int = 0
-    duplicates_in_file: int = 0
-    duplicates_in_project: int = 0
+    repeated_in_file: int = 0
+    repeated_in_project: int = 0
+    attached: int = 0
     tags_added: int = 0
     gold_rows: int = 0
     by_domain: dict[str, int] = field(default_factory=lambda: dict.fromkeys(DOMAINS, 0))
+    meta_columns: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
 
     @property
-    def duplicates_skipped(self) -> int:
-        return self.duplicates_in_file + self.duplicates_in_project
+    def repeated(self) -> int:
+        return self.repeated_in_file + self.repeated_in_project
+
+    def summary(self) -> str:
+        """Where every row went and why, in one message (the page's and the CLI's main line)."""
+        added = ", ".join(f"{n:,} {d}" for d, n in self.by_domain.items() if n)
+        parts = [f"{self.imported:,} new documents" + (f" ({added})" if added else "")]
+        if self.attached:
+            parts.append(
+                f"{self.attached:,} eval rows gave their gold labels to the target documents "
+                "with the same text (no second copy)"
+            )
+        if self.repeated:
+            where = [
+                f"{n:,} {w}"
+                for n, w in (
+                    (self.repeated_in_file, "within the file"),
+                    (self.repeated_in_project, "already in the project"),
+                )
+                if n
+            ]
+            parts.append(f"{self.repeated:,} exact repeats (same id and text) skipped: {', '.join(where)}")
+        line = f"Read {self.rows_read:,} rows: " + "; ".join(parts) + "."
+        if self.tags_added:
+            line += f" Tags added: {self.tags_added:,}."
+        if self.meta_columns:
+            line += f" Kept as metadata: {', '.join(self.meta_columns)}."
+        return line
+
+    def to_dict(self) -> dict:
+        """The counts a script reads (`dallmi import --json`)."""
+        return {
+            "file": Path(self.path).name,
+            "encoding": self.encoding,
+            "delimiter": self.delimiter,
+            "rows_read": self.rows_read,
+            "imported": self.imported,
+            "repeated": self.repeated,
+            "repeated_in_file": self.repeated_in_file,
+            "repeated_in_project": self.repeated_in_project,
+            "attached": self.attached,
+            "tags_added": self.tags_added,
+            "gold_rows": self.gold_rows,
+            "by_domain": self.by_domain,
+            "meta_columns": self.meta_columns,
+            "warnings": self.warnings,
+        }
 
 
 class ImportPreview(NamedTuple):
@@ -87,6 +144,19 @@ class ImportPreview(NamedTuple):
     columns: list[str]
     encoding: str
     warnings: list[str]
+    delimiter: str | None = None
+
+
+def numeric_text_warning(texts, column: str) -> str | None:
+    """A warning when most non-empty values of the chosen text column are numbers (a wrong pick)."""
+    values = [str(t).strip() for t in texts if str(t).strip()]
+    numeric = sum(bool(_NUMBER.fullmatch(v)) for v in values)
+    if values and numeric >= 0.8 * len(values):
+        return (
+            f"the text column {column!r} holds numbers ({numeric} of the first {len(values)} values), not "
+            "document text. Choose the column with the text if this is not what you meant."
+        )
+    return None
 
 
 def _check_path(path) -> tuple[Path, str]:
@@ -96,23 +166,28 @@ def _check_path(path) -> tuple[Path, str]:
         what = "is a directory, not a file" if path.is_dir() else f"not found at {path}"
         raise DataError(f"{path.name or path}: {what}. Check the path.")
     if suffix not in SUPPORTED_SUFFIXES:
-        raise DataError(f"{path.name}: unsupported file type {suffix or '(no suffix)'!r}; supported: "
-                        f"{', '.join(SUPPORTED_SUFFIXES)}. Save it in one of these formats.")
+        raise DataError(
+            f"{path.name}: unsupported file type {suffix or '(no suffix)'!r}; supported: "
+            f"{', '.join(SUPPORTED_SUFFIXES)}. Save it in one of these formats."
+        )
     size, limit = path.stat().st_size, max_import_bytes()
     if size == 0:
         raise DataError(f"{path.name}: is empty (0 bytes). Add at least one document.")
     if size > limit:
-        raise DataError(f"{path.name}: is {size:,} bytes, over the import limit of {limit:,} bytes "
-                        f"(${MAX_IMPORT_ENV}). Split it into smaller files, or raise the limit.")
+        raise DataError(
+            f"{path.name}: is {size:,} bytes, over the import limit of {limit:,} bytes "
+            f"(${MAX_IMPORT_ENV}). Split it into smaller files, or raise the limit."
+        )
     return path, suffix[1:]
 
 
-def _read_chunks(path: Path, fmt: str, encoding: str, mapping: ColumnMapping, size: int, *,
-                 require_text: bool = True) -> Iterator[tuple[list, list[str] | None]]:
+def _read_chunks(
+    path: Path, fmt: str, encoding: str, mapping: ColumnMapping, size: int, *, require_text: bool = True
+) -> Iterator[tuple[list, list[str] | None]]:
     """(rows, columns or None) chunks of at most `size` rows; parsing errors become DataErrors."""
     name = path.name
     if fmt in ("csv", "tsv"):
-        sep = "\t" if fmt == "tsv" else ","
+        sep = file_delimiter(path, encoding, f".{fmt}")
         with open(path, encoding=encoding, newline="") as handle:
             try:  # the header first: a wrong delimiter otherwise shows as a confusing parse error
                 header = [c.strip() for c in next(csv.reader(handle, delimiter=sep), [])]
@@ -129,17 +204,18 @@ def _read_chunks(path: Path, fmt: str, encoding: str, mapping: ColumnMapping, si
                     with warnings.catch_warnings():  # only around pandas: the generator yields below
                         warnings.simplefilter("error", pd.errors.ParserWarning)
                         if reader is None:
-                            reader = pd.read_csv(handle, sep=sep, dtype=str, keep_default_na=False,
-                                                 index_col=False, chunksize=size)
+                            reader = pd.read_csv(
+                                handle, sep=sep, dtype=str, keep_default_na=False, index_col=False, chunksize=size
+                            )
                         frame = next(reader)
                 except StopIteration:
                     return
-                except (pd.errors.ParserError, pd.errors.EmptyDataError, ValueError,
-                        pd.errors.ParserWarning) as exc:
+                except (pd.errors.ParserError, pd.errors.EmptyDataError, ValueError, pd.errors.ParserWarning) as exc:
                     raise DataError(
                         f"{name}: could not parse as {fmt.upper()}: {exc}. Check the delimiter and quoting "
                         "(a field with the delimiter, quotes or line breaks must be in double quotes; rows "
-                        "need as many fields as the header).") from exc
+                        "need as many fields as the header)."
+                    ) from exc
                 frame.columns = [str(c).strip() for c in frame.columns]
                 if not frame.empty:
                     yield frame.to_dict("records"), list(frame.columns)
@@ -148,7 +224,7 @@ def _read_chunks(path: Path, fmt: str, encoding: str, mapping: ColumnMapping, si
     elif fmt == "json":  # a JSON array cannot be streamed without a streaming parser: use JSONL for big files
         rows, _ = _read_json(path.read_text(encoding=encoding), name, allow_array=True)
         for start in range(0, len(rows), size):
-            yield rows[start:start + size], None
+            yield rows[start : start + size], None
     else:  # jsonl, txt: one record per line
         rows: list = []
         with open(path, encoding=encoding, newline="") as handle:
@@ -161,8 +237,10 @@ def _read_chunks(path: Path, fmt: str, encoding: str, mapping: ColumnMapping, si
                     try:
                         rows.append(json.loads(line))
                     except json.JSONDecodeError as exc:
-                        raise DataError(f"{name}: invalid JSON on line {lineno} (column {exc.colno}): "
-                                        f"{exc.msg}. Each line must be one JSON object.") from exc
+                        raise DataError(
+                            f"{name}: invalid JSON on line {lineno} (column {exc.colno}): "
+                            f"{exc.msg}. Each line must be one JSON object."
+                        ) from exc
                 if len(rows) >= size:
                     yield rows, None
                     rows = []
@@ -178,8 +256,10 @@ def _parquet_chunks(path: Path, mapping: ColumnMapping, size: int, require_text:
         head = handle.read(4)
         handle.seek(max(path.stat().st_size - 4, 0))  # a file shorter than 4 bytes has no footer
         if not (head == b"PAR1" and handle.read(4) == b"PAR1"):
-            raise DataError(f"{name}: is not a Parquet file (no PAR1 magic bytes). Export it again as "
-                            "Parquet, or give it the suffix of its real format.")
+            raise DataError(
+                f"{name}: is not a Parquet file (no PAR1 magic bytes). Export it again as "
+                "Parquet, or give it the suffix of its real format."
+            )
     try:
         parquet = pq.ParquetFile(path)
         columns = [str(c) for c in parquet.schema_arrow.names]
@@ -206,7 +286,8 @@ def preview_import(path, mapping: ColumnMapping | None = None, n: int = 20) -> I
     if mapping.text not in columns:
         notes.append(f"no {mapping.text!r} column; columns found: {columns}. Choose the text column.")
     frame = pd.DataFrame([row for row in rows if isinstance(row, dict)], columns=columns)
-    return ImportPreview(frame, columns, encoding, notes)
+    delimiter = file_delimiter(path, encoding, f".{fmt}") if fmt in ("csv", "tsv") else None
+    return ImportPreview(frame, columns, encoding, notes, delimiter)
 
 
 def guess_mapping(columns: list[str], frame: pd.DataFrame | None = None) -> ColumnMapping:
@@ -219,19 +300,31 @@ def guess_mapping(columns: list[str], frame: pd.DataFrame | None = None) -> Colu
     text = pick("text", "body", "content", "document", "sentence", "abstract", "review")
     if text is None and frame is not None and len(frame.columns):
         text = max(frame.columns, key=lambda c: frame[c].astype(str).str.len().mean())
-    return ColumnMapping(text=text or "text", id=pick("id", "doc_id", "document_id", "uid"),
-                         labels=pick("labels", "label", "tags", "categories"), domain=pick("domain", "split"))
+    return ColumnMapping(
+        text=text or "text",
+        id=pick("id", "doc_id", "document_id", "uid"),
+        labels=pick("labels", "label", "tags", "categories"),
+        domain=pick("domain", "split"),
+    )
 
 
-def import_file(store: Store, project_id: int, path, *, mapping: ColumnMapping | None = None,
-                domain: str | None = None, label_policy: str = "auto", chunk_rows: int = 2000) -> ImportReport:
-    """Import a file into a project in one transaction and say what happened.
+def import_file(
+    store: Store,
+    project_id: int,
+    path,
+    *,
+    mapping: ColumnMapping | None = None,
+    domain: str | None = None,
+    label_policy: str = "auto",
+    chunk_rows: int = 2000,
+) -> ImportReport:
+    """Import a file into a project in one transaction and say where every row went (the module
+    docstring has the rules; report.summary() says it in words).
 
-    `domain` overrides the file's domain column (default for rows without one: target). Duplicates
-    (same normalised text, see store.content_hash) within the file or already in the project are
-    skipped and counted; tags on a skipped target row are added to the kept target document.
-    Duplicate ids in the file, an id the project already uses for other text, unknown labels and
-    unparseable rows are DataErrors naming the row; the project is then left unchanged.
+    `domain` overrides the file's domain column (default for rows without one: target). Tags on an
+    exact repeat of a target row are added to the kept document. The same id with another text (in
+    the file, or already in the project), unknown labels and unparseable rows are DataErrors naming
+    the row; the project is then left unchanged.
     """
     mapping = mapping or ColumnMapping()
     if label_policy not in LABEL_POLICIES:
@@ -241,10 +334,11 @@ def import_file(store: Store, project_id: int, path, *, mapping: ColumnMapping |
     project = store.get_project(project_id)
     path, fmt = _check_path(path)
     encoding, warning = ("binary", None) if fmt == "parquet" else sniff_encoding(path)
-    report = ImportReport(str(path), encoding, warnings=[warning] if warning else [])
+    delimiter = file_delimiter(path, encoding, f".{fmt}") if fmt in ("csv", "tsv") else None
+    report = ImportReport(str(path), encoding, delimiter, warnings=[warning] if warning else [])
     with store.transaction(), store.deferred_search_index():
         store.forget_keys()
-        state = {"base": store.max_document_id(), "action": None}
+        state: dict = {"action": None}
         for rows, columns in _read_chunks(path, fmt, encoding, mapping, chunk_rows):
             _import_chunk(store, project, path.name, fmt, rows, columns, mapping, domain, label_policy, report, state)
         if report.rows_read == 0:
@@ -253,55 +347,107 @@ def import_file(store: Store, project_id: int, path, *, mapping: ColumnMapping |
     return report
 
 
-def _import_chunk(store: Store, project: Project, name: str, fmt: str, rows: list, columns, mapping: ColumnMapping,
-                  domain: str | None, policy: str, report: ImportReport, state: dict) -> None:
+def _missing(value) -> bool:
+    return value is None or value == "" or (isinstance(value, float) and value != value)
+
+
+def _import_chunk(
+    store: Store,
+    project: Project,
+    name: str,
+    fmt: str,
+    rows: list,
+    columns,
+    mapping: ColumnMapping,
+    domain: str | None,
+    policy: str,
+    report: ImportReport,
+    state: dict,
+) -> None:
     first = report.rows_read + 1
     labels_col = mapping.labels if policy != "ignore" and mapping.labels else _ABSENT
     corpus = validate_rows(
-        rows, columns, name, first_row=first, text_column=mapping.text, id_column=mapping.id or _ABSENT,
-        labels_column=labels_col, domain_column=_ABSENT if domain else (mapping.domain or _ABSENT),
-        default_domain=domain or "target", label_names=None if policy == "ignore" else project.labels)
+        rows,
+        columns,
+        name,
+        first_row=first,
+        text_column=mapping.text,
+        id_column=mapping.id or _ABSENT,
+        labels_column=labels_col,
+        domain_column=_ABSENT if domain else (mapping.domain or _ABSENT),
+        default_domain=domain or "target",
+        label_names=None if policy == "ignore" else project.labels,
+        unique_ids=False,
+    )
+    if report.rows_read == 0 and (warning := numeric_text_warning(corpus.texts, mapping.text)):
+        report.warnings.append(f"{name}: {warning}")
     report.rows_read += len(corpus)
-    numbers = range(first, first + len(corpus))
-    seen = store.remember_keys(list(zip(corpus.ids, numbers, strict=True)))
-    for ext, n in zip(corpus.ids, numbers, strict=True):
-        if ext in seen:
-            raise DataError(f"{name}: row {n} (id {ext!r}): duplicate id {ext!r} (first used in row {seen[ext]}). "
-                            "Ids must be unique: rename or remove one.")
+    used = mapping.used()
+    if fmt != "txt":
+        extra = [c for c in (columns or dict.fromkeys(k for row in rows for k in row)) if c not in used]
+        store.add_meta_columns(project.id, extra)
+        report.meta_columns += [c for c in extra if c not in report.meta_columns]
     hashes = [content_hash(text) for text in corpus.texts]
-    known, taken = store.find_hashes(project.id, hashes), store.find_ext_ids(project.id, corpus.ids)
-    new_rows, batch, tag_new, tag_dupes, used = [], set(), [], [], mapping.used()
-    for i, (ext, text, labels, dom) in enumerate(zip(corpus.ids, corpus.texts, corpus.labels, corpus.domains,
-                                                     strict=True)):
-        as_tags = policy == "auto" and dom == "target"
-        digest = hashes[i]
-        if digest in batch or digest in known:
-            in_file = digest in batch or known[digest][0] > state["base"]
-            report.duplicates_in_file += in_file
-            report.duplicates_in_project += not in_file
-            if as_tags and labels:
-                tag_dupes += [(digest, label) for label in labels]
+    numbers = range(first, first + len(corpus))
+    seen = store.remember_keys(list(zip(corpus.ids, numbers, hashes, corpus.domains, strict=True)))
+    existing = store.find_ext_docs(project.id, corpus.ids)
+    targets = store.target_hashes(project.id, [h for h, d in zip(hashes, corpus.domains, strict=True) if d == "eval"])
+    in_chunk: dict[str, tuple[int, str, str]] = {}
+    new_rows, attach, tag_ext, tag_ids = [], {}, [], []
+    for i, (ext, text, labels, dom) in enumerate(
+        zip(corpus.ids, corpus.texts, corpus.labels, corpus.domains, strict=True)
+    ):
+        n, digest, as_tags = first + i, hashes[i], policy == "auto" and dom == "target"
+        gold = list(labels) if labels_col in rows[i] and not as_tags else None
+        earlier = in_chunk.get(ext) or seen.get(ext)
+        if earlier is not None:  # the id appeared before in this file
+            if earlier[1] != digest:
+                raise DataError(
+                    f"{name}: row {n} (id {ext!r}): duplicate id {ext!r} with another text (first used "
+                    f"in row {earlier[0]}). Ids must be unique: rename or remove one."
+                )
+            if dom == "eval" and earlier[2] == "target" and gold is not None:  # an export's gold row
+                attach[digest] = gold
+                report.attached += 1
+                continue
+            report.repeated_in_file += 1
+            tag_ext += [(ext, label) for label in labels] if as_tags else []
             continue
-        if ext in taken:
+        in_chunk[ext] = (n, digest, dom)
+        if ext in existing:
+            doc_id, digest_there, dom_there = existing[ext]
+            if digest_there == digest and dom == "eval" and dom_there == "target" and gold is not None:
+                attach[digest] = gold
+                report.attached += 1
+                continue
+            if digest_there == digest:
+                report.repeated_in_project += 1
+                tag_ids += [(doc_id, label) for label in labels] if as_tags and dom_there == "target" else []
+                continue
             generated = fmt == "txt" or not str(rows[i].get(mapping.id or _ABSENT) or "").strip()
             if not generated:
-                raise DataError(f"{name}: row {first + i} (id {ext!r}): the project already has a different "
-                                "document with this id. Give the row a new id, or remove it.")
+                raise DataError(
+                    f"{name}: row {n} (id {ext!r}): the project already has a different "
+                    "document with this id. Give the row a new id, or remove it."
+                )
             ext = _free_id(store, project.id, ext)
-        gold = list(labels) if labels_col in rows[i] and not as_tags else None
-        meta = {k: v for k, v in rows[i].items() if k not in used and v not in (None, "") and fmt != "txt"}
+        if dom == "eval" and gold is not None and digest in targets:
+            attach[digest] = gold
+            report.attached += 1
+            continue
+        meta = {} if fmt == "txt" else {k: v for k, v in rows[i].items() if k not in used and not _missing(v)}
         new_rows.append((ext, dom, text, meta, gold, digest))
-        batch.add(digest)
-        tag_new += [(ext, label) for label in labels] if as_tags else []
+        if dom == "target":
+            targets.add(digest)
+        tag_ext += [(ext, label) for label in labels] if as_tags else []
         report.gold_rows += gold is not None
         report.by_domain[dom] += 1
     store.insert_documents(project.id, new_rows)
     report.imported += len(new_rows)
-    ids = store.find_ext_ids(project.id, [ext for ext, _ in tag_new])
-    kept = store.find_hashes(project.id, [digest for digest, _ in tag_dupes])
-    pairs = [(ids[ext], label) for ext, label in tag_new]
-    pairs += [(kept[d][0], label) for d, label in tag_dupes if kept[d][1] == "target"]
-    created, state["action"] = store.add_tags(project.id, pairs, IMPORT_ANNOTATOR, action_id=state["action"])
+    store.attach_gold(project.id, attach)
+    docs = store.find_ext_docs(project.id, [ext for ext, _ in tag_ext])
+    tag_ids += [(docs[ext][0], label) for ext, label in tag_ext if docs.get(ext, "??")[2] == "target"]
+    created, state["action"] = store.add_tags(project.id, tag_ids, IMPORT_ANNOTATOR, action_id=state["action"])
     report.tags_added += created
 
 

@@ -143,8 +143,7 @@ def label_curve(store: Store, run_id: int, label: str) -> LabelCurve:
     column = scores[:, labels.index(label)]
     row = {int(d): i for i, d in enumerate(ids)}
     if not run.metrics.get("estimate"):
-        docs = [d for page in store.iter_documents(run.project_id, domain="eval") for d in page]
-        docs = [d for d in docs if d.gold_labels is not None and d.id in row]
+        docs = [d for d in store.gold_documents(run.project_id) if d.id in row]
         if not docs:
             raise RunStateError(f"run {run_id} has no scored gold documents to draw a curve from.")
         y = np.array([label in d.gold_labels for d in docs], dtype=np.int64)

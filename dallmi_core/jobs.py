@@ -163,10 +163,19 @@ class _Scored:
 
 
 def _score_pages(
-    job: Job, clf, max_length: int, *, save: bool, domains=("target", "eval"), keep: frozenset[int] = frozenset()
+    job: Job,
+    clf,
+    max_length: int,
+    *,
+    save: bool,
+    domains=("target", "eval"),
+    keep: frozenset[int] = frozenset(),
+    gold_only: bool = False,
 ) -> _Scored:
     """Score the project's documents page by page (bounded memory); with `save`, every page's
-    predictions are stored as they come. Keeps eval gold/scores and the target positions in `keep`."""
+    predictions are stored as they come. Keeps the gold labels and scores of eval documents and of
+    target documents an evaluation file gave gold to, and the target positions in `keep`; with
+    `gold_only`, only documents with gold labels are scored (a measurement before training)."""
     from dallmi_core.scoring import score_texts
 
     out, store, run = _Scored(), job.store, job.run
@@ -176,16 +185,20 @@ def _score_pages(
         position = 0
         for page in store.iter_documents(run.project_id, domain=domain, batch_size=SCORE_PAGE):
             job.check()
+            if gold_only:
+                page = [doc for doc in page if doc.gold_labels is not None]
+                if not page:
+                    continue
             scores = score_texts(clf, [doc.text for doc in page], max_length=max_length)
             if save:
                 store.save_predictions(
                     run.id, [doc.id for doc in page], scores, labels=clf.label_names, replace=out.documents == 0
                 )
             for i, doc in enumerate(page):
-                if domain == "eval" and doc.gold_labels is not None:
+                if doc.gold_labels is not None and domain in ("eval", "target"):
                     out.eval_gold.append(doc.gold_labels)
                     out.eval_scores.append(scores[i])
-                elif domain == "target" and position + i in keep:
+                if domain == "target" and position + i in keep:
                     out.kept[position + i] = scores[i]
             position += len(page)
             out.documents += len(page)
@@ -317,7 +330,7 @@ def run_adapt(job: Job) -> tuple[str, dict]:
     elif not any(tags):
         raise DataError(f"no target document of project {project.name!r} is tagged. Tag a few positives per label.")
     clf.model.to(resolve_device(cfg.device))
-    before = _ap(_score_pages(job, clf, cfg.max_length, save=False, domains=("eval",)), labels)
+    before = _ap(_score_pages(job, clf, cfg.max_length, save=False, domains=("eval", "target"), gold_only=True), labels)
     split = pu_split(tags, len(ids), cfg)
     val = sorted({*split.val_unlabeled, *(p for held in split.val_tags for p in held)})
     before_val = dict(zip(val, score_texts(clf, [texts[p] for p in val], max_length=cfg.max_length), strict=True))

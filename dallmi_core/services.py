@@ -31,6 +31,8 @@ PRECISION_WORDS = precision_words  # "no" -> "float32", "bf16" -> "bf16 autocast
 SOURCE_EPOCHS = SourceConfig.default_epochs  # fine-tuning epochs after the head's warm-up (Data page default)
 STRATEGIES = ("likely", "uncertain", "similar")
 PENDING = ("queued", "running", "interrupted")
+
+
 @dataclass(frozen=True)
 class LabelCoverage:
     label: str
@@ -277,6 +279,13 @@ class Services:
     def document_counts(self, project_id: int) -> dict[str, int]:
         return self.store.count_documents(project_id)
 
+    def meta_columns(self, project_id: int) -> list[str]:
+        """The extra columns imported files had, kept per document and written back by every export."""
+        return self.store.meta_columns(project_id)
+
+    def text_warning(self, values, column: str) -> str | None:
+        return importer.numeric_text_warning(values, column)
+
     def documents(
         self, project_id: int, *, domain: str | None = None, limit: int = 50, offset: int = 0
     ) -> list[Document]:
@@ -497,6 +506,10 @@ class Services:
     def run_history(self, project_id: int) -> list[Run]:
         return self.store.list_runs(project_id)
 
+    def pending_finetune(self, project_id: int) -> Run | None:
+        """The project's source fine-tuning that is queued, running or interrupted (only one at a time)."""
+        return next((r for r in self.store.list_runs(project_id, status=PENDING) if r.kind == "finetune-source"), None)
+
     def results(self, run_id: int) -> RunResults:
         """Predictions and the step series of a run (after a resume, the latest value per step)."""
         run = self.store.get_run(run_id)
@@ -525,6 +538,9 @@ class Services:
 
     def export_annotations(self, project_id: int, path=None, **options) -> Path:
         return exporter.export_annotations(self.store, project_id, path, **options)
+
+    def export_documents(self, project_id: int, path=None, **options) -> Path:
+        return exporter.export_documents(self.store, project_id, path, **options)
 
     def export_predictions(self, run_id: int, path=None, **options) -> Path:
         return exporter.export_predictions(self.store, run_id, path, **options)

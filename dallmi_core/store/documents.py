@@ -131,29 +131,74 @@ class DocumentsMixin(StoreBase):
         )
         return {row[0]: row[1] for row in rows}
 
-    def find_hashes(self, project_id: int, hashes: Sequence[str]) -> dict[str, tuple[int, str]]:
-        """content hash -> (first document id, its domain), for duplicate detection."""
+    def find_ext_docs(self, project_id: int, ext_ids: Sequence[str]) -> dict[str, tuple[int, str, str]]:
+        """external id -> (document id, content hash, domain), to tell a repeat from a clash."""
         rows = self._in(
-            "SELECT content_hash, min(id), domain FROM documents WHERE project_id = ? "
-            "AND content_hash IN ({}) GROUP BY content_hash",
+            "SELECT ext_id, id, content_hash, domain FROM documents WHERE project_id = ? AND ext_id IN ({})",
+            [project_id],
+            ext_ids,
+        )
+        return {row[0]: (row[1], row[2], row[3]) for row in rows}
+
+    def target_hashes(self, project_id: int, hashes: Sequence[str]) -> set[str]:
+        """The content hashes among `hashes` that some target document of the project has."""
+        rows = self._in(
+            "SELECT DISTINCT content_hash FROM documents WHERE project_id = ? AND domain = 'target' "
+            "AND content_hash IN ({})",
             [project_id],
             hashes,
         )
-        return {row[0]: (row[1], row[2]) for row in rows}
+        return {row[0] for row in rows}
+
+    def attach_gold(self, project_id: int, gold_by_hash: dict[str, list[str]]) -> int:
+        """Gold labels onto every target document with that content (an eval row of a text already
+        imported as target); returns the documents updated."""
+        with self.transaction():
+            return sum(
+                self.conn.execute(
+                    "UPDATE documents SET gold_labels = ? WHERE project_id = ? AND domain = 'target' "
+                    "AND content_hash = ?",
+                    (_dumps(labels), project_id, digest),
+                ).rowcount
+                for digest, labels in gold_by_hash.items()
+            )
+
+    def add_meta_columns(self, project_id: int, names: Sequence[str]) -> None:
+        """Record metadata column names in first-seen order, so every export writes them back in it."""
+        with self.transaction():
+            known = set(self.meta_columns(project_id))
+            start = self._one("SELECT count(*) FROM meta_columns WHERE project_id = ?", (project_id,))[0]
+            fresh = [name for name in dict.fromkeys(names) if name not in known]
+            self.conn.executemany(
+                "INSERT INTO meta_columns (project_id, name, position) VALUES (?, ?, ?)",
+                [(project_id, name, start + i) for i, name in enumerate(fresh)],
+            )
+
+    def meta_columns(self, project_id: int) -> list[str]:
+        return [
+            r[0]
+            for r in self._rows("SELECT name FROM meta_columns WHERE project_id = ? ORDER BY position", (project_id,))
+        ]
 
     def max_document_id(self) -> int:
         return self._one("SELECT coalesce(max(id), 0) FROM documents")[0]
 
-    def remember_keys(self, keys: Sequence[tuple[str, int]]) -> dict[str, int]:
-        """Streaming imports: record (key, row) in a connection-local TEMP table (bounded memory);
-        return {key: earlier row} for keys recorded before. Call forget_keys() to start over."""
+    def remember_keys(self, keys: Sequence[tuple[str, int, str, str]]) -> dict[str, tuple[int, str, str]]:
+        """Streaming imports: record (key, row, content hash, domain) in a connection-local TEMP table
+        (bounded memory); return {key: (earlier row, hash, domain)} for keys recorded before.
+        forget_keys() starts over."""
         with self.transaction():
-            self.conn.execute("CREATE TEMP TABLE IF NOT EXISTS import_keys (key TEXT PRIMARY KEY, row INTEGER)")
+            self.conn.execute(
+                "CREATE TEMP TABLE IF NOT EXISTS import_keys "
+                "(key TEXT PRIMARY KEY, row INTEGER, hash TEXT, domain TEXT)"
+            )
             seen = {
-                r[0]: r[1]
-                for r in self._in("SELECT key, row FROM temp.import_keys WHERE key IN ({})", [], [k for k, _ in keys])
+                r[0]: (r[1], r[2], r[3])
+                for r in self._in(
+                    "SELECT key, row, hash, domain FROM temp.import_keys WHERE key IN ({})", [], [k[0] for k in keys]
+                )
             }
-            self.conn.executemany("INSERT OR IGNORE INTO temp.import_keys VALUES (?, ?)", keys)
+            self.conn.executemany("INSERT OR IGNORE INTO temp.import_keys VALUES (?, ?, ?, ?)", keys)
         return seen
 
     def forget_keys(self) -> None:
@@ -212,6 +257,16 @@ class DocumentsMixin(StoreBase):
             last = rows[-1]["id"]
             yield [_document(row) for row in rows]
 
+    def gold_documents(self, project_id: int) -> list[Document]:
+        """The documents that measure: eval documents with gold labels, and target documents that got
+        gold labels from an evaluation file (the same text), in id order."""
+        rows = self._rows(
+            "SELECT * FROM documents WHERE project_id = ? AND gold_labels IS NOT NULL "
+            "AND domain IN ('eval', 'target') ORDER BY id",
+            (project_id,),
+        )
+        return [_document(row) for row in rows]
+
     def document_ids(self, project_id: int, domain: str | None = None) -> list[int]:
         where, params = ("AND domain = ?", [domain]) if domain else ("", [])
         return [
@@ -223,6 +278,11 @@ class DocumentsMixin(StoreBase):
 
     def ext_ids(self, document_ids: Sequence[int]) -> dict[int, str]:
         return {r[0]: r[1] for r in self._in("SELECT id, ext_id FROM documents WHERE id IN ({})", [], document_ids)}
+
+    def document_meta(self, document_ids: Sequence[int]) -> dict[int, dict]:
+        """document id -> its metadata, for the documents that have any (no texts are read)."""
+        rows = self._in("SELECT id, meta FROM documents WHERE meta IS NOT NULL AND id IN ({})", [], document_ids)
+        return {r[0]: json.loads(r[1]) for r in rows}
 
     def search(self, project_id: int, query: str, *, domain: str | None = None, limit: int = 50) -> list[Document]:
         """Full-text search (FTS5, best match first); see fts_query for the accepted syntax."""

@@ -18,6 +18,8 @@ from dallmi_core.errors import DataError, RunStateError, StoreError
 from dallmi_core.store.db import StoreBase, _chunks, _dumps, _marks
 
 FINISH_STATUSES = ("done", "failed", "cancelled", "interrupted")  # what a worker may end a run with
+PENDING = ("queued", "running", "interrupted")  # a run that will still run (an interrupted one resumes)
+SINGLE_KINDS = ("finetune-source",)  # one at a time per project: each replaces the project's source model
 
 
 @dataclass(frozen=True)
@@ -56,9 +58,22 @@ class RunsMixin(StoreBase):
     """The run rows and everything a run writes; composed into Store (uses its get_project)."""
 
     def enqueue_run(self, project_id: int, kind: str, config: Mapping) -> int:
-        """Queue a run; `config` is stored as JSON so the run can be reproduced from the store alone."""
+        """Queue a run; `config` is stored as JSON so the run can be reproduced from the store alone.
+        A second source fine-tuning of a project while one is pending is refused (checked in the same
+        write transaction, so two sessions clicking at once cannot both queue one)."""
         with self.transaction():
             self.get_project(project_id)
+            if kind in SINGLE_KINDS:
+                pending = self._one(
+                    "SELECT id, status FROM runs WHERE project_id = ? AND kind = ? "
+                    f"AND status IN ({_marks(PENDING)}) ORDER BY id LIMIT 1",
+                    [project_id, kind, *PENDING],
+                )
+                if pending is not None:
+                    raise RunStateError(
+                        f"run {pending[0]} ({kind}) is already {pending[1]} for this project: wait for it to "
+                        "finish, or cancel it on the Adapt page, before starting another."
+                    )
             return self.conn.execute(
                 "INSERT INTO runs (project_id, kind, config, created_at) VALUES (?, ?, ?, ?)",
                 (project_id, kind, _dumps(dict(config)), time.time()),

@@ -103,5 +103,26 @@ def _m5_presence(db: sqlite_utils.Database) -> None:
     """)
 
 
+def _m6_meta_columns(db: sqlite_utils.Database) -> None:
+    """A project's metadata column names (a file's extra columns, kept in documents.meta) in the order
+    first imported, so exports write them back as columns; filled from the documents already stored.
+    The search index follows the text only: an update of gold labels or meta (an eval file attaching
+    gold to a target document, perhaps while the index of a bulk load is deferred) leaves it alone."""
+    db.executescript("""
+    DROP TRIGGER documents_au;
+    CREATE TRIGGER documents_au AFTER UPDATE OF text ON documents BEGIN
+      INSERT INTO documents_fts (documents_fts, rowid, text) VALUES ('delete', old.rowid, old.text);
+      INSERT INTO documents_fts (rowid, text) VALUES (new.rowid, new.text);
+    END;
+    CREATE TABLE meta_columns (project_id INTEGER NOT NULL REFERENCES projects(id) ON DELETE CASCADE,
+        name TEXT NOT NULL, position INTEGER NOT NULL, PRIMARY KEY (project_id, name)) WITHOUT ROWID;
+    INSERT INTO meta_columns (project_id, name, position)
+        SELECT project_id, key, row_number() OVER (PARTITION BY project_id ORDER BY first_doc, first_node) - 1
+        FROM (SELECT d.project_id, j.key AS key, min(d.id) AS first_doc, min(j.id) AS first_node
+              FROM documents d, json_each(d.meta) j WHERE json_type(d.meta) = 'object'
+              GROUP BY d.project_id, j.key);
+    """)
+
+
 # append only: the index + 1 is the schema version
-MIGRATIONS = (_m1_core, _m2_fts, _m3_runs, _m4_run_analysis, _m5_presence)
+MIGRATIONS = (_m1_core, _m2_fts, _m3_runs, _m4_run_analysis, _m5_presence, _m6_meta_columns)

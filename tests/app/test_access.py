@@ -24,14 +24,14 @@ from dallmi_core.services import SystemInfo, open_services
 REPO = Path(__file__).resolve().parents[2]
 APP = REPO / "app.py"
 PAGES = [
-    "app_pages/projects.py",
-    "app_pages/data.py",
-    "app_pages/annotate.py",
-    "app_pages/adapt.py",
-    "app_pages/export.py",
-    "app_pages/per_label_ap.py",
-    "app_pages/mixup_samples.py",
-    "app_pages/domain_shift.py",
+    "pages/projects.py",
+    "pages/data.py",
+    "pages/annotate.py",
+    "pages/adapt.py",
+    "pages/export.py",
+    "pages/per_label_ap.py",
+    "pages/mixup_samples.py",
+    "pages/domain_shift.py",
 ]
 SECRET_NAME = "payroll-secret-project"
 HOSTILE = {
@@ -123,7 +123,7 @@ def test_a_wrong_password_shows_nothing_and_the_right_one_opens_the_app(gated):
     assert SECRET_NAME not in everything(at)
     at = login(at, "correct horse")
     assert not at.error and SECRET_NAME in everything(at)
-    at.switch_page("app_pages/annotate.py").run()  # the session stays logged in across pages and reruns
+    at.switch_page("pages/annotate.py").run()  # the session stays logged in across pages and reruns
     assert not at.exception and "confidential-label" in everything(at)
     assert SECRET_NAME not in everything(app())  # another browser session must log in itself
     at.sidebar.button(key="logout").click().run()
@@ -150,7 +150,7 @@ def test_an_unreadable_secrets_file_fails_closed(gated, monkeypatch):
     import streamlit as st
     from streamlit.errors import StreamlitSecretNotFoundError
 
-    import ui
+    import ui_page
 
     gated.monkeypatch.delenv("DALLMI_PASSWORD_HASH")
 
@@ -165,7 +165,7 @@ def test_an_unreadable_secrets_file_fails_closed(gated, monkeypatch):
 
     monkeypatch.setattr(st, "secrets", Broken())
     with pytest.raises(DallmiError, match="secrets file cannot be read"):
-        ui._configured_hash()
+        ui_page._configured_hash()
 
 
 def test_no_configured_password_means_no_gate(env):
@@ -222,7 +222,7 @@ def test_hostile_names_labels_and_documents_render_as_text(env):
         unsafe += [(page, kind, value) for kind, value in markdown_strings(at) if _MARKUP.search(value)]
         assert "allow_html: true" not in everything(at), f"{page} allows raw HTML"
     assert not unsafe, "user text rendered as markup:\n" + "\n".join(map(str, unsafe))
-    at = app("app_pages/annotate.py")
+    at = app("pages/annotate.py")
     at.radio(key="strategy").set_value("similar").run()
     assert not at.exception
     shown = everything(at)
@@ -232,7 +232,7 @@ def test_hostile_names_labels_and_documents_render_as_text(env):
 
 def test_an_upload_named_like_a_path_stays_inside_its_upload_folder(env, tmp_path):
     seed(env, "uploads", ["a"], ["one"])
-    at = app("app_pages/data.py")
+    at = app("pages/data.py")
     for name in ("../../escape.csv", "/etc/passwd.csv", "..\\..\\win.csv", "é" * 200 + ".csv"):
         at.file_uploader(key="upload-target").upload(name, b"text\nhello\n", "text/csv").run()
         assert not at.exception, (name, at.exception)
@@ -271,7 +271,7 @@ def test_uploaded_path_never_turns_a_name_into_a_path(env, tmp_path, name, store
 def test_two_sessions_on_one_project_see_each_others_tags_after_a_rerun(env):
     pid = seed(env, "shared", ["billing", "login"], [f"ticket {i} invoice refund" for i in range(6)])
     docs = env.svc.store.document_ids(pid)
-    alice, bob = app("app_pages/annotate.py"), app("app_pages/annotate.py")
+    alice, bob = app("pages/annotate.py"), app("pages/annotate.py")
     alice.text_input(key="query").input("invoice").run()
     bob.text_input(key="query").input("invoice").run()
     alice.button(key="tag_all").click().run()  # alice tags every hit as billing

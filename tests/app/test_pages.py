@@ -24,20 +24,21 @@ from conftest import LABELS, make_texts
 from streamlit.testing.v1 import AppTest
 
 import dallmi_core.services as services_module
+from dallmi_core.errors import RunStateError
 from dallmi_core.exporter import predictions_frame
 from dallmi_core.services import SystemInfo, open_services
 
 REPO = Path(__file__).resolve().parents[2]
 APP = REPO / "app.py"
 PAGES = {
-    "Projects": "app_pages/projects.py",
-    "Data": "app_pages/data.py",
-    "Annotate": "app_pages/annotate.py",
-    "Adapt": "app_pages/adapt.py",
-    "Export": "app_pages/export.py",
-    "Per-label AP": "app_pages/per_label_ap.py",
-    "MixUp samples": "app_pages/mixup_samples.py",
-    "Domain shift": "app_pages/domain_shift.py",
+    "Projects": "pages/projects.py",
+    "Data": "pages/data.py",
+    "Annotate": "pages/annotate.py",
+    "Adapt": "pages/adapt.py",
+    "Export": "pages/export.py",
+    "Per-label AP": "pages/per_label_ap.py",
+    "MixUp samples": "pages/mixup_samples.py",
+    "Domain shift": "pages/domain_shift.py",
 }
 TIMEOUT = 60  # seconds per script run: the first one imports plotly and pandas on a busy 2-core machine
 
@@ -400,7 +401,7 @@ def test_data_page_previews_and_imports_a_file(seeded):
     assert at.dataframe[0].value.shape == (2, 2)
     at.button(key="import").click().run()
     assert not at.exception, at.exception
-    assert "Imported 2 of 2 rows (2 target)" in at.success[0].value
+    assert "Read 2 rows: 2 new documents (2 target). Tags added: 1." in at.success[0].value
     assert seeded.svc.document_counts(seeded.project.id)["target"] == 32
     assert at.metric[0].value == "32"  # the counts shown are the ones after the import
 
@@ -495,6 +496,7 @@ def test_export_offers_downloads_for_a_done_run(seeded, tiny_backbone):
     assert labels == [
         "Annotations (CSV)",
         "Annotations (JSONL)",
+        "Documents (CSV)",
         "Model folder (zip)",
         "Predictions (CSV)",
         "Predictions (Parquet)",
@@ -615,7 +617,7 @@ def test_the_adapt_page_says_when_this_cpu_trains_in_bf16(seeded, monkeypatch):
 def test_pages_call_only_the_services(seeded):
     """Pages import streamlit, ui, pandas and the standard library; ui/app reach the core only through
     dallmi_core.services (and the exception types of dallmi_core.errors); no torch anywhere."""
-    for path in [APP, REPO / "ui.py", *sorted((REPO / "app_pages").glob("*.py"))]:
+    for path in [APP, REPO / "ui.py", REPO / "ui_page.py", *sorted((REPO / "pages").glob("*.py"))]:
         modules = set()
         for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
             if isinstance(node, ast.Import):
@@ -624,7 +626,42 @@ def test_pages_call_only_the_services(seeded):
                 modules.add(node.module)
         core = {m for m in modules if m.startswith("dallmi_core")}
         allowed = {"dallmi_core.services", "dallmi_core.errors", "dallmi_core.store", "dallmi_core"}
-        if path.parent.name == "app_pages":
+        if path.parent.name == "pages":
             allowed = set()
         assert core <= allowed, (path.name, core)
         assert not {m for m in modules if m.split(".")[0] in ("torch", "transformers", "sqlite3", "sqlite_utils")}
+
+
+def test_the_project_is_kept_in_the_url(seeded):
+    other = seeded.svc.create_project("second", ["a"])
+    at = AppTest.from_file(str(APP), default_timeout=TIMEOUT)
+    at.query_params["project"] = str(other.id)  # a reload, a new tab or a shared link of the second project
+    at.run()
+    assert not at.exception, at.exception
+    assert at.sidebar.selectbox[0].value == other.id and at.query_params["project"] == str(other.id)
+    at.switch_page(PAGES["Data"]).run()  # every page works on the URL's project
+    assert not at.exception and at.title[0].value == "Data"
+    assert at.query_params["project"] == str(other.id)
+
+
+def test_open_a_project_shows_the_project_just_created(seeded):
+    at = _app("Projects")
+    at.text_input(key="new_name").input("fresh")
+    at.text_area(key="new_labels").input("x, y")
+    at.button(key="create_project").click().run()
+    assert not at.exception, at.exception
+    fresh = next(p for p in seeded.svc.list_projects() if p.name == "fresh")
+    assert at.query_params["project"] == str(fresh.id)
+    assert next(s for s in at.selectbox if s.label == "Open a project").value == fresh.id
+
+
+def test_a_second_source_fine_tuning_is_refused_while_one_runs(seeded):
+    svc = seeded.svc
+    first = svc.start_run(seeded.project.id, "finetune-source", {"epochs": 1.0})
+    with pytest.raises(RunStateError, match=f"run {first} \\(finetune-source\\) is already queued"):
+        svc.start_run(seeded.project.id, "finetune-source", {"epochs": 1.0})
+    at = _app("Data")
+    assert "A fine-tuning is queued" in " ".join(i.value for i in at.info)
+    assert not [b for b in at.button if b.key == "finetune"]
+    svc.cancel_run(first)
+    assert svc.start_run(seeded.project.id, "finetune-source", {"epochs": 1.0}) > first

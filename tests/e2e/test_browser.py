@@ -209,7 +209,7 @@ def test_create_upload_tag_adapt_export(page, tmp_path, tiny_backbone):
     settled(page)
     page.get_by_role("button", name="Import into e2e tickets").click()
     settled(page)
-    page.get_by_text(f"Imported {N_DOCS} of {N_DOCS} rows ({N_DOCS} target)").wait_for()
+    page.get_by_text(f"Read {N_DOCS} rows: {N_DOCS} new documents ({N_DOCS} target)").wait_for()
     shot(page, "02-data-imported")
 
     # 3. tag every search hit for 'invoice' as billing, then accept one more in the quick pass

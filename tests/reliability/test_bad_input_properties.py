@@ -122,12 +122,13 @@ def attempt_import(bench: Bench, name: str, data: bytes, labels, expected_texts=
 
 def check_imported(store: Store, project, report, expected_texts) -> None:
     """A correct import: counts agree, texts are non-empty, tags use the project's labels."""
-    assert report.rows_read == report.imported + report.duplicates_skipped
+    assert report.rows_read == report.imported + report.repeated + report.attached
     counts = store.count_documents(project.id)
     assert sum(counts.values()) == report.imported == sum(report.by_domain.values())
-    texts = [doc.text for page in store.iter_documents(project.id) for doc in page]
+    docs = [doc for page in store.iter_documents(project.id) for doc in page]
+    texts = [doc.text for doc in docs]
     assert all(text and text == text.strip() for text in texts)
-    assert len({content_hash(t) for t in texts}) == len(texts)  # duplicates were skipped
+    assert len({doc.ext_id for doc in docs}) == len(docs)  # exact repeats were skipped, distinct ids kept
     live = store.annotations(project.id)
     assert len(live) == report.tags_added and {a.label for a in live} <= set(project.labels)
     if expected_texts is not None:  # the file was written faithfully: exactly its texts arrived

@@ -16,6 +16,7 @@ from dallmi_core.data import Corpus, write_corpus
 from dallmi_core.errors import DataError, RunStateError
 from dallmi_core.exporter import (
     export_annotations,
+    export_documents,
     export_model,
     export_predictions,
     export_run_report,
@@ -73,7 +74,7 @@ def test_annotations_round_trip(store, project, tmp_path, fmt):
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
     copy = store.create_project("Copy", LABELS)
     report = import_file(store, copy.id, path)
-    assert (report.imported, report.duplicates_skipped) == (7, 0)
+    assert (report.imported, report.repeated) == (7, 0)
     assert state(store, copy.id) == state(store, project.id)
     assert state(store, project.id)[1] == {"billing": ["t1", "t3"], "login": ["t2"], "shipping": ["t3"]}
 
@@ -175,3 +176,52 @@ def test_model_zip(store, project, tmp_path):
 
 def test_default_names_are_safe(store, project):
     assert exporter._default_path(store, "../we/ird  name", "annotations", "csv").parent == store.exports_dir
+
+
+def test_metadata_and_attached_gold_round_trip_through_every_export(store, tmp_path):
+    project = store.create_project("Meta", LABELS)
+    target = tmp_path / "tickets.csv"
+    target.write_text(
+        "id,text,channel,date\nt1,parcel late,app,2024-01-02\nt2,cannot sign in,web,\n"
+        "t3,parcel late,email,2024-02-03\n",
+        encoding="utf-8",
+    )
+    import_file(store, project.id, target)
+    gold = tmp_path / "gold.csv"
+    gold.write_text("id,text,labels,rater\ng1,cannot sign in,login,ann\n", encoding="utf-8")
+    assert import_file(store, project.id, gold, domain="eval").attached == 1
+    assert store.meta_columns(project.id) == ["channel", "date", "rater"]
+
+    path = export_annotations(store, project.id, tmp_path / "ann.csv")
+    frame = pd.read_csv(path, dtype=str, keep_default_na=False)
+    assert list(frame.columns) == ["id", "text", "labels", "domain", "channel", "date", "rater"]
+    assert frame.to_dict("records")[1] == {
+        "id": "t2",
+        "text": "cannot sign in",
+        "labels": "",
+        "domain": "target",
+        "channel": "web",
+        "date": "",
+        "rater": "",
+    }
+    copy = store.create_project("Copy", LABELS)
+    report = import_file(store, copy.id, path)
+    assert (report.imported, report.attached, report.repeated) == (3, 1, 0)
+    docs = {d.ext_id: (d.text, d.domain, d.gold_labels, d.meta) for d in store.get_documents(copy.id)}
+    assert docs == {d.ext_id: (d.text, d.domain, d.gold_labels, d.meta) for d in store.get_documents(project.id)}
+    assert store.meta_columns(copy.id) == store.meta_columns(project.id)
+
+    documents = pd.read_csv(
+        export_documents(store, project.id, tmp_path / "docs.csv"), dtype=str, keep_default_na=False
+    )
+    assert list(documents.columns) == ["id", "text", "domain", "gold_labels", "tags", "channel", "date", "rater"]
+    assert documents["gold_labels"].tolist() == ["", "login", ""]
+
+    run_id = store.enqueue_run(project.id, "score", {})
+    ids = store.document_ids(project.id)
+    store.save_predictions(run_id, ids, np.full((len(ids), 3), 0.7, dtype=np.float32))
+    predictions = pd.read_csv(
+        export_predictions(store, run_id, tmp_path / "pred.csv"), dtype=str, keep_default_na=False
+    )
+    assert list(predictions.columns[:4]) == ["id", "channel", "date", "rater"]
+    assert predictions["channel"].tolist() == ["app", "web", "email"]

@@ -18,8 +18,14 @@ from dallmi_core.store import Store
 LABELS = ["billing", "login", "shipping"]
 GOOD = Corpus(
     ids=("t1", "t2", "t3", "e1", "e2", "s1"),
-    texts=("invoice charged twice", "cannot sign in", 'parcel late, "again"\nsecond line', "refund please",
-           "hello there | pipe", "password reset"),
+    texts=(
+        "invoice charged twice",
+        "cannot sign in",
+        'parcel late, "again"\nsecond line',
+        "refund please",
+        "hello there | pipe",
+        "password reset",
+    ),
     labels=(("billing",), (), ("shipping", "billing"), ("billing",), (), ("login",)),
     domains=("target", "target", "target", "eval", "eval", "source"),
 )
@@ -50,13 +56,19 @@ def state(store, project_id):
 
 
 def check_good(store, project, report):
-    assert (report.rows_read, report.imported, report.duplicates_skipped) == (6, 6, 0)
+    assert (report.rows_read, report.imported, report.repeated) == (6, 6, 0)
     assert (report.tags_added, report.gold_rows) == (3, 3)
     assert store.count_documents(project.id) == {"source": 1, "target": 3, "eval": 2}
     docs, tags = state(store, project.id)
     assert tags == {"billing": ["t1", "t3"], "login": [], "shipping": ["t3"]}
-    assert {k: v[2] for k, v in docs.items()} == {"t1": None, "t2": None, "t3": None, "e1": ("billing",),
-                                                  "e2": (), "s1": ("login",)}
+    assert {k: v[2] for k, v in docs.items()} == {
+        "t1": None,
+        "t2": None,
+        "t3": None,
+        "e1": ("billing",),
+        "e2": (),
+        "s1": ("login",),
+    }
     assert docs["t3"][0] == GOOD.texts[2]
     assert {a.annotator for a in store.annotations(project.id)} == {"import"}
     assert [d.ext_id for d in store.search(project.id, '"parcel late"')] == ["t3"]  # indexed by the bulk load
@@ -75,16 +87,20 @@ def test_txt_is_one_target_document_per_line_and_generated_ids_never_clash(store
     path.write_text("first doc\n\n  second doc \r\nthird\n", encoding="utf-8")
     report = import_file(store, project.id, path)
     assert (report.rows_read, report.imported) == (3, 3)
-    path.write_text("new first\n\nsecond doc\n", encoding="utf-8")  # line-1 taken; line-3 is a duplicate
+    path.write_text("new first\n\nsecond doc\n", encoding="utf-8")  # line-1 taken; line-3 is an exact repeat
     report = import_file(store, project.id, path)
-    assert (report.imported, report.duplicates_in_project) == (1, 1)
+    assert (report.imported, report.repeated_in_project) == (1, 1)
     docs, _ = state(store, project.id)
-    assert {k: v[0] for k, v in docs.items()} == {"line-1": "first doc", "line-3": "second doc", "line-4": "third",
-                                                  "line-1#2": "new first"}
+    assert {k: v[0] for k, v in docs.items()} == {
+        "line-1": "first doc",
+        "line-3": "second doc",
+        "line-4": "third",
+        "line-1#2": "new first",
+    }
     assert all(d.meta == {} and d.domain == "target" for d in store.get_documents(project.id))
 
 
-@pytest.mark.parametrize("encoding", ["utf-8", "utf-8-sig", "utf-16", "utf-16-be-bom", "latin-1"])
+@pytest.mark.parametrize("encoding", ["utf-8", "utf-8-sig", "utf-16", "utf-16-be-bom", "cp1252"])
 def test_encodings(store, project, tmp_path, encoding):
     text = "id,text,labels\n1,café crème,billing\n2,naïve,\n"
     path = tmp_path / "enc.csv"
@@ -94,31 +110,117 @@ def test_encodings(store, project, tmp_path, encoding):
         path.write_bytes(text.encode(encoding))
     report = import_file(store, project.id, path)
     assert [d.text for d in store.get_documents(project.id)] == ["café crème", "naïve"]
-    assert bool(report.warnings) == (encoding == "latin-1")
-    if encoding == "latin-1":
-        assert report.encoding == "latin-1" and "not valid UTF-8" in report.warnings[0]
+    assert bool(report.warnings) == (encoding == "cp1252")
+    if encoding == "cp1252":
+        assert report.encoding == "cp1252" and "not valid UTF-8" in report.warnings[0]
 
 
-def test_latin1_detected_past_the_first_mebibyte(store, project, tmp_path):
+def test_legacy_encoding_detected_past_the_first_mebibyte(store, project, tmp_path):
     head = "id,text\n" + "".join(f"{i},{'plain ascii words ' * 10}{i}\n" for i in range(6500))
     path = tmp_path / "late.csv"
     path.write_bytes(head.encode() + "x,caf\xe9\n".encode("latin-1"))
     assert len(head) > 2**20 and preview_import(path).encoding == "utf-8"  # the preview sniffs 1 MiB
     report = import_file(store, project.id, path)
-    assert report.encoding == "latin-1" and f"at byte {len(head) + 5}" in report.warnings[0]
+    assert report.encoding == "cp1252" and f"at byte {len(head) + 5}" in report.warnings[0]
     assert store.get_documents(project.id, ids=[store.find_ext_ids(project.id, ["x"])["x"]])[0].text == "café"
 
 
-def test_duplicates_in_file_and_project_are_skipped_and_their_tags_merged(store, project, tmp_path):
+def test_same_text_under_other_ids_is_kept_and_exact_repeats_are_skipped_with_their_tags_merged(
+    store, project, tmp_path
+):
     path = tmp_path / "dupes.csv"
-    path.write_text("id,text,labels\na,Parcel  LATE,shipping\nb,parcel late,billing\nc,other,\n", encoding="utf-8")
+    path.write_text(
+        "id,text,labels\na,Parcel  LATE,shipping\nb,parcel late,billing\nc,other,\na,Parcel  LATE,login\n",
+        encoding="utf-8",
+    )
     report = import_file(store, project.id, path)
-    assert (report.imported, report.duplicates_in_file, report.duplicates_in_project) == (2, 1, 0)
-    assert state(store, project.id)[1] == {"billing": ["a"], "login": [], "shipping": ["a"]}
+    assert (report.imported, report.repeated_in_file, report.repeated_in_project) == (3, 1, 0)
+    assert state(store, project.id)[1] == {"billing": ["b"], "login": ["a"], "shipping": ["a"]}
+    assert "1 exact repeats (same id and text) skipped: 1 within the file" in report.summary()
     before = snapshot(store)
     report = import_file(store, project.id, path)
-    assert (report.imported, report.duplicates_in_project, report.tags_added) == (0, 3, 0)
+    assert (report.imported, report.repeated_in_project, report.repeated_in_file, report.tags_added) == (0, 3, 1, 0)
     assert snapshot(store) == before
+
+
+def test_the_same_id_twice_with_other_texts_is_an_error(store, project, tmp_path):
+    path = tmp_path / "clash.csv"
+    path.write_text("id,text\na,one\nb,two\na,three\n", encoding="utf-8")
+    with pytest.raises(
+        DataError, match=r"row 3 \(id 'a'\): duplicate id 'a' with another text \(first used in row 1\)"
+    ):
+        import_file(store, project.id, path)
+    assert store.count_documents(project.id)["target"] == 0
+
+
+@pytest.mark.parametrize("chunk_rows", [2, 2000])
+def test_an_eval_row_of_a_target_text_gives_it_gold_labels(store, project, tmp_path, chunk_rows):
+    target = tmp_path / "target.csv"
+    target.write_text("id,text\nt1,invoice charged twice\nt2,cannot sign in\nt3,parcel late\n", encoding="utf-8")
+    import_file(store, project.id, target, domain="target")
+    gold = tmp_path / "gold.csv"  # a labelled sample of the target: other ids, the same texts, and one new text
+    gold.write_text(
+        "id,text,labels\ng1,Invoice charged TWICE,billing\nt2,cannot sign in,login\ng3,a new text,shipping\n",
+        encoding="utf-8",
+    )
+    report = import_file(store, project.id, gold, domain="eval", chunk_rows=chunk_rows)
+    assert (report.rows_read, report.imported, report.attached, report.repeated) == (3, 1, 2, 0)
+    assert "2 eval rows gave their gold labels to the target documents" in report.summary()
+    docs, _ = state(store, project.id)
+    assert docs["t1"] == ("invoice charged twice", "target", ("billing",))
+    assert docs["t2"] == ("cannot sign in", "target", ("login",))
+    assert docs["g3"] == ("a new text", "eval", ("shipping",)) and "g1" not in docs
+    assert [d.ext_id for d in store.gold_documents(project.id)] == ["t1", "t2", "g3"]
+
+
+def test_an_eval_row_after_a_target_row_in_the_same_file_attaches(store, project, tmp_path):
+    path = tmp_path / "both.csv"
+    path.write_text("id,text,labels,domain\nt1,same text,,target\ne1,same text,billing,eval\n", encoding="utf-8")
+    report = import_file(store, project.id, path)
+    assert (report.imported, report.attached) == (1, 1)
+    assert state(store, project.id)[0] == {"t1": ("same text", "target", ("billing",))}
+
+
+def test_semicolon_files_are_split_on_semicolons(store, project, tmp_path):
+    path = tmp_path / "semi.csv"
+    path.write_text(
+        "id;text;labels;channel\n1;the soup was cold, again;billing;app\n2;late parcel;;web\n", encoding="utf-8"
+    )
+    preview = preview_import(path)
+    assert preview.columns == ["id", "text", "labels", "channel"] and preview.delimiter == ";"
+    report = import_file(store, project.id, path)
+    assert report.delimiter == ";" and report.meta_columns == ["channel"]
+    first, second = store.get_documents(project.id)
+    assert (first.ext_id, first.text, first.meta) == ("1", "the soup was cold, again", {"channel": "app"})
+    assert (second.text, second.meta) == ("late parcel", {"channel": "web"})
+
+
+def test_windows_1252_keeps_smart_quotes_dashes_and_the_euro_sign(store, project, tmp_path):
+    text = 'id,text\n1,"\u201cIt broke\u201d \u2013 refund \u20ac5, please\u2026"\n2,caf\u00e9\n'
+    path = tmp_path / "excel.csv"
+    path.write_bytes(text.encode("cp1252"))
+    report = import_file(store, project.id, path)
+    assert report.encoding == "cp1252" and "Windows-1252" in report.warnings[0]
+    assert [d.text for d in store.get_documents(project.id)] == [
+        "\u201cIt broke\u201d \u2013 refund \u20ac5, please\u2026",
+        "caf\u00e9",
+    ]
+
+
+def test_bytes_cp1252_leaves_undefined_fall_back_to_latin1(store, project, tmp_path):
+    path = tmp_path / "odd.csv"
+    path.write_bytes(b"id,text\n1,caf\xe9 \x81 fine\n")
+    report = import_file(store, project.id, path)
+    assert report.encoding != "cp1252" and "not valid UTF-8" in report.warnings[0]
+
+
+def test_a_numeric_text_column_is_warned_about(store, project, tmp_path):
+    path = tmp_path / "numbers.csv"
+    path.write_text("id,text,score\n1,12.5,x\n2,3,y\n3,1e5,z\n", encoding="utf-8")
+    report = import_file(store, project.id, path)
+    assert any("holds numbers" in w for w in report.warnings)
+    path.write_text("id,text\n4,hello there\n5,3\n", encoding="utf-8")
+    assert not import_file(store, project.id, path).warnings
 
 
 def test_mapping_domain_override_and_meta(store, project, tmp_path):
@@ -159,23 +261,35 @@ def test_existing_id_with_other_text_is_an_error(store, project, tmp_path):
 
 
 BROKEN = {
-    "wrong_delimiter": ("semi.csv", b"id;text;labels\n1;hello;billing\n2;world, again;login\n", "delimiter"),
+    "wrong_delimiter": ("commas.tsv", b"id,text\n1,hello\n", "delimiter"),
     "missing_text_column": ("notext.csv", b"id,body\n1,hello\n", r"no 'text' column; columns found: \['id', 'body'\]"),
     "empty_file": ("empty.csv", b"", "is empty"),
     "blank_file": ("blank.csv", b"\n \n\n", "is empty"),
     "header_only": ("header.csv", b"id,text,labels\n", "no data rows"),
     "blank_jsonl": ("blank.jsonl", b"\n\n", "no data rows"),
     "bad_utf8_after_bom": ("bom.csv", codecs.BOM_UTF8 + b"id,text\n1,caf\xe9\n", "byte-order mark promises"),
-    "truncated_utf16": ("odd.csv", codecs.BOM_UTF16_LE + "id,text\n1,x\n".encode("utf-16-le") + b"a",
-                        "byte-order mark promises"),
+    "truncated_utf16": (
+        "odd.csv",
+        codecs.BOM_UTF16_LE + "id,text\n1,x\n".encode("utf-16-le") + b"a",
+        "byte-order mark promises",
+    ),
     "nul_bytes": ("nul.csv", b"id,text\n1,a\x00b\n", "NUL characters"),
-    "duplicate_ids": ("dupes.csv", b"id,text\nx,one\ny,two\nx,three\n",
-                      r"row 3 \(id 'x'\): duplicate id 'x' \(first used in row 1\)"),
-    "separator_in_label_name": ("sep.jsonl", b'{"id": "1", "text": "a", "labels": ["bill|ing"]}\n',
-                                r"label 'bill\|ing' in column 'labels' contains '\|'"),
+    "duplicate_ids": (
+        "dupes.csv",
+        b"id,text\nx,one\ny,two\nx,three\n",
+        r"row 3 \(id 'x'\): duplicate id 'x' with another text \(first used in row 1\)",
+    ),
+    "separator_in_label_name": (
+        "sep.jsonl",
+        b'{"id": "1", "text": "a", "labels": ["bill|ing"]}\n',
+        r"label 'bill\|ing' in column 'labels' contains '\|'",
+    ),
     "empty_label_name": ("sep.csv", b"id,text,labels\n1,a,billing|\n", "empty label name"),
-    "unknown_label": ("unknown.csv", b"id,text,labels\n1,a,billing\n2,b,sports\n",
-                      r"row 2 \(id '2'\): unknown label 'sports'; allowed labels: billing, login, shipping"),
+    "unknown_label": (
+        "unknown.csv",
+        b"id,text,labels\n1,a,billing\n2,b,sports\n",
+        r"row 2 \(id '2'\): unknown label 'sports'; allowed labels: billing, login, shipping",
+    ),
     "bad_json_line": ("bad.jsonl", b'{"text": "a"}\n\n{"text": }\n', "invalid JSON on line 3"),
     "json_not_object": ("list.jsonl", b'{"text": "a"}\n[1, 2]\n', "row 2 is a list"),
     "bad_parquet": ("bad.parquet", b"PAR1 not really parquet PAR1", "not a readable Parquet file"),
@@ -204,8 +318,7 @@ def test_broken_files_give_clear_errors_and_leave_the_store_unchanged(store, pro
 
 
 def test_an_error_in_a_late_chunk_rolls_back_the_earlier_chunks(store, project, tmp_path):
-    rows = [{"id": f"r{i}", "text": f"document {i}", "labels": "sports" if i == 436 else "billing"}
-            for i in range(500)]
+    rows = [{"id": f"r{i}", "text": f"document {i}", "labels": "sports" if i == 436 else "billing"} for i in range(500)]
     path = tmp_path / "late.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
     before = snapshot(store)
@@ -215,7 +328,9 @@ def test_an_error_in_a_late_chunk_rolls_back_the_earlier_chunks(store, project, 
     rows[436]["labels"] = "login"
     rows.append(dict(rows[3], text="a new text"))  # duplicate id 'r3', 497 rows after the first use
     path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
-    with pytest.raises(DataError, match=r"row 501 \(id 'r3'\): duplicate id 'r3' \(first used in row 4\)"):
+    with pytest.raises(
+        DataError, match=r"row 501 \(id 'r3'\): duplicate id 'r3' with another text \(first used in row 4\)"
+    ):
         import_file(store, project.id, path, chunk_rows=50)
     assert snapshot(store) == before
     del rows[-1]
@@ -236,10 +351,10 @@ def test_preview_shows_head_columns_encoding_and_warnings(tmp_path):
     lines = ["uid,body,tags"] + [f"{i},caf\xe9 number {i},billing" for i in range(50)]
     path.write_bytes("\n".join(lines).encode("latin-1"))
     preview = preview_import(path, n=5)
-    frame, columns, encoding, warnings = preview
-    assert len(frame) == 5 and columns == ["uid", "body", "tags"] and encoding == "latin-1"
+    frame, columns, encoding, warnings, delimiter = preview
+    assert len(frame) == 5 and columns == ["uid", "body", "tags"] and (encoding, delimiter) == ("cp1252", ",")
     assert frame["body"][0] == "café number 0"
-    assert any("Latin-1" in w for w in warnings) and any("no 'text' column" in w for w in warnings)
+    assert any("Windows-1252" in w for w in warnings) and any("no 'text' column" in w for w in warnings)
     assert guess_mapping(columns, frame) == ColumnMapping(text="body", id="uid", labels="tags", domain=None)
     assert guess_mapping(["a", "b"], pd.DataFrame({"a": ["x"], "b": ["a long text"]})).text == "b"
     jsonl = tmp_path / "p.jsonl"

@@ -8,9 +8,10 @@ import pandas as pd
 import streamlit as st
 
 import ui
+import ui_page
 
-svc = ui.services()
-project = ui.current_project()
+svc = ui_page.start()
+project = ui_page.current_project()
 st.title("Annotate")
 
 coverage = svc.coverage(project.id)

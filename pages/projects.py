@@ -5,8 +5,9 @@ import re
 import streamlit as st
 
 import ui
+import ui_page
 
-svc = ui.services()
+svc = ui_page.start()
 st.title("Projects")
 
 SOURCES = {
@@ -18,7 +19,7 @@ SOURCES = {
 # ---- the projects ------------------------------------------------------------------------------
 
 projects = svc.list_projects()
-current = st.session_state.get(ui.PROJECT_KEY)
+current = st.session_state.get(ui_page.PROJECT_KEY)
 demo = next((p for p in projects if p.id == current and ui.is_demo(p)), None)
 if demo is not None:  # a first-time viewer lands here: say what the demo is and what to do next
     finetunes = [run for run in svc.run_history(demo.id) if run.kind == "finetune-source"]
@@ -43,7 +44,7 @@ if demo is not None:  # a first-time viewer lands here: say what the demo is and
         "adaptation. The **Annotate** page shows the starter tags; tag more and adapt again.",
         icon=":material/school:",
     )
-    st.page_link("app_pages/adapt.py", label="Go to the Adapt page", icon=":material/model_training:")
+    st.page_link("pages/adapt.py", label="Go to the Adapt page", icon=":material/model_training:")
 if projects:
     rows = {"": [], "name": [], "labels": [], "target": [], "source": [], "eval": [], "source model": [], "created": []}
     for p in projects:
@@ -63,10 +64,10 @@ if projects:
         list(by_id),
         format_func=lambda pid: by_id[pid].name,
         index=list(by_id).index(current) if current in by_id else 0,
-        key="open_project",
+        key=f"open_project-{current}",  # a new widget once another project is current (e.g. one just created)
     )
     if button.button("Open", disabled=chosen == current):
-        ui.select_project(chosen)
+        ui_page.select_project(chosen)
         st.rerun()
 else:
     st.info("No project yet. Create one below: a name, its labels, and the model to start from.")
@@ -110,7 +111,7 @@ with st.expander("Create a project", expanded=not projects, icon=":material/add:
                 project = svc.create_project(name or "", labels, source_model=(folder or "").strip() or None)
             else:
                 project = svc.create_project(name or "", labels, backbone=(backbone or "").strip() or None)
-            ui.select_project(project.id)
+            ui_page.select_project(project.id)
             nxt = (
                 "upload its labelled source file on the Data page"
                 if source == "finetune"
@@ -152,7 +153,7 @@ if project is not None:
                     st.session_state.pop("confirm_delete", None)
                     with ui.shown_errors():
                         svc.delete_project(project.id)
-                        ui.select_project(None)
+                        ui_page.select_project(None)
                         ui.flash(f"Deleted project {ui.md_escape(repr(project.name))}.")
                         st.rerun()
                 if no.button("Keep it", key="delete_cancel"):

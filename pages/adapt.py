@@ -3,9 +3,10 @@
 import streamlit as st
 
 import ui
+import ui_page
 
-svc = ui.services()
-project = ui.current_project()
+svc = ui_page.start()
+project = ui_page.current_project()
 st.title("Adapt")
 
 with st.spinner("Checking this machine's devices…"):

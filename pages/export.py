@@ -6,9 +6,10 @@ Files are built when a button is clicked (st.download_button with a callable), n
 import streamlit as st
 
 import ui
+import ui_page
 
-svc = ui.services()
-project = ui.current_project()
+svc = ui_page.start()
+project = ui_page.current_project()
 st.title("Export")
 stem = ui.slug(project.name)
 
@@ -22,7 +23,10 @@ else:
         key="only_labelled",
         help="Target documents carry your tags, source/eval documents their gold labels.",
     )
-    st.caption("id, text, labels ('|'-separated), domain: the import format, so the file re-imports cleanly.")
+    st.caption(
+        "id, text, labels ('|'-separated), domain, then your metadata columns: the import format, so the file "
+        "re-imports cleanly. Documents: every document with its gold labels, tags and metadata."
+    )
     for col, fmt, mime in zip(st.columns(2), ("csv", "jsonl"), ("text/csv", "application/jsonl"), strict=True):
         with col:
             ui.download(
@@ -34,6 +38,14 @@ else:
                 mime=mime,
                 key=f"annotations-{fmt}",
             )
+    ui.download(
+        "Documents (CSV)",
+        svc.export_documents,
+        project.id,
+        file_name=f"{stem}-documents.csv",
+        mime="text/csv",
+        key="documents-csv",
+    )
 
 st.subheader("Runs")
 runs = [run for run in svc.run_history(project.id) if run.status == "done"]

@@ -4,9 +4,10 @@ which words moved, and which labels became more or less frequent."""
 import streamlit as st
 
 import ui
+import ui_page
 
-svc = ui.services()
-project = ui.current_project()
+svc = ui_page.start()
+project = ui_page.current_project()
 st.title("Domain shift")
 run = ui.insight_run(project, key="shift_run")
 insights = svc.insights

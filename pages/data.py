@@ -3,9 +3,10 @@
 import streamlit as st
 
 import ui
+import ui_page
 
-svc = ui.services()
-project = ui.current_project()
+svc = ui_page.start()
+project = ui_page.current_project()
 st.title("Data")
 counts_box = st.container()  # filled last, so it shows the counts after an import in this run
 
@@ -29,7 +30,11 @@ def upload_form(uploaded, kind: str) -> None:
     preview = ui.attempt(svc.preview_import, path)
     if preview is None:
         return
-    st.caption(f"**{ui.md_escape(uploaded.name)}** · {uploaded.size:,} bytes · encoding: {preview.encoding}")
+    sep = {",": "comma", ";": "semicolon", "\t": "tab", "|": "pipe"}.get(preview.delimiter or "")
+    st.caption(
+        f"**{ui.md_escape(uploaded.name)}** · {uploaded.size:,} bytes · encoding: {preview.encoding}"
+        + (f" · delimiter: {sep}" if sep else "")
+    )
     for warning in preview.warnings:  # its note on a missing 'text' column becomes the error below
         if not warning.startswith("no 'text' column"):
             st.warning(warning)
@@ -88,6 +93,14 @@ def upload_form(uploaded, kind: str) -> None:
             icon=":material/error:",
         )
         return
+    if text_col in preview.frame and (numbers := svc.text_warning(preview.frame[text_col].tolist(), text_col)):
+        st.warning(ui.plain(numbers), icon=":material/pin:")
+    extra = [c for c in columns if c not in {text_col, id_col, labels_col, domain_col}]
+    if extra:
+        st.caption(
+            "Kept as metadata (shown with the documents, written back by every export): "
+            + ui.md_escape(", ".join(extra))
+        )
     mapping = svc.column_mapping(text_col, id=id_col, labels=labels_col, domain=domain_col)
     if st.button(f"Import into {ui.md_escape(project.name)}", type="primary", key="import"):
         with st.spinner("Importing…"), ui.shown_errors():
@@ -95,24 +108,11 @@ def upload_form(uploaded, kind: str) -> None:
                 project.id, path, mapping=mapping, domain=None if domain_col else kind, label_policy=policy
             )
             ui.forget_upload(path)
-            added = ", ".join(f"{n:,} {d}" for d, n in report.by_domain.items() if n) or "nothing new"
-            st.success(f"Imported {report.imported:,} of {report.rows_read:,} rows ({added}).")
+            st.success(ui.plain(f"{uploaded.name}: {report.summary()}"))
             for warning in report.warnings:
-                st.warning(warning)
-            details = st.expander("Import details")
-            details.json(
-                {
-                    "file": uploaded.name,
-                    "encoding": report.encoding,
-                    "rows read": report.rows_read,
-                    "imported": report.imported,
-                    "duplicates in the file": report.duplicates_in_file,
-                    "duplicates already in the project": report.duplicates_in_project,
-                    "tags added": report.tags_added,
-                    "rows with gold labels": report.gold_rows,
-                    "by domain": report.by_domain,
-                },
-            )
+                st.warning(ui.plain(warning))
+            with st.expander("Import details"):
+                st.json(report.to_dict())
 
 
 kind = st.radio("What are you uploading?", list(KINDS), format_func=KINDS.get, key="upload_kind")
@@ -133,12 +133,25 @@ with counts_box:
     for col, domain in zip(st.columns(3), ("target", "source", "eval"), strict=True):
         col.metric(f"{domain} documents", f"{counts.get(domain, 0):,}")
 
+meta = svc.meta_columns(project.id)
+if sum(counts.values()):
+    with st.expander(f"Browse the documents (the first 50){' with their metadata' if meta else ''}"):
+        docs = svc.documents(project.id, limit=50)
+        table = {"id": [d.ext_id for d in docs], "domain": [d.domain for d in docs]}
+        table["text"] = [ui.shorten(d.text, 160) for d in docs]
+        table["gold labels"] = [", ".join(d.gold_labels) if d.gold_labels is not None else "" for d in docs]
+        table |= {name: [str(d.meta.get(name, "")) for d in docs] for name in meta}
+        st.dataframe(table, hide_index=True)
+
 if counts.get("source"):
     st.divider()
     st.subheader("Fine-tune the source model")
+    running = svc.pending_finetune(project.id)
     current = (
         f"The current source model is `{project.source_model}`."
         if project.source_model
+        else "A source model is being fine-tuned now."
+        if running is not None
         else "The project has no source model yet."
     )
     st.caption(
@@ -151,7 +164,15 @@ if counts.get("source"):
     epochs = st.number_input(
         "Epochs", min_value=0.5, max_value=50.0, value=ui.SOURCE_EPOCHS, step=0.5, key="source_epochs"
     )
-    if st.button("Start fine-tuning", key="finetune"):
+    if running is not None:
+        step, total = running.progress.get("step"), running.progress.get("max_steps")
+        where = f", step {step} of {total}" if step is not None and total else ""
+        st.info(
+            f"A fine-tuning is {running.status} (run {running.id}{where}); its model becomes the source model when "
+            "it finishes. Follow it on the Adapt page.",
+            icon=":material/hourglass_top:",
+        )
+    elif st.button("Start fine-tuning", key="finetune"):
         with ui.shown_errors():
             run_id = svc.start_run(project.id, "finetune-source", {"epochs": float(epochs)})
             ui.flash(f"Run {run_id} (source fine-tuning) is queued; follow it on the Adapt page.")

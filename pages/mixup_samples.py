@@ -5,9 +5,10 @@ import pandas as pd
 import streamlit as st
 
 import ui
+import ui_page
 
-svc = ui.services()
-project = ui.current_project()
+svc = ui_page.start()
+project = ui_page.current_project()
 st.title("MixUp samples")
 run = ui.insight_run(project, key="mixup_run")
 insights = svc.insights

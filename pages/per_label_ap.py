@@ -4,9 +4,10 @@ import pandas as pd
 import streamlit as st
 
 import ui
+import ui_page
 
-svc = ui.services()
-project = ui.current_project()
+svc = ui_page.start()
+project = ui_page.current_project()
 st.title("Per-label AP")
 run = ui.insight_run(project, key="ap_run")
 insights = svc.insights
