@@ -14,7 +14,9 @@ from dallmi_core.errors import ConfigError
 
 DEVICES = ("auto", "cpu", "cuda", "mps")
 PRECISIONS = ("auto", "no", "bf16", "fp16")
-METHODS = ("dallmi", "bce-partial", "target-oracle")
+DEFAULT_METHOD = "dallmi-anchored"
+METHODS = (DEFAULT_METHOD, "dallmi", "bce-partial", "aad", "target-oracle")
+DALLMI_LOSS = (DEFAULT_METHOD, "dallmi")  # the methods trained with DALLMi's PU loss and MixUp
 VARIATIONAL = ("log", "norm")
 MIXUP_AT = ("word_embeddings", "embedding_output")
 SELECTIONS = ("val_variational", "val_pu_ap", "last")
@@ -130,7 +132,7 @@ class AdaptConfig(TrainingBase):
     """
 
     kind: ClassVar[str] = "adapt"
-    method: str = "dallmi"
+    method: str = DEFAULT_METHOD
     variational: str = "log"
     batch_size: int = 16
     positives_per_label: int = 8  # per label per step; all 8 training tags at K=10 (docs/BENCHMARKS.md)
@@ -146,10 +148,24 @@ class AdaptConfig(TrainingBase):
     val_unlabeled: int = 256
     eval_every: int = 10
     patience: int | None = None
+    # dallmi-anchored only (docs/METHOD.md): the source model's predictions on the target text as a
+    # BCE anchor, and the final weights interpolated back toward the source model's (WiSE-FT).
+    anchor_weight: float = 1.0
+    wise_alpha: float = 0.5  # final = alpha * adapted + (1 - alpha) * source; 1 keeps the adapted weights
+    # aad only: knowledge-distillation temperature and weight (Ryu & Lee 2020), discriminator lr.
+    aad_temperature: float = 20.0
+    aad_kd_weight: float = 1.0
+    aad_disc_lr: float = 1e-4
 
     def __post_init__(self) -> None:
         super().__post_init__()
         _check_choice("method", self.method, METHODS)
+        _check_positive("anchor_weight", self.anchor_weight, allow_zero=True)
+        if not 0 <= self.wise_alpha <= 1:
+            raise ConfigError(f"wise_alpha must be in [0, 1], got {self.wise_alpha!r}.")
+        for name in ("aad_temperature", "aad_disc_lr"):
+            _check_positive(name, getattr(self, name))
+        _check_positive("aad_kd_weight", self.aad_kd_weight, allow_zero=True)
         _check_choice("variational", self.variational, VARIATIONAL)
         _check_choice("mixup_at", self.mixup_at, MIXUP_AT)
         _check_choice("selection", self.selection, SELECTIONS)
@@ -167,7 +183,12 @@ class AdaptConfig(TrainingBase):
 
     @property
     def uses_mixup(self) -> bool:
-        return self.method == "dallmi" and self.mixup_pairs > 0 and self.lambda_mix > 0
+        return self.method in DALLMI_LOSS and self.mixup_pairs > 0 and self.lambda_mix > 0
+
+    @property
+    def anchored(self) -> bool:
+        """The source anchor and WiSE-FT apply (dallmi-anchored; a no-op at weight 0 and alpha 1)."""
+        return self.method == DEFAULT_METHOD
 
 
 def config_from_dict(data: dict[str, Any]) -> SourceConfig | AdaptConfig:

@@ -38,6 +38,7 @@ to the tags (`tag_passes` over each label's training tags, at least `min_steps`)
 with the 4 starter tags per label. Every other setting is AdaptConfig's default."""
 
 PAPER_SETTINGS = {
+    "method": "dallmi",
     "max_length": 128,
     "batch_size": 64,
     "positives_per_label": 4,
@@ -46,9 +47,10 @@ PAPER_SETTINGS = {
     "lambda_mix": 1.0,
 }
 """AdaptConfig settings of the DALLMi paper (arXiv 2405.01883) and its official code as DESIGN.md
-section 4 records them: max length 128, unlabeled batch 64, AdamW lr 5e-5, the VPU `log`
-variational term, MixUp weight lambda_mix 1, 4 positives per label per step. Meant for a GPU;
-MixUp alpha 0.3 and one MixUp pair per label are AdaptConfig's defaults already."""
+section 4 records them: the paper's method (`dallmi`, without our source anchor), max length 128,
+unlabeled batch 64, AdamW lr 5e-5, the VPU `log` variational term, MixUp weight lambda_mix 1, 4
+positives per label per step. Meant for a GPU; MixUp alpha 0.3 and one MixUp pair per label are
+AdaptConfig's defaults already."""
 
 # Module globals are shared by every Streamlit session: never change them in place; copy instead,
 # e.g. `{**QUICK_CPU_DEMO, "lr": 2e-5}`.

@@ -337,7 +337,11 @@ def run_adapt(job: Job) -> tuple[str, dict]:
     del gold
     store.save_analysis(job.run.id, "pu_split", {}, _split_meta(split, ids, labels))
     callbacks = [*job.callbacks(), _MixupToStore(store, job.run.id, ids, labels)]
-    result = adapt(clf, texts, tags, cfg, callbacks=callbacks, checkpoint_dir=job.checkpoint_dir(), gold=oracle)
+    source_texts = _documents(job, "source")[1] if cfg.method == "aad" else None  # aad learns source vs target
+    result = adapt(
+        clf, texts, tags, cfg, callbacks=callbacks, checkpoint_dir=job.checkpoint_dir(), gold=oracle,
+        source_texts=source_texts,
+    )  # fmt: skip
     del texts
     _after_training(job, result)
     out = save_classifier(result.clf, job.model_dir)

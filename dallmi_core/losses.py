@@ -65,6 +65,15 @@ def dallmi_objective(
     return loss, {"loss": float(loss.detach()), "variational": float(v.detach()), "mixup": float(r.detach())}
 
 
+def anchor_term(z: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Per-label A_l [L]: mean over documents of KL(Bernoulli(t) || Bernoulli(phi(z))), the source
+    model's (or a tag's) probability t as the target; zero where the model still agrees with it."""
+    t = targets.float().clamp(0.0, 1.0)
+    cross = F.binary_cross_entropy_with_logits(z.float(), t, reduction="none")
+    entropy = -(torch.special.xlogy(t, t) + torch.special.xlogy(1 - t, 1 - t))
+    return (cross - entropy).mean(dim=0)
+
+
 def bce_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """Multi-label BCE (source fine-tuning, bce-partial, target-oracle), mean over labels and docs."""
     return F.binary_cross_entropy_with_logits(logits.float(), targets.float())

@@ -94,6 +94,11 @@ class Classifier:
         stored = getattr(unwrap(self.model).config, "dallmi_thresholds", None) or {}
         return {name: float(stored.get(name, 0.5)) for name in self.label_names}
 
+    @property
+    def fresh_head(self) -> bool:
+        """The head was newly initialised and never trained: its predictions hold no knowledge."""
+        return bool(getattr(unwrap(self.model).config, "dallmi_fresh_head", False))
+
     def calibration(self) -> Calibration | None:
         return Calibration.from_config(getattr(unwrap(self.model).config, "dallmi_calibration", None))
 
@@ -141,6 +146,7 @@ def new_classifier(backbone: str | None, label_names: Sequence[str]) -> Classifi
             problem_type="multi_label_classification",
             ignore_mismatched_sizes=True,
         )
+    model.config.dallmi_fresh_head = True  # until a trainer has trained it (Trainer.finish)
     return Classifier(model, tokenizer, names)
 
 

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from dallmi_core.callbacks import Callback, TqdmProgress
-from dallmi_core.config import AdaptConfig, SourceConfig
+from dallmi_core.config import DEFAULT_METHOD, AdaptConfig, SourceConfig
 from dallmi_core.data import Corpus
 from dallmi_core.errors import DataError
 from dallmi_core.metrics import ap_report, f1_macro, f1_macro_best, thresholded_ap
@@ -28,24 +28,39 @@ from dallmi_core.scoring import logits_for, sigmoid
 from dallmi_core.tokens import TokenizedCorpus
 from dallmi_core.train import adapt, calibrate_source_on_target, finetune_source
 
-METHODS = ("tfidf-source", "source-only", "bce-partial", "dallmi", "target-oracle")
-# Per-method settings on top of the shared AdaptConfig: BCE baselines select by the PU-estimated
-# AP (a variational loss means nothing to them); the oracle trains on all gold and keeps its last step.
+METHODS = ("tfidf-source", "source-only", "bce-partial", "aad", "dallmi", DEFAULT_METHOD, "target-oracle")
+ADAPTING = ("bce-partial", "aad", "dallmi", DEFAULT_METHOD, "target-oracle")  # trained on the train part
+# Per-method settings on top of the shared AdaptConfig (whose defaults are the default method's). The
+# paper's DALLMi keeps its budget and selection; the baselines get budgets chosen on dev from the same
+# grid as the default method (benchmarks/method_dev.py, docs/BENCHMARKS.md "v6"); the oracle trains
+# on all gold and keeps its last step.
 METHOD_OVERRIDES: dict[str, dict] = {
     "dallmi": {"method": "dallmi"},
     "bce-partial": {"method": "bce-partial", "selection": "val_pu_ap", "epochs": 3.0},
+    "aad": {"method": "aad", "selection": "last", "max_steps": 20},
     "target-oracle": {"method": "target-oracle", "selection": "last", "epochs": 3.0},
 }
 
 
+def resolve_methods(names: Sequence[str]) -> list[str]:
+    """`default` stands for the default adaptation method (its rows carry that method's own name)."""
+    methods = list(dict.fromkeys(DEFAULT_METHOD if m == "default" else m for m in names))
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown:
+        raise DataError(f"Unknown method(s) {unknown}; choose from default, {', '.join(METHODS)}.")
+    return methods
+
+
 def method_config(base: AdaptConfig, method: str, seed: int, baseline_epochs: float | None = None) -> AdaptConfig:
-    """The shared adaptation config with the method's own settings (BCE baselines: an epoch budget,
-    METHOD_OVERRIDES' unless `baseline_epochs` is given: a large target set makes 3 epochs slow on a CPU)."""
+    """The shared adaptation config with the method's own settings (the baselines' budget is theirs,
+    METHOD_OVERRIDES'; `baseline_epochs` replaces an epoch budget: a large target set makes 3 epochs
+    slow on a CPU)."""
     cfg = base.replace(seed=seed, method=method)
-    if method != "dallmi":
-        cfg = cfg.replace(max_steps=None, epochs=None).replace(**METHOD_OVERRIDES[method])
-        if baseline_epochs is not None:
-            cfg = cfg.replace(epochs=baseline_epochs)
+    if method in (DEFAULT_METHOD, "dallmi"):
+        return cfg.replace(**METHOD_OVERRIDES.get(method, {}))
+    cfg = cfg.replace(max_steps=None, epochs=None).replace(**METHOD_OVERRIDES[method])
+    if baseline_epochs is not None and cfg.epochs is not None:
+        cfg = cfg.replace(epochs=baseline_epochs)
     return cfg
 
 
@@ -150,7 +165,8 @@ class QualityResult:
                 "seconds_mean": _mean([r["seconds"] for r in runs]),
             }
         eval_on = sorted({r.get("eval_on", "test") for r in self.runs})
-        return {"labels": self.labels, "eval_on": ",".join(eval_on), "methods": methods}
+        summary = {"labels": self.labels, "eval_on": ",".join(eval_on), "default_method": DEFAULT_METHOD}
+        return {**summary, "methods": methods}
 
     def to_markdown(self) -> str:
         summary = self.summary()["methods"]
@@ -184,6 +200,37 @@ _PREDICTION_FIGURES = (
     "prior_abs_error",
     "thresholded_map_macro",
 )
+
+
+PAPER_HEADLINE = {"aad": 0.199, "bce-partial": 0.522}  # DALLMi's relative mAP gain in the paper (abstract)
+
+
+def ratio_table(results: dict[float, QualityResult]) -> str:
+    """The paper's label-removal comparison: per ratio and method, macro mAP and the paper's thresholded
+    AP, and the default method's gain relative to AAD and bce-partial beside the paper's headline."""
+    rows = [
+        "| removed | method | macro mAP | thresholded AP (paper) | default vs aad | default vs bce-partial |",
+        "|---|---|---|---|---|---|",
+    ]
+    for ratio, result in results.items():
+        summary = result.summary()["methods"]
+        ours = summary.get(DEFAULT_METHOD, {}).get("map_macro_mean")
+        for method, s in summary.items():
+            gains = ["", ""]
+            if method == DEFAULT_METHOD and ours is not None:
+                gains = [_relative(ours, summary.get(b, {}).get("map_macro_mean")) for b in PAPER_HEADLINE]
+            rows.append(
+                f"| {ratio:.0%} | {method} | {s['map_macro_mean']:.3f} ± {s['map_macro_std']:.3f} | "
+                f"{_fmt(s['thresholded_map_macro_mean'])} | {gains[0]} | {gains[1]} |"
+            )
+    rows.append(
+        f"| paper | DALLMi (its headline) | | | +{PAPER_HEADLINE['aad']:.1%} | +{PAPER_HEADLINE['bce-partial']:.1%} |"
+    )
+    return "\n".join(rows)
+
+
+def _relative(ours: float, baseline: float | None) -> str:
+    return "" if baseline is None or baseline <= 0 else f"{(ours - baseline) / baseline:+.1%}"
 
 
 def _fmt(value: float | None) -> str:
@@ -284,9 +331,7 @@ def run_quality(
 ) -> QualityResult:
     """Each method on each seed's split; adapting methods see only the train part's texts and tags,
     gold serves the target-oracle and the final scoring on `eval_on` (dev or test) alone."""
-    unknown = [m for m in methods if m not in METHODS]
-    if unknown:
-        raise DataError(f"Unknown method(s) {unknown}; choose from {', '.join(METHODS)}.")
+    methods = resolve_methods(methods)
     if eval_on not in EVAL_PARTS:
         raise DataError(f"--eval-on {eval_on!r}: choose dev (for choosing defaults) or test (for reporting).")
     target = corpus.where_domain("target")
@@ -324,6 +369,7 @@ def run_quality(
                         method_config(adapt_cfg, method, seed, baseline_epochs),
                         callbacks=extra,
                         gold=gold[split.train] if method == "target-oracle" else None,
+                        source_texts=source.texts if method == "aad" else None,
                     )
                     calibration = res.extras.get("calibration")
                     info = {"steps": res.state.step, "best_step": res.state.best_step, "history": res.state.history}

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from dallmi_core.config import AdaptConfig
-from dallmi_core.losses import bce_loss, dallmi_objective, mixup_term, variational_term
+from dallmi_core.losses import anchor_term, bce_loss, dallmi_objective, mixup_term, variational_term
 from dallmi_core.model import (
     embeddings_module,
     forward_from_embedding_output,
@@ -132,8 +132,13 @@ def vectorised_dallmi_step(
     mix: MixupDraws | None,
     cfg: AdaptConfig,
     device: torch.device,
+    anchor: np.ndarray | None = None,
 ) -> tuple[torch.Tensor, dict[str, float]]:
-    """Loss of one step with a single forward over documents and mixed sequences together."""
+    """Loss of one step with a single forward over documents and mixed sequences together.
+
+    `anchor` [n_docs, L] (dallmi-anchored): per corpus document the source model's probabilities
+    (tags set to 1); every document of the step is held to them by `cfg.anchor_weight` x the summed
+    per-label KL term. It reuses the step's forward: no extra pass."""
     act = np.flatnonzero(batch.active)
     n_u = len(batch.unlabeled)
     positives = batch.positives[act]  # [La, k]
@@ -172,7 +177,12 @@ def vectorised_dallmi_step(
         z_u_pair = z_u[pair_u, torch.arange(len(act), device=device)[:, None]]  # [La, m]
         mu = torch.as_tensor(mix.mu[act], device=device)
         mixup = mixup_term(z_u_pair, z_mixed, mu, cfg.variational, cfg.detach_target)
-    return dallmi_objective(variational, mixup, torch.ones(len(act), dtype=torch.bool), cfg.lambda_mix)
+    loss, parts = dallmi_objective(variational, mixup, torch.ones(len(act), dtype=torch.bool), cfg.lambda_mix)
+    if anchor is not None and cfg.anchor_weight > 0:
+        held = anchor_term(z_docs, torch.as_tensor(anchor[docs], device=device)).sum()
+        loss = loss + cfg.anchor_weight * held
+        parts = {**parts, "loss": float(loss.detach()), "anchor": float(held.detach())}
+    return loss, parts
 
 
 def reference_dallmi_step(

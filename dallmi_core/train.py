@@ -22,7 +22,7 @@ from accelerate.utils import set_seed
 
 from dallmi_core.calibration import Calibration, calibrate_on_target, fit_on_source, source_calibration
 from dallmi_core.callbacks import Callback, CallbackList, EarlyStopping, TrainState
-from dallmi_core.config import AdaptConfig, SourceConfig, TrainingBase
+from dallmi_core.config import DALLMI_LOSS, AdaptConfig, SourceConfig, TrainingBase
 from dallmi_core.distributed import gather, rank_device
 from dallmi_core.errors import ConfigError, RunStateError
 from dallmi_core.losses import variational_term
@@ -185,6 +185,8 @@ class Trainer:
         self.callbacks.on_train_end(self.state)
         self.clf.model = unwrap(self.model)
         self.clf.model.eval()
+        if self.state.step:
+            self.clf.model.config.dallmi_fresh_head = False
         extras = {"unlabeled_shard": self.unlabeled_shard().tolist(), "precision": self.accelerator.mixed_precision}
         return TrainResult(self.clf, self.state, getattr(self, "split", None), extras)
 
@@ -371,12 +373,14 @@ class _TargetTrainer(Trainer):
 
 
 class DallmiTrainer(_TargetTrainer):
-    """Variational PU loss + MixUp on word embeddings with label-balanced sampling."""
+    """Variational PU loss + MixUp on word embeddings with label-balanced sampling; with `anchor`
+    (dallmi-anchored) every step's documents are also held to the source model's predictions."""
 
     stage = "adapt"
 
-    def __init__(self, clf, tokens, tags, cfg: AdaptConfig, **kw):
+    def __init__(self, clf, tokens, tags, cfg: AdaptConfig, anchor: np.ndarray | None = None, **kw):
         super().__init__(clf, tokens, tags, cfg, **kw)
+        self.anchor = anchor
         pool = np.asarray(self.split.train_pool)[self.rank :: self.world]
         self.sampler = LabelBalancedSampler(
             pool,
@@ -402,7 +406,7 @@ class DallmiTrainer(_TargetTrainer):
             draw_mixup(self.mix_rng, batch, self.cfg.mixup_pairs, self.cfg.mixup_alpha) if self.cfg.uses_mixup else None
         )
         self.state.mixup = None if mix is None else self.mixup_record(batch, mix)
-        return vectorised_dallmi_step(self.model, self.tokens, batch, mix, self.cfg, self.device)
+        return vectorised_dallmi_step(self.model, self.tokens, batch, mix, self.cfg, self.device, self.anchor)
 
     def mixup_record(self, batch, mix) -> MixupRecord:
         """The step's pairs in corpus positions, scored by the model only if a callback asks."""
@@ -469,6 +473,15 @@ class BceTargetTrainer(_TargetTrainer):
     def load_sampler_state(self, state):
         self.stream.load_state_dict(state["stream"])
         self.stream.rng.bit_generator.state = state["rng"]
+
+
+def interpolate_weights(model: torch.nn.Module, start: dict[str, torch.Tensor], alpha: float) -> None:
+    """WiSE-FT (Wortsman et al. 2022) in place: every floating weight becomes alpha * its adapted
+    value + (1 - alpha) * its value in `start` (the source model's)."""
+    with torch.no_grad():
+        for name, value in unwrap(model).state_dict().items():
+            if value.is_floating_point():
+                value.mul_(alpha).add_(start[name].to(value.device, value.dtype), alpha=1 - alpha)
 
 
 def calibration_rows(n: int, cfg: SourceConfig) -> tuple[np.ndarray, np.ndarray]:
@@ -557,21 +570,36 @@ def adapt(
     checkpoint_dir=None,
     gold: np.ndarray | None = None,
     tokens: TokenizedCorpus | None = None,
+    source_texts: Sequence[str] | None = None,
 ) -> TrainResult:
     """Adapt `clf` to target `texts`; `tags[l]` lists the documents tagged positive for label l.
 
     A source model with a source fit first scores the target (one inference pass): the label priors
-    are estimated from it; after training the adapted model is calibrated on the target with them."""
+    are estimated from it; after training the adapted model is calibrated on the target with them.
+    dallmi-anchored uses that pass as its anchor too, and ends with the WiSE-FT interpolation toward
+    the source weights; a model whose head was never trained has no knowledge to keep, and is not
+    anchored. aad also needs `source_texts`."""
     tokens = tokens or TokenizedCorpus.build(clf.tokenizer, texts, cfg.max_length)
     callbacks = list(callbacks)
     if cfg.patience is not None:
         callbacks.append(EarlyStopping(cfg.patience))
     source_fit = clf.source_fit()
+    anchored = cfg.anchored and not clf.fresh_head
     clf.model.to(rank_device(resolve_device(cfg.device)))  # each rank on its own device under a launcher
-    inputs = CalibrationInputs(logits_for(clf.model, tokens) if source_fit else None, source_fit)
+    start_logits = logits_for(clf.model, tokens) if source_fit or anchored else None
+    inputs = CalibrationInputs(start_logits if source_fit else None, source_fit)
+    start = {k: v.detach().to("cpu", copy=True) for k, v in clf.model.state_dict().items()} if anchored else None
     kw = {"callbacks": callbacks, "checkpoint_dir": checkpoint_dir}
-    if cfg.method == "dallmi":
-        result = DallmiTrainer(clf, tokens, tags, cfg, **kw).fit()
+    if cfg.method in DALLMI_LOSS:
+        anchor = anchor_targets(start_logits, tags) if anchored else None
+        result = DallmiTrainer(clf, tokens, tags, cfg, anchor=anchor, **kw).fit()
+    elif cfg.method == "aad":
+        if not source_texts:
+            raise ConfigError("aad needs source documents: it learns from source vs target text.")
+        from dallmi_core.adversarial import AadTrainer  # it builds on this module's trainers
+
+        source_tokens = TokenizedCorpus.build(clf.tokenizer, source_texts, cfg.max_length)
+        result = AadTrainer(clf, tokens, tags, cfg, source_tokens=source_tokens, **kw).fit()
     elif cfg.method == "target-oracle":
         if gold is None:
             raise ConfigError("target-oracle needs gold target labels (it is the upper bound).")
@@ -579,5 +607,17 @@ def adapt(
     else:
         result = BceTargetTrainer(clf, tokens, tags, cfg, **kw).fit()
     if result.state.stop_reason != "cancelled":
+        if anchored and cfg.wise_alpha < 1:
+            interpolate_weights(result.clf.model, start, cfg.wise_alpha)
+        result.extras["anchored"] = anchored
         result.extras["calibration"] = calibrate_adapted(result, tokens, tags, inputs)
     return result
+
+
+def anchor_targets(logits: np.ndarray, tags: Sequence[Sequence[int]]) -> np.ndarray:
+    """The anchor of dallmi-anchored: the source model's probabilities per document and label, 1
+    where the user tagged the document with the label."""
+    targets = sigmoid(logits).astype(np.float32)
+    for label, docs in enumerate(tags):
+        targets[list(docs), label] = 1.0
+    return targets

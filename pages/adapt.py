@@ -82,16 +82,20 @@ preset = st.selectbox(
     "Preset",
     list(presets),
     key="preset",
-    help="Defaults: AdaptConfig's measured defaults. Quick CPU demo: a few steps on short texts. "
-    "Paper settings: the paper's batch size and lengths (slow without a GPU).",
+    help="Defaults: the default method (dallmi-anchored) with settings chosen on dev data. Quick CPU demo: a few "
+    "steps on short texts. Paper settings: the paper's method (dallmi), batch size and lengths (slow without a GPU).",
 )
 values = {**defaults, **presets[preset]}
 LABELS = {
     "method": (
         "Method",
-        "dallmi: variational PU + MixUp; bce-partial: untagged = negative (baseline); "
-        "target-oracle: BCE on gold target labels (upper bound).",
+        "dallmi-anchored (default): DALLMi held to the source model's predictions, its weights then "
+        "interpolated back toward the source model (docs/METHOD.md); dallmi: the paper's variational PU + "
+        "MixUp; bce-partial: untagged = negative (baseline); aad: adversarial adaptation with distillation, "
+        "no tags (baseline; needs source documents); target-oracle: BCE on gold target labels (upper bound).",
     ),
+    "anchor_weight": ("Source anchor weight", "dallmi-anchored: KL to the source model's predictions; 0 = off."),
+    "wise_alpha": ("Keep of the adapted weights (WiSE-FT α)", "dallmi-anchored: 1 = adapted only, 0 = source."),
     "variational": ("Variational term", "log (VPU) or norm (the paper's code)."),
     "lambda_mix": ("MixUp weight λ", "0 turns MixUp off."),
     "lr": ("Learning rate", None),

@@ -32,9 +32,9 @@ def test_gold_reaches_only_the_oracle_and_the_final_scoring(corpus, tmp_path, ti
     seen, scored = [], []
     real_adapt, real_scores = quality.adapt, quality._calibrated_scores
 
-    def recording_adapt(clf, texts, tags, cfg, callbacks=(), gold=None):
-        seen.append((cfg.method, list(texts), tags, gold))
-        return real_adapt(clf, texts, tags, cfg, callbacks=callbacks, gold=gold)
+    def recording_adapt(clf, texts, tags, cfg, callbacks=(), gold=None, source_texts=None):
+        seen.append((cfg.method, list(texts), tags, gold, source_texts))
+        return real_adapt(clf, texts, tags, cfg, callbacks=callbacks, gold=gold, source_texts=source_texts)
 
     def recording_scores(clf, calibration, texts, max_length):
         scored.append(list(texts))
@@ -43,7 +43,8 @@ def test_gold_reaches_only_the_oracle_and_the_final_scoring(corpus, tmp_path, ti
     monkeypatch.setattr(quality, "adapt", recording_adapt)
     monkeypatch.setattr(quality, "_calibrated_scores", recording_scores)
     result = quality.run_quality(
-        corpus, labels=LABELS, methods=["source-only", "dallmi", "bce-partial", "target-oracle"], seeds=[0],
+        corpus, labels=LABELS, seeds=[0],
+        methods=["source-only", "dallmi", "default", "bce-partial", "aad", "target-oracle"],
         adapt_cfg=AdaptConfig(max_steps=1, max_length=24, eval_every=1), source_cfg=SourceConfig(max_steps=1,
         max_length=24, probe_epochs=0), backbone=tiny_backbone, work_dir=tmp_path / "work", positives_per_label=3,
         eval_on=eval_on, baseline_epochs=None, log=lambda _: None,
@@ -53,12 +54,16 @@ def test_gold_reaches_only_the_oracle_and_the_final_scoring(corpus, tmp_path, ti
     split = quality.split_target(gold, 0, positives_per_label=3)
     train_texts = [target.texts[i] for i in split.train]
     eval_texts = [target.texts[i] for i in split.part(eval_on)]
-    assert [m for m, *_ in seen] == ["dallmi", "bce-partial", "target-oracle"]
-    for method, texts, tags, given_gold in seen:
+    assert [m for m, *_ in seen] == ["dallmi", "dallmi-anchored", "bce-partial", "aad", "target-oracle"]
+    for method, texts, tags, given_gold, source_texts in seen:
         assert texts == train_texts and tags == split.tags  # the train part alone, and only its tags
         if method == "target-oracle":
             np.testing.assert_array_equal(given_gold, gold[split.train])
         else:
             assert given_gold is None
-    assert scored == [eval_texts] * 4  # every model is scored on the evaluation part only
+        # aad alone learns from source text (its domain discriminator), and never from target gold
+        assert source_texts == (corpus.where_domain("source").texts if method == "aad" else None)
+    assert scored == [eval_texts] * 6  # every model is scored on the evaluation part only
+    summary = result.summary()
+    assert summary["default_method"] == "dallmi-anchored" and "dallmi-anchored" in summary["methods"]
     assert {r["eval_on"] for r in result.runs} == {eval_on}

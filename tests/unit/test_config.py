@@ -14,7 +14,8 @@ from dallmi_core.errors import ConfigError
 def test_defaults_are_valid():
     source, adapt = SourceConfig(), AdaptConfig()
     assert source.kind == "finetune-source" and adapt.kind == "adapt"
-    assert adapt.method == "dallmi" and adapt.variational == "log"
+    assert adapt.method == "dallmi-anchored" and adapt.anchored and adapt.variational == "log"
+    assert not adapt.replace(method="dallmi").anchored and adapt.replace(method="dallmi").uses_mixup
     assert adapt.positives_per_label == 8 and adapt.mixup_alpha == 0.3 and adapt.lambda_mix == 1.0
     assert adapt.lr == 5e-5 and adapt.max_length == 128
     assert adapt.detach_target is False and adapt.mixup_at == "word_embeddings"
