@@ -2,9 +2,10 @@
 
 A transformer training step costs 6 FLOPs per weight of a linear layer per row it multiplies
 (2 forward, 4 backward: every token in the encoder, one row per sequence in the pooler and head),
-plus 12 x layers x hidden x (padded) length per token for the attention scores and their
-weighted sum (PaLM's accounting, Chowdhery et al. 2022, appendix B). Tokens are the padded ones
-the hardware computes; embedding lookups, norms and activations count nothing. Which linear
+plus 12 x layers x hidden x length per token for the attention scores and their weighted sum
+(PaLM's accounting, Chowdhery et al. 2022, appendix B); embedding lookups, norms and activations
+count nothing. Two counts: hardware FLOPs over the padded tokens the hardware computes, and model
+FLOPs over the real (attention mask 1) tokens only, the work the model needs; padding is their gap. Which linear
 weights apply per token and which per sequence is read off two tiny probe forwards, so timed
 forwards carry one cheap shape hook and nothing per layer. tests/unit/test_flops.py checks the
 count against torch's FlopCounterMode.
@@ -28,9 +29,13 @@ class FlopModel:
     hidden: int
 
     def training_flops(self, batch: int, length: int) -> float:
-        """Forward + backward FLOPs of one forward over `batch` sequences padded to `length`."""
-        linear = self.per_token * batch * length + self.per_sequence * batch
-        return 6.0 * linear + 12.0 * self.layers * self.hidden * batch * length * length
+        """Forward + backward hardware FLOPs of one forward over `batch` sequences padded to `length`."""
+        return self.flops_of(batch, batch * length, batch * length * length)
+
+    def flops_of(self, sequences: int, tokens: int, squared_lengths: int) -> float:
+        """Forward + backward FLOPs of `sequences` holding `tokens` in all (sum of length^2: `squared_lengths`)."""
+        linear = self.per_token * tokens + self.per_sequence * sequences
+        return 6.0 * linear + 12.0 * self.layers * self.hidden * squared_lengths
 
 
 def flop_model(model: nn.Module) -> FlopModel:
@@ -66,26 +71,45 @@ def flop_model(model: nn.Module) -> FlopModel:
 
 
 class ShapeRecorder:
-    """Records (batch, padded length) of every forward of `model` while attached."""
+    """Counts every forward of `model` while attached (a hook, never a formula), and records each
+    one's (batch, padded length) and its real tokens (from the attention mask)."""
 
     def __init__(self, model: nn.Module):
+        self.forwards = 0
         self.shapes: list[tuple[int, int]] = []
+        self.real: list[tuple[int, int]] = []  # per forward: (real tokens, sum of real length^2)
         self._handle = unwrap(model).register_forward_pre_hook(self._record, with_kwargs=True)
 
     def _record(self, _module, args, kwargs) -> None:
+        self.forwards += 1
         inputs = kwargs.get("input_ids")
         if inputs is None:
             inputs = kwargs.get("inputs_embeds")
         if inputs is None and args:
             inputs = args[0]
-        if isinstance(inputs, torch.Tensor):
-            self.shapes.append((int(inputs.shape[0]), int(inputs.shape[1])))
+        if not isinstance(inputs, torch.Tensor):
+            return
+        batch, length = int(inputs.shape[0]), int(inputs.shape[1])
+        self.shapes.append((batch, length))
+        mask = kwargs.get("attention_mask")
+        lengths = mask.sum(dim=1) if isinstance(mask, torch.Tensor) else torch.full((batch,), length)
+        self.real.append((int(lengths.sum()), int((lengths.long() ** 2).sum())))
 
     def reset(self) -> None:
+        self.forwards = 0
         self.shapes.clear()
+        self.real.clear()
 
     def training_flops(self, flop_model: FlopModel) -> float:
+        """Hardware FLOPs: the padded tokens."""
         return sum(flop_model.training_flops(batch, length) for batch, length in self.shapes)
+
+    def model_training_flops(self, flop_model: FlopModel) -> float:
+        """Model FLOPs: the real tokens only."""
+        return sum(
+            flop_model.flops_of(batch, tokens, squares)
+            for (batch, _), (tokens, squares) in zip(self.shapes, self.real, strict=True)
+        )
 
     def close(self) -> None:
         self._handle.remove()

@@ -1,4 +1,9 @@
-"""Score documents with a classifier: length-sorted batches, dynamic padding, inference mode."""
+"""Score documents with a classifier: length-sorted batches, dynamic padding, inference mode.
+
+`score_texts` (the `dallmi score` path, the score job) runs whole corpora and takes the int8 CPU
+path where it is measured faster (fast_inference.py); `logits_for`, which training, validation
+and the quality benchmark use, always runs the model it is given.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +13,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import torch
 
+from dallmi_core.fast_inference import inference_model
 from dallmi_core.model import Classifier, forward_logits
 from dallmi_core.tokens import TokenizedCorpus, length_sorted_batches
 
@@ -76,13 +82,17 @@ def score_texts(
     device: torch.device | str | None = None,
     on_batch: Callable[[int], None] | None = None,
     calibrated: bool = True,
+    fast: bool | None = None,
 ) -> np.ndarray:
     """Probabilities [n, L] for raw texts: through the model's calibration map when it has one
-    (calibration.py; `calibrated=False`: the plain sigmoid of the logits)."""
+    (calibration.py; `calibrated=False`: the plain sigmoid of the logits). `fast`: the int8 CPU
+    path on (True), off (False), or as DALLMI_FAST_INFERENCE and a probe decide (None)."""
     if device is not None:
         clf.model.to(device)
     tokens = TokenizedCorpus.build(clf.tokenizer, texts, max_length)
-    return probabilities(clf, logits_for(clf.model, tokens, batch_size=batch_size, on_batch=on_batch), calibrated)
+    on = next(clf.model.parameters()).device
+    run = inference_model(clf.model, tokens, on, batch_size, fast)
+    return probabilities(clf, logits_for(run.model, tokens, batch_size=run.batch_size, on_batch=on_batch), calibrated)
 
 
 def probabilities(clf: Classifier, logits: np.ndarray, calibrated: bool = True) -> np.ndarray:
