@@ -25,6 +25,7 @@ from dallmi_core.config import AdaptConfig, SourceConfig
 from dallmi_core.data import read_corpus
 from dallmi_core.metrics import ap_report
 from dallmi_core.model import load_classifier
+from dallmi_core.prototype import features_and_logits, fold_prototypes
 from dallmi_core.quality import source_model, split_target
 from dallmi_core.scoring import logits_for
 from dallmi_core.tokens import TokenizedCorpus
@@ -33,34 +34,37 @@ from dallmi_core.train import adapt, interpolate_weights
 DATASETS = ("arxiv_shift", "movies_shift", "pubmed_shift")
 CANDIDATES = {
     "dallmi": {"method": "dallmi"},
-    "dallmi-anchored": {"method": "dallmi-anchored", "anchor_weight": 1.0, "wise_alpha": 1.0},
+    "dallmi-anchored": {"method": "dallmi-anchored", "anchor_weight": 1.0, "wise_alpha": 1.0, "prototype_weight": 0.0},
     "bce-partial": {"method": "bce-partial", "selection": "last"},
     "aad": {"method": "aad"},
 }
 
 
 class DevGrid(Callback):
-    """At each budget of the grid: dev macro mAP of the current weights at every alpha."""
+    """At each budget of the grid: dev macro mAP of the current weights at every alpha, and with the
+    tags' prototypes (fitted on the train part's features of those weights) folded in at every gamma."""
 
-    def __init__(self, clf, start, tokens, gold, labels, budgets, alphas, rows, tag):
+    def __init__(self, clf, start, tokens, gold, labels, budgets, alphas, rows, tag, train=None, gammas=(0.0,)):
         self.clf, self.start, self.tokens, self.gold, self.labels = clf, start, tokens, gold, labels
         self.budgets, self.alphas, self.rows, self.tag = set(budgets), alphas, rows, tag
+        self.train, self.gammas = train, gammas  # (train tokens, tags) for the prototypes
 
     def on_evaluate(self, state, metrics):
         if state.step not in self.budgets and state.step != 0:
             return
         model = self.clf.model  # on one device the trainer trains this very module
         current = {k: v.detach().clone() for k, v in model.state_dict().items()}
-        for alpha in self.alphas if state.step else [1.0]:  # step 0: the source model itself
+        alphas = self.alphas if state.step else [1.0]  # step 0: the source model itself
+        for alpha, gamma in ((a, g) for a in alphas for g in self.gammas):
             interpolate_weights(model, self.start, alpha)
-            was_training = model.training
-            model.eval()
-            scores = logits_for(model, self.tokens)
-            model.train(was_training)
+            if gamma > 0:
+                features, logits = features_and_logits(model, self.train[0])
+                fold_prototypes(model, features, logits, self.train[1], gamma)
+            scores = logits_for(model, self.tokens)  # eval mode inside, train mode restored
             model.load_state_dict(current)
             ap = ap_report(self.gold, scores, self.labels).map_macro
-            self.rows.append({**self.tag, "step": state.step, "alpha": alpha, "map_macro": ap})
-            print(f"  {self.tag} step {state.step} alpha {alpha}: dev mAP {ap:.4f}", flush=True)
+            self.rows.append({**self.tag, "step": state.step, "alpha": alpha, "gamma": gamma, "map_macro": ap})
+            print(f"  {self.tag} step {state.step} alpha {alpha} gamma {gamma}: dev mAP {ap:.4f}", flush=True)
 
 
 def main() -> None:
@@ -71,12 +75,14 @@ def main() -> None:
     parser.add_argument("--seeds", default="0,1")
     parser.add_argument("--budgets", default="20,40,60")
     parser.add_argument("--alphas", default="1.0,0.7,0.5")
+    parser.add_argument("--gammas", default="0", help="prototype weights (prototype.py) evaluated at each alpha")
     parser.add_argument("--max-length", type=int, default=96)
     parser.add_argument("--work-dir", required=True)
     parser.add_argument("--json", required=True)
     args = parser.parse_args()
     budgets = [int(b) for b in args.budgets.split(",")]
     alphas = [float(a) for a in args.alphas.split(",")]
+    gammas = [float(g) for g in args.gammas.split(",")]
     out = Path(args.json)
     rows = json.loads(out.read_text())["rows"] if out.exists() else []
     done = {(r["dataset"], r["seed"], r["candidate"]) for r in rows}
@@ -103,7 +109,10 @@ def main() -> None:
                 cfg = AdaptConfig(max_length=args.max_length, seed=seed).replace(
                     **CANDIDATES[candidate], max_steps=max(budgets), eval_every=min(budgets)
                 )
-                grid = DevGrid(clf, start, dev_tokens, gold[split.dev], labels, budgets, alphas, rows, tag)
+                train = (TokenizedCorpus.build(clf.tokenizer, train_texts, args.max_length), split.tags)
+                grid = DevGrid(
+                    clf, start, dev_tokens, gold[split.dev], labels, budgets, alphas, rows, tag, train, gammas
+                )
                 began = time.perf_counter()
                 adapt(clf, train_texts, split.tags, cfg, callbacks=[grid], source_texts=source_texts)
                 rows.append({**tag, "seconds": time.perf_counter() - began})
@@ -119,19 +128,19 @@ def summary(rows: list[dict]) -> str:
     for r in rows:
         if "step" not in r or r["step"] == 0:
             continue
-        key = (r["candidate"], r["step"], r["alpha"])
+        key = (r["candidate"], r["step"], r["alpha"], r.get("gamma", 0.0))
         cells.setdefault(key, {}).setdefault(r["dataset"], []).append(r["map_macro"] - base[(r["dataset"], r["seed"])])
     datasets = sorted({r["dataset"] for r in rows})
     lines = [
         "| candidate | steps | alpha | " + " | ".join(datasets) + " | mean | worst seed |",
-        "|---" * (len(datasets) + 5) + "|",
+        "|---" * (len(datasets) + 6) + "|",
     ]
     for key in sorted(cells):
         per = cells[key]
         means = [float(np.mean(per[d])) if d in per else float("nan") for d in datasets]
         worst = min(min(v) for v in per.values())
         lines.append(
-            f"| {key[0]} | {key[1]} | {key[2]} | "
+            f"| {key[0]} | {key[1]} | {key[2]} | {key[3]} | "
             + " | ".join(f"{m:+.3f}" for m in means)
             + f" | {np.nanmean(means):+.3f} | {worst:+.3f} |"
         )

@@ -13,6 +13,9 @@ import sys
 import tempfile
 from pathlib import Path
 
+from dallmi_core.config import DEFAULT_METHOD
+from dallmi_core.store_cli import add_store_commands
+
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
@@ -47,6 +50,16 @@ def _add_adapt_options(p: argparse.ArgumentParser) -> None:
         help="last: keep the final step (default); val_variational or val_pu_ap: the best step on held-out PU data",
     )
     p.add_argument("--eval-every", type=int, help="validate every N steps (default 10)")
+    p.add_argument(
+        "--anchor-weight",
+        type=float,
+        help=f"{DEFAULT_METHOD}: weight of the KL anchor to the source model's predictions (default 1; 0: off)",
+    )
+    p.add_argument(
+        "--wise-alpha",
+        type=float,
+        help=f"{DEFAULT_METHOD}: final weights = alpha * adapted + (1 - alpha) * source (default 0.5; 1: off)",
+    )
 
 
 _ADAPT_FIELDS = (
@@ -69,6 +82,8 @@ _ADAPT_FIELDS = (
     "eval_every",
     "method",
     "patience",
+    "anchor_weight",
+    "wise_alpha",
 )
 
 
@@ -152,8 +167,9 @@ def _trained_in(result) -> str:
     return precision_words(result.extras.get("precision"))
 
 
-def _score(model_dir, data_path, device="auto"):
-    """Scores of every document; under a launcher each rank scores its shard and all get all."""
+def _score(model_dir, data_path, device="auto", fast=None):
+    """Scores of every document; under a launcher each rank scores its shard and all get all.
+    `fast` None: the int8 CPU path where it is measured faster (fast_inference.py); False: float32."""
     from tqdm.auto import tqdm
 
     from dallmi_core.data import read_corpus
@@ -167,7 +183,7 @@ def _score(model_dir, data_path, device="auto"):
     with tqdm(total=len(sharded(len(corpus))), desc="score", unit="doc", disable=not is_main()) as bar:
 
         def score(positions):
-            return score_texts(clf, [corpus.texts[i] for i in positions], device=on, on_batch=bar.update)
+            return score_texts(clf, [corpus.texts[i] for i in positions], device=on, on_batch=bar.update, fast=fast)
 
         scores = score_sharded(score, len(corpus))
     return clf, corpus, scores
@@ -179,10 +195,13 @@ def cmd_score(args) -> None:
 
     from dallmi_core.distributed import is_main
     from dallmi_core.errors import DataError
+    from dallmi_core.fast_inference import FAST_INFERENCE_ENV
 
     out = Path(args.out)
     if out.suffix not in (".csv", ".parquet"):
         raise DataError(f"--out {out.name}: write predictions to a .csv or .parquet file.")
+    if args.no_fast_inference:
+        os.environ[FAST_INFERENCE_ENV] = "0"  # read by every scoring call of this process
     clf, corpus, scores = _score(args.model, args.data, args.device)
     if not is_main():
         return
@@ -203,7 +222,7 @@ def cmd_evaluate(args) -> None:
     from dallmi_core.distributed import is_main
     from dallmi_core.metrics import ap_report, thresholded_ap
 
-    clf, corpus, scores = _score(args.model, args.data, args.device)
+    clf, corpus, scores = _score(args.model, args.data, args.device, fast=False)  # figures in float32
     if not is_main():
         return
     gold = corpus.label_matrix(clf.label_names)
@@ -219,7 +238,7 @@ def cmd_evaluate(args) -> None:
 def cmd_bench_quality(args) -> None:
     from dallmi_core.config import AdaptConfig, SourceConfig
     from dallmi_core.data import read_corpus
-    from dallmi_core.quality import run_quality
+    from dallmi_core.quality import QualityResult, ratio_table, run_quality
 
     corpus = read_corpus(args.data)
     labels = args.labels.split(",") if args.labels else corpus.label_names()
@@ -230,36 +249,56 @@ def cmd_bench_quality(args) -> None:
     if args.source_probe_epochs is not None:
         source_kw["probe_epochs"] = args.source_probe_epochs
 
-    def write_json(result) -> None:
-        if args.json:
-            payload = {
-                **result.summary(),
-                "command": " ".join(sys.argv),
-                "config": adapt_cfg.to_dict(),
-                "runs": result.runs,
-            }
-            tmp = Path(args.json).with_suffix(".tmp")
-            tmp.write_text(json.dumps(payload, indent=2, default=str))
-            os.replace(tmp, args.json)
+    ratios = _ratios(args.remove_ratio) if args.remove_ratio else [None]
+    results: dict = {}
 
-    result = run_quality(
-        corpus,
-        labels=labels,
-        methods=args.methods.split(","),
-        seeds=range(args.seeds),
-        adapt_cfg=adapt_cfg,
-        source_cfg=SourceConfig(**source_kw),
-        backbone=args.backbone,
-        work_dir=Path(args.work_dir),
-        positives_per_label=args.k_tags,
-        remove_ratio=args.remove_ratio,
-        eval_on=args.eval_on,
-        dump_dir=Path(args.dump_scores) if args.dump_scores else None,
-        trace_test=args.trace_test,
-        baseline_epochs=args.baseline_epochs,
-        on_run=write_json,
-    )
-    print(result.to_markdown())
+    def write_json(_result=None) -> None:
+        if not args.json:
+            return
+        runs = [{**run, "remove_ratio": r} for r, res in results.items() for run in res.runs]
+        payload = {**next(iter(results.values())).summary(), "command": " ".join(sys.argv),
+                   "config": adapt_cfg.to_dict(), "runs": runs}  # fmt: skip
+        if len(ratios) > 1:
+            payload["by_ratio"] = {str(r): res.summary()["methods"] for r, res in results.items()}
+        tmp = Path(args.json).with_suffix(".tmp")
+        tmp.write_text(json.dumps(payload, indent=2, default=str))
+        os.replace(tmp, args.json)
+
+    for ratio in ratios:
+        results[ratio] = QualityResult(labels)  # written as it grows: a late failure loses nothing
+        result = run_quality(
+            corpus,
+            labels=labels,
+            methods=args.methods.split(","),
+            seeds=range(args.seeds),
+            adapt_cfg=adapt_cfg,
+            source_cfg=SourceConfig(**source_kw),
+            backbone=args.backbone,
+            work_dir=Path(args.work_dir),
+            positives_per_label=args.k_tags,
+            remove_ratio=ratio,
+            eval_on=args.eval_on,
+            dump_dir=Path(args.dump_scores) if args.dump_scores else None,
+            trace_test=args.trace_test,
+            baseline_epochs=args.baseline_epochs,
+            on_run=lambda res, r=ratio: (results.__setitem__(r, res), write_json()),
+        )
+        results[ratio] = result
+        print(result.to_markdown())
+    if len(ratios) > 1:
+        print(ratio_table(results))
+
+
+def _ratios(text: str) -> list[float]:
+    from dallmi_core.errors import ConfigError
+
+    try:
+        ratios = [float(x) for x in text.split(",")]
+    except ValueError as exc:
+        raise ConfigError(f"--remove-ratio {text!r}: give shares such as 0.5 or 0.5,0.7,0.9.") from exc
+    if not all(0 < r < 1 for r in ratios):
+        raise ConfigError(f"--remove-ratio {text!r}: each share must be between 0 and 1.")
+    return ratios
 
 
 def cmd_bench_speed(args) -> None:
@@ -268,7 +307,7 @@ def cmd_bench_speed(args) -> None:
     from dallmi_core.data import read_corpus
     from dallmi_core.errors import ConfigError, DataError
     from dallmi_core.model import resolve_backbone, resolve_device
-    from dallmi_core.speed import SpeedSettings, run_speed
+    from dallmi_core.speed import PARTS, SpeedSettings, run_speed
 
     try:
         labels = tuple(int(x) for x in args.labels.split(","))
@@ -278,6 +317,9 @@ def cmd_bench_speed(args) -> None:
         raise DataError(f"--data {args.data}: no such file; pass a file with text and labels columns.")
     if args.peak_tflops is not None and not args.peak_tflops > 0:
         raise ConfigError(f"--peak-tflops {args.peak_tflops}: give the device's peak, a positive number of TFLOP/s.")
+    parts = tuple(part.strip() for part in args.parts.split(","))
+    if not parts or set(parts) - set(PARTS):
+        raise ConfigError(f"--parts {args.parts!r}: choose from {','.join(PARTS)}.")
     settings = SpeedSettings(
         labels=labels,
         batch_size=args.batch_size,
@@ -286,6 +328,8 @@ def cmd_bench_speed(args) -> None:
         docs=args.docs,
         precision=args.precision,
         peak_tflops=args.peak_tflops,
+        parts=parts,
+        score_model=args.score_model,
     )
     device = torch.device(resolve_device(args.device))
     result = run_speed(read_corpus(args.data), resolve_backbone(args.backbone), settings, device)
@@ -345,7 +389,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", required=True, help="source model folder")
     p.add_argument("--target", required=True, help="target file; its labels column holds the tagged positives")
     p.add_argument("--out", required=True, help="folder for the adapted model")
-    p.add_argument("--method", default="dallmi", choices=["dallmi", "bce-partial"])
+    p.add_argument(
+        "--method",
+        default=DEFAULT_METHOD,
+        choices=[DEFAULT_METHOD, "dallmi", "bce-partial"],
+        help=f"{DEFAULT_METHOD} (default: DALLMi anchored to the source model, docs/METHOD.md) or the paper's dallmi",
+    )
     p.add_argument("--checkpoint-dir", help="write resumable checkpoints here; an existing one is resumed")
     p.add_argument("--checkpoint-every", type=int, default=10, help="steps between checkpoints (default 10)")
     _add_training(p, epochs_default="default: a step budget of --tag-passes over the tags")
@@ -362,6 +411,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", required=True)
     p.add_argument("--out", required=True, help="F.csv or F.parquet")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
+    p.add_argument(
+        "--no-fast-inference",
+        action="store_true",
+        help="score in float32 only: no int8 CPU path (also DALLMI_FAST_INFERENCE=0; by default a CPU takes it"
+        " where it is measured faster)",
+    )
     p.set_defaults(func=cmd_score)
 
     p = sub.add_parser("evaluate", help="per-label AP and macro/micro mAP against gold labels")
@@ -375,7 +430,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", required=True, help="file with source and target rows and gold labels")
     k = p.add_mutually_exclusive_group(required=True)
     k.add_argument("--positives-per-label", dest="k_tags", type=int, help="K gold positives kept as tags per label")
-    k.add_argument("--remove-ratio", type=float, help="hide this share of each label's positives")
+    k.add_argument(
+        "--remove-ratio",
+        help="hide this share of each label's positives (at least one kept); a list such as 0.5,0.7,0.9 gives "
+        "the paper's label-removal table",
+    )
     p.add_argument("--seeds", type=int, default=3)
     p.add_argument(
         "--eval-on",
@@ -383,14 +442,18 @@ def build_parser() -> argparse.ArgumentParser:
         choices=["dev", "test"],
         help="gold part scored: dev (for choosing defaults) or test (for reporting; the default)",
     )
-    p.add_argument("--methods", default="tfidf-source,source-only,bce-partial,dallmi,target-oracle")
+    p.add_argument(
+        "--methods",
+        default="tfidf-source,source-only,bce-partial,aad,dallmi,default,target-oracle",
+        help="comma-separated; `default` is the default adaptation (dallmi-anchored), `dallmi` the paper's",
+    )
     p.add_argument("--backbone", default="default")
     p.add_argument("--labels", help="comma-separated label set (default: labels found in the file)")
     p.add_argument("--source-epochs", type=float, help="source fine-tuning epochs after the head warm-up (default 1)")
     p.add_argument(
         "--baseline-epochs",
         type=float,
-        help="epochs of bce-partial and target-oracle over the target train part (default 3)",
+        help="epochs of target-oracle over the target train part (default 3)",
     )
     p.add_argument(
         "--source-probe-epochs", type=float, help="source head warm-up epochs on frozen features (default 8; 0: off)"
@@ -431,6 +494,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="our pipeline's and both steps' precision: auto as `dallmi adapt` picks it (bf16 on GPUs and CPUs"
         " with avx512_bf16/AMX), no (float32) or bf16; the official shape stays float32",
     )
+    p.add_argument("--parts", default="step,pipeline,scoring", help="measurements to run (default all three)")
+    p.add_argument(
+        "--score-model",
+        help="a trained classifier folder for the scoring part, so the int8 path's AP change means something"
+        " (default: the backbone with a fresh head)",
+    )
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
     p.add_argument("--json", help="write the figures as JSON here")
     p.set_defaults(func=cmd_bench_speed)
@@ -444,6 +513,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("hash-password", help="print the salted scrypt hash for the app's optional password gate")
     p.set_defaults(func=cmd_hash_password)
+    add_store_commands(sub)  # projects, import, export (store_cli.py)
     return parser
 
 

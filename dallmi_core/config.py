@@ -149,9 +149,11 @@ class AdaptConfig(TrainingBase):
     eval_every: int = 10
     patience: int | None = None
     # dallmi-anchored only (docs/METHOD.md): the source model's predictions on the target text as a
-    # BCE anchor, and the final weights interpolated back toward the source model's (WiSE-FT).
+    # KL anchor, the final weights interpolated back toward the source model's (WiSE-FT), then the
+    # tags' prototypes folded into the head.
     anchor_weight: float = 1.0
     wise_alpha: float = 0.5  # final = alpha * adapted + (1 - alpha) * source; 1 keeps the adapted weights
+    prototype_weight: float = 0.5  # the tags' prototype folded into the head (prototype.py); 0: off
     # aad only: knowledge-distillation temperature and weight (Ryu & Lee 2020), discriminator lr.
     aad_temperature: float = 20.0
     aad_kd_weight: float = 1.0
@@ -161,6 +163,7 @@ class AdaptConfig(TrainingBase):
         super().__post_init__()
         _check_choice("method", self.method, METHODS)
         _check_positive("anchor_weight", self.anchor_weight, allow_zero=True)
+        _check_positive("prototype_weight", self.prototype_weight, allow_zero=True)
         if not 0 <= self.wise_alpha <= 1:
             raise ConfigError(f"wise_alpha must be in [0, 1], got {self.wise_alpha!r}.")
         for name in ("aad_temperature", "aad_disc_lr"):

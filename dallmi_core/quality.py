@@ -29,15 +29,14 @@ from dallmi_core.tokens import TokenizedCorpus
 from dallmi_core.train import adapt, calibrate_source_on_target, finetune_source
 
 METHODS = ("tfidf-source", "source-only", "bce-partial", "aad", "dallmi", DEFAULT_METHOD, "target-oracle")
-ADAPTING = ("bce-partial", "aad", "dallmi", DEFAULT_METHOD, "target-oracle")  # trained on the train part
 # Per-method settings on top of the shared AdaptConfig (whose defaults are the default method's). The
-# paper's DALLMi keeps its budget and selection; the baselines get budgets chosen on dev from the same
-# grid as the default method (benchmarks/method_dev.py, docs/BENCHMARKS.md "v6"); the oracle trains
-# on all gold and keeps its last step.
+# paper's DALLMi keeps its budget and selection; bce-partial and aad get the default's step budget,
+# learning rate and selection rule (the same tuning budget: every method ran the same dev grid,
+# benchmarks/method_dev.py, docs/BENCHMARKS.md "v6"); the oracle trains on all gold, last step kept.
 METHOD_OVERRIDES: dict[str, dict] = {
     "dallmi": {"method": "dallmi"},
-    "bce-partial": {"method": "bce-partial", "selection": "val_pu_ap", "epochs": 3.0},
-    "aad": {"method": "aad", "selection": "last", "max_steps": 20},
+    "bce-partial": {"method": "bce-partial", "selection": "last"},
+    "aad": {"method": "aad", "selection": "last"},
     "target-oracle": {"method": "target-oracle", "selection": "last", "epochs": 3.0},
 }
 
@@ -58,8 +57,10 @@ def method_config(base: AdaptConfig, method: str, seed: int, baseline_epochs: fl
     cfg = base.replace(seed=seed, method=method)
     if method in (DEFAULT_METHOD, "dallmi"):
         return cfg.replace(**METHOD_OVERRIDES.get(method, {}))
+    if method in ("bce-partial", "aad"):  # the default's step budget (at K=10: min_steps), its selection
+        return cfg.replace(max_steps=base.max_steps or base.min_steps, epochs=None, **METHOD_OVERRIDES[method])
     cfg = cfg.replace(max_steps=None, epochs=None).replace(**METHOD_OVERRIDES[method])
-    if baseline_epochs is not None and cfg.epochs is not None:
+    if baseline_epochs is not None:
         cfg = cfg.replace(epochs=baseline_epochs)
     return cfg
 

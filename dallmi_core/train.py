@@ -31,6 +31,7 @@ from dallmi_core.mixup import MixupRecord, score_pairs
 from dallmi_core.model import Classifier, eager_attention, resolve_device, unwrap
 from dallmi_core.precision import cpu_bf16, resolve_precision
 from dallmi_core.probe import probe_head
+from dallmi_core.prototype import features_and_logits, fold_prototypes, head_linear
 from dallmi_core.sampling import LabelBalancedSampler, UnlabeledStream
 from dallmi_core.scoring import logits_for, sigmoid
 from dallmi_core.step import bce_step, draw_mixup, vectorised_dallmi_step
@@ -526,12 +527,17 @@ def finetune_source(
 
 
 def calibrate_adapted(
-    result: TrainResult, tokens: TokenizedCorpus, tags: Sequence[Sequence[int]], prior: CalibrationInputs
+    result: TrainResult,
+    tokens: TokenizedCorpus,
+    tags: Sequence[Sequence[int]],
+    prior: CalibrationInputs,
+    logits: np.ndarray | None = None,
 ) -> Calibration:
     """The adapted model's calibration on all its target documents (the priors estimated before it
-    trained, by the source model); attached to the model's config."""
+    trained, by the source model; `logits` if its pass over them is done already); attached to the
+    model's config."""
     clf = result.clf
-    logits = logits_for(clf.model, tokens)
+    logits = logits_for(clf.model, tokens) if logits is None else logits
     calibration = calibrate_on_target(
         clf.label_names, logits, tags, source_fit=prior.source_fit, prior_logits=prior.logits, seed=result.state.step
     )
@@ -577,7 +583,8 @@ def adapt(
     A source model with a source fit first scores the target (one inference pass): the label priors
     are estimated from it; after training the adapted model is calibrated on the target with them.
     dallmi-anchored uses that pass as its anchor too, and ends with the WiSE-FT interpolation toward
-    the source weights; a model whose head was never trained has no knowledge to keep, and is not
+    the source weights and the tags' prototypes folded into the head (one pass, which the
+    calibration reuses); a model whose head was never trained has no knowledge to keep, and is not
     anchored. aad also needs `source_texts`."""
     tokens = tokens or TokenizedCorpus.build(clf.tokenizer, texts, cfg.max_length)
     callbacks = list(callbacks)
@@ -607,10 +614,14 @@ def adapt(
     else:
         result = BceTargetTrainer(clf, tokens, tags, cfg, **kw).fit()
     if result.state.stop_reason != "cancelled":
+        final_logits = None
         if anchored and cfg.wise_alpha < 1:
             interpolate_weights(result.clf.model, start, cfg.wise_alpha)
+        if anchored and cfg.prototype_weight > 0 and head_linear(result.clf.model) is not None:
+            features, logits = features_and_logits(result.clf.model, tokens)
+            final_logits = fold_prototypes(result.clf.model, features, logits, tags, cfg.prototype_weight)
         result.extras["anchored"] = anchored
-        result.extras["calibration"] = calibrate_adapted(result, tokens, tags, inputs)
+        result.extras["calibration"] = calibrate_adapted(result, tokens, tags, inputs, final_logits)
     return result
 
 

@@ -170,8 +170,12 @@ def test_bench_quality_writes_the_documented_json(files, tmp_path, tiny_backbone
     assert dumped["eval_logits"].shape == dumped["eval_gold"].shape == (24, 3)  # 40% of the 60 target rows
     assert dumped["tag_lengths"].tolist() == [3, 3, 3] and len(dumped["train_logits"]) == 24
     data = json.loads(out.read_text())
-    assert set(data["methods"]) == {"tfidf-source", "source-only", "bce-partial", "dallmi", "target-oracle"}
-    assert data["eval_on"] == "test"
+    assert set(data["methods"]) == {
+        "tfidf-source", "source-only", "bce-partial", "aad", "dallmi", "dallmi-anchored", "target-oracle"
+    }  # fmt: skip
+    assert data["eval_on"] == "test" and data["default_method"] == "dallmi-anchored"
+    seeds = [s["seeds"] for s in data["methods"].values()]
+    assert all(order == [0, 1] for order in seeds)  # the same seed order for every method
     prediction_keys = {"map_micro_mean", "f1_macro_default_mean", "f1_macro_best_mean", "prior_abs_error_mean"}
     for summary in data["methods"].values():
         assert {"map_macro_mean", "map_macro_std", "per_label_ap"} | prediction_keys <= set(summary)
@@ -257,3 +261,20 @@ def test_source_options_reach_the_config():
     assert (default.probe_epochs, default.head_lr) == (SourceConfig().probe_epochs, None)
     tuned = _source_config(build_parser().parse_args([*argv, "--probe-epochs", "0", "--head-lr", "1e-3"]))
     assert (tuned.probe_epochs, tuned.head_lr) == (0.0, 1e-3)
+
+
+def test_bench_quality_remove_ratios_give_the_papers_table(files, tmp_path, tiny_backbone, capsys):
+    out = tmp_path / "ratios.json"
+    code = main(["bench-quality", "--data", str(files["both"]), "--remove-ratio", "0.5,0.9", "--seeds", "1",
+                 "--methods", "source-only,default", "--backbone", tiny_backbone, "--max-steps", "1",
+                 "--max-length", "24", "--source-epochs", "1", "--work-dir", str(tmp_path / "work"),
+                 "--json", str(out)])  # fmt: skip
+    assert code == 0
+    data = json.loads(out.read_text())
+    assert set(data["by_ratio"]) == {"0.5", "0.9"}
+    assert {r["remove_ratio"] for r in data["runs"]} == {0.5, 0.9}
+    tags = {r["remove_ratio"]: r["tags"] for r in data["runs"] if r["method"] == "dallmi-anchored"}
+    assert all(a >= b >= 1 for a, b in zip(tags[0.5], tags[0.9], strict=True))  # more hidden, fewer tags
+    table = capsys.readouterr().out
+    assert "thresholded AP (paper)" in table and "+19.9%" in table and "+52.2%" in table
+    assert main(["bench-quality", "--data", str(files["both"]), "--remove-ratio", "1.5"]) == 2

@@ -91,10 +91,14 @@ def test_wise_alpha_zero_gives_back_the_source_weights_and_one_keeps_the_adapted
     folder, texts, tags = source_model
     cfg = AdaptConfig(max_steps=3, max_length=32, batch_size=8, positives_per_label=3, eval_every=10, lr=1e-3)
     start = _weights(load_classifier(folder))
-    back = adapt(load_classifier(folder), texts, tags, cfg.replace(wise_alpha=0.0))
+    back = adapt(load_classifier(folder), texts, tags, cfg.replace(wise_alpha=0.0, prototype_weight=0.0))
     assert back.extras["anchored"]
     for name, value in _weights(back.clf).items():
         torch.testing.assert_close(value, start[name])
+    # with the prototypes on, the head's last layer alone moves from there
+    folded = adapt(load_classifier(folder), texts, tags, cfg.replace(wise_alpha=0.0, prototype_weight=0.5))
+    moved = {k for k, v in _weights(folded.clf).items() if not torch.equal(v, start[k])}
+    assert moved == {"classifier.weight", "classifier.bias"}
     kept = adapt(load_classifier(folder), texts, tags, cfg.replace(wise_alpha=1.0))
     assert any(not torch.equal(v, start[k]) for k, v in _weights(kept.clf).items())
 

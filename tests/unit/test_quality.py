@@ -6,7 +6,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from dallmi_core import quality
 from dallmi_core.quality import QualityResult, split_target
 
 
@@ -104,10 +103,12 @@ def test_method_config_gives_baselines_their_own_budget():
     assert method_config(base, "dallmi", 3) == base.replace(seed=3, method="dallmi")
     assert method_config(base, "dallmi-anchored", 3) == base.replace(seed=3)  # the defaults are its own
     bce = method_config(base, "bce-partial", 3)
-    assert bce.max_steps is None and bce.epochs == 3.0 and bce.selection == "val_pu_ap" and bce.lr == 1e-4
-    assert method_config(base, "target-oracle", 3).selection == "last"
-    short = method_config(base, "bce-partial", 3, baseline_epochs=1.0)
-    assert short.epochs == 1.0 and short.max_steps is None and short.selection == "val_pu_ap"
+    assert bce.max_steps == 20 and bce.epochs is None and bce.selection == "last" and bce.lr == 1e-4
+    oracle = method_config(base, "target-oracle", 3)
+    assert oracle.selection == "last" and oracle.epochs == 3.0 and oracle.max_steps is None
+    short = method_config(base, "target-oracle", 3, baseline_epochs=1.0)
+    assert short.epochs == 1.0 and short.max_steps is None
     assert method_config(base, "dallmi", 3, baseline_epochs=1.0) == base.replace(seed=3, method="dallmi")
     aad = method_config(base, "aad", 3, baseline_epochs=1.0)
-    assert aad.max_steps == quality.METHOD_OVERRIDES["aad"]["max_steps"] and aad.epochs is None and aad.lr == 1e-4
+    assert aad.max_steps == 20 and aad.epochs is None and aad.lr == 1e-4 and aad.selection == "last"
+    assert method_config(AdaptConfig(), "bce-partial", 0).max_steps == AdaptConfig().min_steps
