@@ -123,10 +123,12 @@ def main() -> None:
 def summary(rows: list[dict]) -> str:
     """Mean dev mAP gain over source-only (step 0) per candidate, budget and alpha, per dataset and
     on average over the datasets (each dataset weighs the same)."""
-    base = {(r["dataset"], r["seed"]): r["map_macro"] for r in rows if r.get("step") == 0 and r["alpha"] == 1.0}
+    base = {
+        (r["dataset"], r["seed"]): r["map_macro"] for r in rows if r.get("step") == 0 and not r.get("gamma", 0.0)
+    }  # the source model as it is
     cells: dict[tuple, dict[str, list[float]]] = {}
     for r in rows:
-        if "step" not in r or r["step"] == 0:
+        if "step" not in r or (r["step"] == 0 and not r.get("gamma", 0.0)):
             continue
         key = (r["candidate"], r["step"], r["alpha"], r.get("gamma", 0.0))
         cells.setdefault(key, {}).setdefault(r["dataset"], []).append(r["map_macro"] - base[(r["dataset"], r["seed"])])

@@ -14,6 +14,7 @@ import torch
 
 from dallmi_core.config import AdaptConfig
 from dallmi_core.errors import ConfigError
+from dallmi_core.losses import anchor_term
 from dallmi_core.model import forward_logits, unwrap
 from dallmi_core.sampling import UnlabeledStream
 from dallmi_core.tokens import TokenizedCorpus
@@ -41,9 +42,9 @@ class AadTrainer(_TargetTrainer):
         self.teacher = copy.deepcopy(unwrap(clf.model)).to(device).eval().requires_grad_(False)
         width = unwrap(clf.model).config.hidden_size
         torch.manual_seed(cfg.seed)
-        self.disc = torch.nn.Sequential(
-            torch.nn.Linear(width, width), torch.nn.ReLU(), torch.nn.Linear(width, 1)
-        ).to(device)
+        self.disc = torch.nn.Sequential(torch.nn.Linear(width, width), torch.nn.ReLU(), torch.nn.Linear(width, 1)).to(
+            device
+        )
         target_pool = np.asarray(self.split.train_pool)[self.rank :: self.world]
         self.target_stream = UnlabeledStream(target_pool, cfg.batch_size, np.random.default_rng(cfg.seed + self.rank))
         source_pool = np.arange(len(source_tokens))[self.rank :: self.world]
@@ -77,7 +78,7 @@ class AadTrainer(_TargetTrainer):
         fooled = torch.func.functional_call(self.disc, frozen, (target_features.float(),)).squeeze(1)
         adversarial = bce(fooled, torch.ones_like(fooled))
         t = self.cfg.aad_temperature
-        distill = bce(student_z.float() / t, torch.sigmoid(teacher_z.float() / t)) * t * t
+        distill = anchor_term(student_z / t, torch.sigmoid(teacher_z.float() / t)).mean() * t * t  # per-label KL
         loss = disc_loss + adversarial + self.cfg.aad_kd_weight * distill
         parts = {"discriminator": disc_loss, "adversarial": adversarial, "distill": distill, "loss": loss}
         return loss, {name: float(v.detach()) for name, v in parts.items()}

@@ -52,7 +52,7 @@ def test_the_discriminator_learns_both_domains_and_the_encoder_only_fools_it(tra
     assert reaches(src_z, src_t, disc) and reaches(tgt_z, tgt_t, disc)
     assert not reaches(tgt_z, tgt_t, encoder)  # D's target-side loss does not train the encoder ...
     assert reaches(fool_z, fool_t, encoder) and not reaches(fool_z, fool_t, disc)  # ... the fooling term does
-    (kd_z, kd_t), = [(z, t) for z, t in calls if z.dim() == 2]
+    ((kd_z, kd_t),) = [(z, t) for z, t in calls if z.dim() == 2]  # anchor_term's cross-entropy: the KL's
     assert kd_t.shape == (6, len(LABELS))
     assert not torch.allclose(kd_t.sum(dim=1), torch.ones(6))  # per-label sigmoids, not a softmax
     assert ((kd_t > 0) & (kd_t < 1)).all()
