@@ -31,6 +31,13 @@ def _fail(name: str, message: str) -> DataError:
     return DataError(f"{name}: {message}")
 
 
+def _bom_error(name: str, exc: UnicodeDecodeError) -> DataError:
+    return _fail(
+        name,
+        f"its byte-order mark promises {exc.encoding} but the bytes are not ({exc.reason}). Save it again as UTF-8.",
+    )
+
+
 def _nul_error(name: str) -> DataError:
     return _fail(
         name, "contains NUL characters: it is binary, or UTF-16 without a byte-order mark. Save it as UTF-8 text."
@@ -92,11 +99,7 @@ def sniff_encoding(path, *, limit: int | None = None, block: int = 1 << 20) -> t
                 decoder.decode(chunk, final=not chunk)
             except UnicodeDecodeError as exc:
                 if utf16 or bom:
-                    raise _fail(
-                        name,
-                        f"its byte-order mark promises {exc.encoding} but the bytes are not ({exc.reason}). "
-                        "Save it again as UTF-8.",
-                    ) from exc
+                    raise _bom_error(name, exc) from exc
                 handle.seek(0)
                 legacy = legacy_codec(handle.read(SAMPLE_BYTES))
                 if limit is None and not _decodes(handle, legacy, block):
@@ -118,11 +121,7 @@ def decode_bytes(data: bytes, name: str) -> str:
         return data.decode("utf-16") if utf16 else data[len(bom) :].decode("utf-8")
     except UnicodeDecodeError as exc:
         if utf16 or bom:
-            raise _fail(
-                name,
-                f"its byte-order mark promises {exc.encoding} but the bytes are not ({exc.reason}). "
-                "Save it again as UTF-8.",
-            ) from exc
+            raise _bom_error(name, exc) from exc
         codec = legacy_codec(data[:SAMPLE_BYTES])
         try:
             text = data.decode(codec)
