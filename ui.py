@@ -22,12 +22,12 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import plotly.graph_objects as go
 import streamlit as st
 
+from dallmi_core.app.services import PENDING, PRECISION_WORDS, Services, open_services
+from dallmi_core.app.services import SOURCE_EPOCHS as SOURCE_EPOCHS  # re-exported for the Data page
 from dallmi_core.errors import DallmiError
-from dallmi_core.services import PENDING, PRECISION_WORDS, Services, open_services
-from dallmi_core.services import SOURCE_EPOCHS as SOURCE_EPOCHS  # re-exported for the Data page
 
 if TYPE_CHECKING:
-    from dallmi_core.services import LabelCoverage, RunStatus
+    from dallmi_core.app.services import LabelCoverage, RunStatus
     from dallmi_core.store import Document, Project, Run
 
 T = TypeVar("T")
@@ -61,14 +61,14 @@ def services() -> Services:
     return _open(str(data_dir()), worker_autostart())
 
 
-# ---- the demo project (written by dallmi_core.demo, which may not exist yet) ----------------------
+# ---- the demo project (written by dallmi_core.app.demo, which may not exist yet) ----------------------
 
 
 def demo_module() -> ModuleType | None:
     try:
-        from dallmi_core import demo
+        from dallmi_core.app import demo
     except ModuleNotFoundError as exc:  # not written yet; an import failing inside it is a bug to see
-        if exc.name != "dallmi_core.demo":
+        if exc.name != "dallmi_core.app.demo":
             raise
         return None
     return demo
@@ -113,7 +113,7 @@ def demo_can_run() -> bool:
 
 
 def run_demo(project_id: int) -> int:
-    """Queue the demo's adaptation run (dallmi_core.demo.run_demo); returns the run id."""
+    """Queue the demo's adaptation run (dallmi_core.app.demo.run_demo); returns the run id."""
     return int(demo_module().run_demo(services(), project_id))
 
 

@@ -20,9 +20,9 @@ from contextlib import contextmanager
 import streamlit as st
 
 import ui
-from dallmi_core import auth
+from dallmi_core.app import auth
+from dallmi_core.app.services import Services
 from dallmi_core.errors import ConfigError, DallmiError
-from dallmi_core.services import Services
 from dallmi_core.store import Project
 
 PROJECT_KEY = "project_id"

@@ -24,10 +24,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from dallmi_core.data import read_corpus  # noqa: E402
-from dallmi_core.model import new_classifier  # noqa: E402
-from dallmi_core.step import bce_step  # noqa: E402
-from dallmi_core.tokens import TokenizedCorpus  # noqa: E402
+from dallmi_core.data.corpus import read_corpus  # noqa: E402
+from dallmi_core.method.step import bce_step  # noqa: E402
+from dallmi_core.modeling.model import new_classifier  # noqa: E402
+from dallmi_core.modeling.tokens import TokenizedCorpus  # noqa: E402
 
 SEQUENCES = 71
 

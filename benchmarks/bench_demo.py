@@ -27,8 +27,8 @@ from pathlib import Path
 
 from playwright.sync_api import sync_playwright
 
+from dallmi_core.app.worker import worker_pid
 from dallmi_core.store import open_store
-from dallmi_core.worker import worker_pid
 
 REPO = Path(__file__).resolve().parents[1]
 CHROMIUM_ARGS = [

@@ -4,7 +4,7 @@
 
 Times forward + backward of the classifier on random ids of several shapes, fits
 time = a + b * padded_tokens, and prints a / b: how many padded tokens one more forward costs
-(`dallmi_core.step.CPU_FORWARD_COST_TOKENS`). Then times a 32 x 64 batch in float32 and under
+(`dallmi_core.method.step.CPU_FORWARD_COST_TOKENS`). Then times a 32 x 64 batch in float32 and under
 CPU bf16 autocast (fast only where the CPU has avx512_bf16 or AMX), training and inference.
 """
 
@@ -20,7 +20,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from dallmi_core.model import new_classifier  # noqa: E402
+from dallmi_core.modeling.model import new_classifier  # noqa: E402
 
 SHAPES = [(1, 16), (1, 64), (2, 32), (4, 16), (4, 64), (8, 32), (16, 64), (8, 128), (32, 64), (32, 128)]
 

@@ -22,7 +22,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from dallmi_core.importer import import_file  # noqa: E402
+from dallmi_core.app.importer import import_file  # noqa: E402
 from dallmi_core.store import Store  # noqa: E402
 
 LABELS = ["billing", "login", "shipping", "returns", "product"]

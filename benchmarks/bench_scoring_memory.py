@@ -32,7 +32,7 @@ from random_backbone import random_backbone  # noqa: E402
 
 def tiny_model(folder: Path) -> str:
     """A random 2-layer, 64-wide BERT classifier with the default backbone's tokenizer."""
-    from dallmi_core.model import new_classifier, save_classifier
+    from dallmi_core.modeling.model import new_classifier, save_classifier
 
     backbone = random_backbone(folder / "backbone", "small")
     return str(save_classifier(new_classifier(backbone, LABELS), folder / "model"))
@@ -44,9 +44,9 @@ def one_size(n: int, backbone: str) -> dict:
 
     torch.set_num_threads(1)  # a small model on shared cores runs far faster on one thread
 
-    from dallmi_core.importer import import_file
-    from dallmi_core.jobs import Job, run_score
-    from dallmi_core.model import default_backbone_dir, new_classifier, save_classifier
+    from dallmi_core.app.importer import import_file
+    from dallmi_core.app.jobs import Job, run_score
+    from dallmi_core.modeling.model import default_backbone_dir, new_classifier, save_classifier
     from dallmi_core.store import Store
 
     with tempfile.TemporaryDirectory(prefix="bench-score-mem-") as tmp:

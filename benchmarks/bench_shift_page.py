@@ -48,8 +48,8 @@ def seed_store(root: Path, n: int, backbone: str) -> int:
     import pandas as pd
     import torch
 
-    from dallmi_core.model import new_classifier, save_classifier
-    from dallmi_core.services import open_services
+    from dallmi_core.app.services import open_services
+    from dallmi_core.modeling.model import new_classifier, save_classifier
 
     rng = np.random.default_rng(0)
     gold = ["|".join(rng.choice(LABELS, size=rng.integers(1, 3), replace=False)) for _ in range(n)]
@@ -86,7 +86,7 @@ def main() -> None:
 
     import torch
 
-    from dallmi_core.services import open_services
+    from dallmi_core.app.services import open_services
 
     torch.set_num_threads(max(1, os.cpu_count() or 1))
     with tempfile.TemporaryDirectory(prefix="bench-shift-") as tmp:

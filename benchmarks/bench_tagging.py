@@ -22,7 +22,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from dallmi_core.services import open_services  # noqa: E402
+from dallmi_core.app.services import open_services  # noqa: E402
 
 LABEL = "billing"
 

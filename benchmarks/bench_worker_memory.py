@@ -5,7 +5,7 @@
 Plays the app on a fresh data folder: one process that beats into the store (AppHeartbeat, as
 ui.services() does) and starts the worker with `ensure_worker` (so it is app-linked, exactly as on a
 first launch). The worker's RSS (/proc/<pid>/status VmRSS) is sampled every 0.25 s: idle for 5 s
-before anything is queued, then while the demo project's finetune-source run (dallmi_core.demo:
+before anything is queued, then while the demo project's finetune-source run (dallmi_core.app.demo:
 MiniLM, 600 e-mails, 2 epochs at 64 tokens) runs, then for 20 s after it finished. `--no-recycle`
 keeps the worker in its interpreter after the run (gc, CUDA cache, malloc_trim only), to show what
 the fresh interpreter adds. At the end the heartbeat stops and the time until the worker exits is
@@ -25,10 +25,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from dallmi_core.demo import ensure_demo_project  # noqa: E402
-from dallmi_core.process import rss_bytes  # noqa: E402
-from dallmi_core.services import open_services  # noqa: E402
-from dallmi_core.worker import worker_running  # noqa: E402
+from dallmi_core.app.demo import ensure_demo_project  # noqa: E402
+from dallmi_core.app.process import rss_bytes  # noqa: E402
+from dallmi_core.app.services import open_services  # noqa: E402
+from dallmi_core.app.worker import worker_running  # noqa: E402
 
 MB = 2**20
 

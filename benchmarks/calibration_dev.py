@@ -20,8 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
-from dallmi_core import calibration as cal
-from dallmi_core.metrics import ap_report, f1_macro, f1_macro_best
+from dallmi_core.evaluation.metrics import ap_report, f1_macro, f1_macro_best
+from dallmi_core.modeling import calibration as cal
 
 sys.path.insert(0, str(Path(__file__).parent))
 from prior_estimators import estimate, rate_threshold  # noqa: E402
@@ -75,7 +75,7 @@ def evaluate(z_train, z_eval, gold, priors, slopes):
 
 
 def library_row(folder: Path, fits_by_labels: dict) -> None:
-    """The recipe as dallmi_core.calibration implements it (calibrate_on_target), for the record."""
+    """The recipe as dallmi_core.modeling.calibration implements it (calibrate_on_target), for the record."""
     rows = []
     for path in sorted(folder.glob("dallmi-seed*-dev.npz")):
         src, ada = _load(path.with_name(path.name.replace("dallmi-", "source-only-"))), _load(path)

@@ -19,8 +19,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from dallmi_core import demo
-from dallmi_core.services import open_services
+from dallmi_core.app import demo
+from dallmi_core.app.services import open_services
 
 
 def main() -> None:
@@ -29,7 +29,7 @@ def main() -> None:
     parser.add_argument("--json")
     args = parser.parse_args()
     data_dir = Path(args.data_dir or tempfile.mkdtemp(prefix="demo-rates-"))
-    worker = [sys.executable, "-m", "dallmi_core.worker", "--data-dir", str(data_dir), "--once"]
+    worker = [sys.executable, "-m", "dallmi_core.app.worker", "--data-dir", str(data_dir), "--once"]
     with open_services(data_dir, autostart_worker=False) as svc:
         project_id = demo.ensure_demo_project(svc)
         subprocess.run(worker, check=True)  # the demo's source fine-tuning

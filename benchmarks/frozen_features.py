@@ -3,7 +3,7 @@
 Embeds every row once (first token, the BERT pooler's output, and mean pooling), trains a
 one-vs-rest logistic regression on the source rows and reports macro AP on all target rows.
 This is what showed that plain fine-tuning lost to the frozen features (docs/BENCHMARKS.md,
-"Source model") and led to the head warm-up in dallmi_core/probe.py.
+"Source model") and led to the head warm-up in dallmi_core/training/probe.py.
 
     python benchmarks/frozen_features.py --data ../shared/data/arxiv_shift.csv --max-length 128
 """
@@ -18,9 +18,9 @@ import torch
 from sklearn.linear_model import LogisticRegression
 from transformers import AutoModel, AutoTokenizer
 
-from dallmi_core.data import read_corpus
-from dallmi_core.metrics import ap_report
-from dallmi_core.model import resolve_backbone
+from dallmi_core.data.corpus import read_corpus
+from dallmi_core.evaluation.metrics import ap_report
+from dallmi_core.modeling.model import resolve_backbone
 
 
 def embed(backbone: str, texts: list[str], max_length: int) -> dict[str, np.ndarray]:

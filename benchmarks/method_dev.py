@@ -20,16 +20,16 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from dallmi_core.callbacks import Callback
+from dallmi_core.bench.quality import source_model, split_target
 from dallmi_core.config import AdaptConfig, SourceConfig
-from dallmi_core.data import read_corpus
-from dallmi_core.metrics import ap_report
-from dallmi_core.model import load_classifier
-from dallmi_core.prototype import features_and_logits, fold_prototypes
-from dallmi_core.quality import source_model, split_target
-from dallmi_core.scoring import logits_for
-from dallmi_core.tokens import TokenizedCorpus
-from dallmi_core.train import adapt, interpolate_weights
+from dallmi_core.data.corpus import read_corpus
+from dallmi_core.evaluation.metrics import ap_report
+from dallmi_core.modeling.model import load_classifier
+from dallmi_core.modeling.scoring import logits_for
+from dallmi_core.modeling.tokens import TokenizedCorpus
+from dallmi_core.training.callbacks import Callback
+from dallmi_core.training.prototype import features_and_logits, fold_prototypes
+from dallmi_core.training.train import adapt, interpolate_weights
 
 DATASETS = ("arxiv_shift", "movies_shift", "pubmed_shift")
 CANDIDATES = {

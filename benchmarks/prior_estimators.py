@@ -30,14 +30,14 @@ from pathlib import Path
 
 import numpy as np
 
-from dallmi_core import calibration as cal
+from dallmi_core.bench.quality import source_model, split_target
 from dallmi_core.config import SourceConfig
-from dallmi_core.data import read_corpus
-from dallmi_core.metrics import ap_report, f1_macro, f1_macro_best
-from dallmi_core.model import load_classifier
-from dallmi_core.quality import source_model, split_target
-from dallmi_core.scoring import logits_for
-from dallmi_core.tokens import TokenizedCorpus
+from dallmi_core.data.corpus import read_corpus
+from dallmi_core.evaluation.metrics import ap_report, f1_macro, f1_macro_best
+from dallmi_core.modeling import calibration as cal
+from dallmi_core.modeling.model import load_classifier
+from dallmi_core.modeling.scoring import logits_for
+from dallmi_core.modeling.tokens import TokenizedCorpus
 
 
 def _sigmoid(x):

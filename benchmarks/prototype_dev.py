@@ -13,13 +13,13 @@ from pathlib import Path
 
 import numpy as np
 
+from dallmi_core.bench.quality import source_model, split_target
 from dallmi_core.config import SourceConfig
-from dallmi_core.data import read_corpus
-from dallmi_core.metrics import ap_report
-from dallmi_core.model import load_classifier
-from dallmi_core.prototype import features_and_logits
-from dallmi_core.quality import source_model, split_target
-from dallmi_core.tokens import TokenizedCorpus
+from dallmi_core.data.corpus import read_corpus
+from dallmi_core.evaluation.metrics import ap_report
+from dallmi_core.modeling.model import load_classifier
+from dallmi_core.modeling.tokens import TokenizedCorpus
+from dallmi_core.training.prototype import features_and_logits
 
 
 def main() -> None:

@@ -29,7 +29,7 @@ def random_backbone(folder: str | Path, size: str = "tiny", seed: int = 0) -> st
     import torch
     from transformers import AutoTokenizer, BertConfig, BertModel
 
-    from dallmi_core.model import default_backbone_dir
+    from dallmi_core.modeling.model import default_backbone_dir
 
     hidden, layers, heads, intermediate = SIZES[size]
     torch.manual_seed(seed)

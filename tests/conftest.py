@@ -70,7 +70,7 @@ def _stop_worker(data_dir) -> None:
     """End a worker some test left serving `data_dir` (it runs in its own session, so it outlives us)."""
     import signal
 
-    from dallmi_core.worker import worker_running
+    from dallmi_core.app.worker import worker_running
 
     lock = data_dir / "worker.lock"
     if not worker_running(data_dir):  # a stale pid in the lock file may belong to anyone now
@@ -99,7 +99,7 @@ def tiny_backbone(tmp_path_factory) -> str:
     import torch
     from transformers import AutoTokenizer, BertConfig, BertModel
 
-    from dallmi_core.model import default_backbone_dir
+    from dallmi_core.modeling.model import default_backbone_dir
 
     torch.manual_seed(0)
     out = tmp_path_factory.mktemp("tiny-bert")
@@ -121,7 +121,7 @@ def tiny_backbone(tmp_path_factory) -> str:
 def tiny_clf(tiny_backbone):
     import torch
 
-    from dallmi_core.model import new_classifier
+    from dallmi_core.modeling.model import new_classifier
 
     torch.manual_seed(1)
     return new_classifier(tiny_backbone, LABELS)

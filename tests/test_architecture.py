@@ -14,8 +14,8 @@ def _core_modules() -> list[str]:
 
 
 def test_core_modules_exist():
-    expected = {"config", "errors", "data", "model", "sampling", "losses", "train", "callbacks", "metrics", "cli"}
-    expected |= {"store", "jobs", "worker", "services"}
+    expected = {"config", "errors", "data", "modeling", "method", "training", "evaluation", "cli"}
+    expected |= {"store", "app", "bench"}
     assert expected <= {name.split(".")[1] for name in _core_modules()}
 
 

@@ -14,7 +14,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 
-from dallmi_core.data import DOMAINS, Corpus
+from dallmi_core.data.corpus import DOMAINS, Corpus
 from dallmi_core.errors import DataError, StoreError
 from dallmi_core.store.db import StoreBase, _dumps
 

@@ -7,7 +7,7 @@ import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
-from dallmi_core.data import LABEL_SEPARATOR
+from dallmi_core.data.corpus import LABEL_SEPARATOR
 from dallmi_core.errors import DataError, StoreError
 from dallmi_core.store.db import StoreBase, _dumps
 

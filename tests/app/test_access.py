@@ -16,10 +16,10 @@ import pandas as pd
 import pytest
 from streamlit.testing.v1 import AppTest
 
-import dallmi_core.services as services_module
-from dallmi_core.auth import hash_password
+import dallmi_core.app.services as services_module
+from dallmi_core.app.auth import hash_password
+from dallmi_core.app.services import SystemInfo, open_services
 from dallmi_core.errors import DallmiError
-from dallmi_core.services import SystemInfo, open_services
 
 REPO = Path(__file__).resolve().parents[2]
 APP = REPO / "app.py"

@@ -23,10 +23,10 @@ import pytest
 from conftest import LABELS, make_texts
 from streamlit.testing.v1 import AppTest
 
-import dallmi_core.services as services_module
+import dallmi_core.app.services as services_module
+from dallmi_core.app.exporter import predictions_frame
+from dallmi_core.app.services import SystemInfo, open_services
 from dallmi_core.errors import RunStateError
-from dallmi_core.exporter import predictions_frame
-from dallmi_core.services import SystemInfo, open_services
 
 REPO = Path(__file__).resolve().parents[2]
 APP = REPO / "app.py"
@@ -128,7 +128,7 @@ def adapted(seeded, tiny_backbone):
     BERT), predictions, PU-estimated AP before/after with its held-out split, and logged MixUp pairs."""
     import torch
 
-    from dallmi_core.model import new_classifier, save_classifier
+    from dallmi_core.modeling.model import new_classifier, save_classifier
 
     svc, docs = seeded.svc, seeded.target
     svc.tag_many(seeded.project.id, docs[:4], "billing")
@@ -231,8 +231,8 @@ def test_per_label_ap_page_with_gold_labels_shows_true_ap(seeded, tiny_backbone)
 
 
 def test_per_label_ap_page_shows_priors_thresholds_and_offers_the_gold_tuned_one(seeded, tiny_backbone):
-    from dallmi_core.calibration import Calibration, LabelCalibration
-    from dallmi_core.decisions import save_calibration
+    from dallmi_core.app.decisions import save_calibration
+    from dallmi_core.modeling.calibration import Calibration, LabelCalibration
 
     svc = seeded.svc
     run_id = _gold_run(seeded, tiny_backbone, "run-cal")  # a perfect ranking: any threshold in (0.1, 0.9] is best
@@ -521,7 +521,7 @@ def test_export_offers_downloads_for_a_done_run(seeded, tiny_backbone):
 
 
 def test_the_demo_project_is_prepared_once_and_offers_its_presets(env, monkeypatch):
-    """dallmi_core.demo (written separately) is optional; stand in for it with its documented API."""
+    """dallmi_core.app.demo (written separately) is optional; stand in for it with its documented API."""
     import dallmi_core
 
     calls = []
@@ -538,8 +538,8 @@ def test_the_demo_project_is_prepared_once_and_offers_its_presets(env, monkeypat
         PAPER_SETTINGS={"batch_size": 64, "device": "cuda"},
         run_demo=lambda services, project_id: services.store.enqueue_run(project_id, "adapt", {}),
     )
-    monkeypatch.setitem(sys.modules, "dallmi_core.demo", fake)
-    monkeypatch.setattr(dallmi_core, "demo", fake, raising=False)
+    monkeypatch.setitem(sys.modules, "dallmi_core.app.demo", fake)
+    monkeypatch.setattr(dallmi_core.app, "demo", fake, raising=False)
     monkeypatch.delenv("DALLMI_NO_DEMO")
     env.svc.create_project("another", ["x"])  # listed first by name: the demo is still the one opened
     at = _app("Adapt")
@@ -574,7 +574,7 @@ def test_a_finished_run_shows_its_macro_ap_before_and_after(seeded):
 
 def test_the_projects_page_tells_a_first_time_viewer_what_the_demo_does_next(env, tiny_backbone):
     """The demo opens on the Projects page: it says what the data is and where the source model stands."""
-    from dallmi_core.demo import DEMO_PROJECT
+    from dallmi_core.app.demo import DEMO_PROJECT
 
     project = env.svc.create_project(DEMO_PROJECT, LABELS, backbone=tiny_backbone)
     at = _app("Projects")
@@ -616,7 +616,7 @@ def test_the_adapt_page_says_when_this_cpu_trains_in_bf16(seeded, monkeypatch):
 
 def test_pages_call_only_the_services(seeded):
     """Pages import streamlit, ui, pandas and the standard library; ui/app reach the core only through
-    dallmi_core.services (and the exception types of dallmi_core.errors); no torch anywhere."""
+    dallmi_core.app.services (and the exception types of dallmi_core.errors); no torch anywhere."""
     for path in [APP, REPO / "ui.py", REPO / "ui_page.py", *sorted((REPO / "pages").glob("*.py"))]:
         modules = set()
         for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
@@ -625,7 +625,8 @@ def test_pages_call_only_the_services(seeded):
             elif isinstance(node, ast.ImportFrom) and node.module:
                 modules.add(node.module)
         core = {m for m in modules if m.startswith("dallmi_core")}
-        allowed = {"dallmi_core.services", "dallmi_core.errors", "dallmi_core.store", "dallmi_core"}
+        allowed = {"dallmi_core", "dallmi_core.app", "dallmi_core.app.services", "dallmi_core.errors"}
+        allowed.add("dallmi_core.store")
         if path.parent.name == "pages":
             allowed = set()
         assert core <= allowed, (path.name, core)

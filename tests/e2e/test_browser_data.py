@@ -16,8 +16,8 @@ import pandas as pd
 import pytest
 from test_browser import CHROMIUM, CHROMIUM_ARGS, REPO, SERVER_ARGS, _free_port, _wait_healthy, settled, sync_api
 
-from dallmi_core.auth import hash_password
-from dallmi_core.services import open_services
+from dallmi_core.app.auth import hash_password
+from dallmi_core.app.services import open_services
 
 pytestmark = pytest.mark.slow
 ARTIFACTS = REPO / "test-artifacts" / "e2e-data"

@@ -9,8 +9,8 @@ import pandas as pd
 import pytest
 from conftest import LABELS, make_texts
 
-from dallmi_core import fast_inference
-from dallmi_core.cli import main
+from dallmi_core.cli.main import main
+from dallmi_core.modeling import fast_inference
 
 
 def _data(tmp_path, n=40):

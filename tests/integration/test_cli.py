@@ -11,8 +11,8 @@ import pandas as pd
 import pytest
 from conftest import LABELS, make_texts
 
-from dallmi_core.cli import main
-from dallmi_core.model import load_classifier
+from dallmi_core.cli.main import main
+from dallmi_core.modeling.model import load_classifier
 
 
 def _frame(n: int, domain: str, seed: int, keep_labels=True) -> pd.DataFrame:
@@ -200,7 +200,7 @@ def test_user_errors_are_one_line_messages(tmp_path, capsys):
 
 @pytest.mark.parametrize("command", ["", "finetune-source", "adapt", "score", "evaluate", "bench-quality", "worker"])
 def test_every_command_has_help(command):
-    args = [sys.executable, "-m", "dallmi_core.cli", *([command] if command else []), "--help"]
+    args = [sys.executable, "-m", "dallmi_core.cli.main", *([command] if command else []), "--help"]
     result = subprocess.run(args, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0 and "usage: dallmi" in result.stdout
 
@@ -253,7 +253,7 @@ def test_adapt_writes_checkpoints_and_resumes(files, tmp_path, tiny_backbone, ca
 
 
 def test_source_options_reach_the_config():
-    from dallmi_core.cli import _source_config, build_parser
+    from dallmi_core.cli.main import _source_config, build_parser
     from dallmi_core.config import SourceConfig
 
     argv = ["finetune-source", "--data", "x.csv", "--out", "m"]

@@ -16,10 +16,10 @@ import pytest
 import torch
 from conftest import LABELS, make_texts
 
-from dallmi_core.distributed import sharded
-from dallmi_core.metrics import ap_report
-from dallmi_core.model import load_classifier, new_classifier, save_classifier
-from dallmi_core.scoring import score_texts
+from dallmi_core.evaluation.metrics import ap_report
+from dallmi_core.modeling.model import load_classifier, new_classifier, save_classifier
+from dallmi_core.modeling.scoring import score_texts
+from dallmi_core.training.distributed import sharded
 
 
 def _macro_ap(model_dir, texts, gold) -> float:
@@ -50,7 +50,7 @@ def _adapt_with_two_ranks(tmp_path, tiny_backbone, launcher: list[str]):
     pd.DataFrame({"text": texts, "labels": labels, "domain": "target"}).to_csv(target, index=False)
     out, shards = tmp_path / "adapted", tmp_path / "shards.json"
 
-    adapt = ["-m", "dallmi_core.cli", "adapt", "--model", str(source), "--target", str(target), "--out", str(out)]
+    adapt = ["-m", "dallmi_core.cli.main", "adapt", "--model", str(source), "--target", str(target), "--out", str(out)]
     adapt += ["--max-steps", "30", "--lr", "1e-3", "--batch-size", "8", "--max-length", "32", "--device", "cpu"]
     done = subprocess.run([*launcher, *adapt, "--shards-json", str(shards)], env=ENV, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-3000:]
@@ -70,7 +70,7 @@ def _adapt_with_two_ranks(tmp_path, tiny_backbone, launcher: list[str]):
 def test_torchrun_two_ranks_adapt_on_disjoint_shards_write_one_model_and_score_in_shards(tmp_path, tiny_backbone):
     out, target, texts = _adapt_with_two_ranks(tmp_path, tiny_backbone, TORCHRUN)
     scores = tmp_path / "scores.csv"
-    score = ["-m", "dallmi_core.cli", "score", "--model", str(out), "--data", str(target), "--out", str(scores)]
+    score = ["-m", "dallmi_core.cli.main", "score", "--model", str(out), "--data", str(target), "--out", str(scores)]
     done = subprocess.run([*TORCHRUN, *score, "--device", "cpu"], env=ENV, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-3000:]
     sharded_scores = pd.read_csv(scores)[[f"score_{label}" for label in LABELS]].to_numpy()

@@ -15,12 +15,12 @@ import pytest
 from conftest import LABELS, make_texts
 from sklearn.metrics import average_precision_score, precision_recall_curve
 
-import dallmi_core.insights as insights
+import dallmi_core.app.insights as insights
+from dallmi_core.app.exporter import export_model, predictions_frame
+from dallmi_core.app.jobs import Job, run_adapt
+from dallmi_core.app.services import open_services
 from dallmi_core.errors import DataError
-from dallmi_core.exporter import export_model, predictions_frame
-from dallmi_core.jobs import Job, run_adapt
-from dallmi_core.model import new_classifier, save_classifier
-from dallmi_core.services import open_services
+from dallmi_core.modeling.model import new_classifier, save_classifier
 
 ADAPT = {"max_length": 32, "batch_size": 8, "seed": 3, "positives_per_label": 2, "val_unlabeled": 8, "max_steps": 6}
 

@@ -8,9 +8,9 @@ import pandas as pd
 import pytest
 from conftest import LABELS, make_texts
 
-from dallmi_core import quality
+from dallmi_core.bench import quality
 from dallmi_core.config import AdaptConfig, SourceConfig
-from dallmi_core.data import read_corpus
+from dallmi_core.data.corpus import read_corpus
 
 
 @pytest.fixture()

@@ -7,8 +7,8 @@ import json
 
 import pandas as pd
 
-from dallmi_core.cli import main
-from dallmi_core.services import open_services
+from dallmi_core.app.services import open_services
+from dallmi_core.cli.main import main
 
 
 def test_store_commands_script_a_project_end_to_end(tmp_path, capsys):

@@ -1,6 +1,6 @@
 """The worker as a real OS process on a real store: runs, progress, cancel, kill -9 and resume, failures.
 
-Every worker here is `python -m dallmi_core.worker` in a fresh interpreter (one torch thread, short
+Every worker here is `python -m dallmi_core.app.worker` in a fresh interpreter (one torch thread, short
 heartbeats), serving a project seeded with the tiny random BERT; the test process only talks to
 the store, exactly as the app does.
 """
@@ -20,12 +20,12 @@ import pandas as pd
 import pytest
 from conftest import LABELS, make_texts
 
-from dallmi_core.callbacks import CallbackList, TrainState
-from dallmi_core.jobs import Job
-from dallmi_core.model import load_classifier, save_classifier
-from dallmi_core.services import open_services
+from dallmi_core.app.jobs import Job
+from dallmi_core.app.services import open_services
+from dallmi_core.app.worker import Heartbeat, Worker, worker_pid, worker_running
+from dallmi_core.modeling.model import load_classifier, save_classifier
 from dallmi_core.store import open_store
-from dallmi_core.worker import Heartbeat, Worker, worker_pid, worker_running
+from dallmi_core.training.callbacks import CallbackList, TrainState
 
 REPO = Path(__file__).resolve().parents[2]
 HEARTBEAT_TIMEOUT = 2.0
@@ -46,7 +46,7 @@ def start_worker(data_dir: Path, *args: str) -> subprocess.Popen:
     )
     with open(data_dir / f"test-worker-{time.monotonic_ns()}.log", "wb") as log:  # the child keeps its own fd
         return subprocess.Popen(
-            [sys.executable, "-m", "dallmi_core.worker", "--data-dir", str(data_dir), "--poll", "0.1", *args],
+            [sys.executable, "-m", "dallmi_core.app.worker", "--data-dir", str(data_dir), "--poll", "0.1", *args],
             stdout=log,
             stderr=subprocess.STDOUT,
             env=env,
@@ -146,7 +146,7 @@ def test_adapt_runs_to_done_with_progress_model_predictions_and_metrics(served):
     assert [c.score for c in likely] == sorted((c.score for c in likely), reverse=True)
     assert services.export_predictions(run_id, fmt="csv").is_file()
     # the run is calibrated: its map in the store and the model folder, its thresholds in every export
-    from dallmi_core.decisions import decisions, run_calibration
+    from dallmi_core.app.decisions import decisions, run_calibration
 
     adapted = load_classifier(run.model_path)
     assert run_calibration(store, run_id) == adapted.calibration() is not None
@@ -164,7 +164,7 @@ def test_a_score_run_re_estimates_the_source_calibration_on_the_target(served):
     run_id = services.start_run(project_id, "score", {"max_length": 32})
     run = wait_status(services, run_id, "done", "failed", "cancelled")
     assert run.status == "done", run.error
-    from dallmi_core.decisions import run_calibration
+    from dallmi_core.app.decisions import run_calibration
 
     on_target = run_calibration(store, run_id)
     source = load_classifier(services.get_project(project_id).source_model)

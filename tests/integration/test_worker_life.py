@@ -20,18 +20,18 @@ from pathlib import Path
 import pytest
 from test_worker import ADAPT, project_with_source_model, wait_for, wait_status
 
-from dallmi_core import worker as worker_module
-from dallmi_core.process import rss_bytes
-from dallmi_core.services import open_services
+from dallmi_core.app import worker as worker_module
+from dallmi_core.app.process import rss_bytes
+from dallmi_core.app.services import open_services
+from dallmi_core.app.worker import LOG_FILE, main, worker_pid, worker_running
 from dallmi_core.store import open_store
-from dallmi_core.worker import LOG_FILE, main, worker_pid, worker_running
 
 REPO = Path(__file__).resolve().parents[2]
 IDLE_EXIT = 3.0
 
 APP = textwrap.dedent("""
     import sys, time
-    from dallmi_core.services import open_services
+    from dallmi_core.app.services import open_services
     svc = open_services(sys.argv[1], app_heartbeat=True)  # what ui.services() does, once per server
     config = {"max_length": 32, "batch_size": 8, "seed": 3, "positives_per_label": 2, "val_unlabeled": 8,
               "eval_every": 100000, "max_steps": 100000}

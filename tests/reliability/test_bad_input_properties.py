@@ -30,10 +30,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from dallmi_core.app.importer import import_file
+from dallmi_core.app.services import Services
 from dallmi_core.errors import ConfigError, DallmiError, DataError
-from dallmi_core.importer import import_file
-from dallmi_core.model import check_model_dir, load_classifier
-from dallmi_core.services import Services
+from dallmi_core.modeling.model import check_model_dir, load_classifier
 from dallmi_core.store import Store, content_hash
 
 SMALL_LABELS = ["billing", "login", "<b>bold</b>", "a,b", "x;y", 'say "hi"', "tab\there", "[l](javascript:alert(1))"]

@@ -2,7 +2,7 @@
 writes tags; a full or read-only store.
 
 The worker tests reuse the helpers of tests/integration/test_worker.py (real `python -m
-dallmi_core.worker` processes, one torch thread, a 2 s heartbeat timeout beating every 0.3 s).
+dallmi_core.app.worker` processes, one torch thread, a 2 s heartbeat timeout beating every 0.3 s).
 """
 
 from __future__ import annotations
@@ -32,8 +32,8 @@ from test_worker import (  # noqa: E402
     wait_status,
 )
 
+from dallmi_core.app.services import open_services  # noqa: E402
 from dallmi_core.errors import DallmiError, StoreError  # noqa: E402
-from dallmi_core.services import open_services  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
 KILLS = 5
@@ -49,8 +49,8 @@ def _checkpoint_step(run) -> int:
 
 @pytest.mark.slow
 def test_a_run_killed_five_times_at_random_points_resumes_and_finishes(tmp_path, tiny_clf):
-    from dallmi_core.model import load_classifier
-    from dallmi_core.scoring import score_texts
+    from dallmi_core.modeling.model import load_classifier
+    from dallmi_core.modeling.scoring import score_texts
 
     rng = random.Random(20261201)
     services, project_id = project_with_source_model(tmp_path, tiny_clf)
@@ -128,7 +128,7 @@ def test_a_run_killed_five_times_at_random_points_resumes_and_finishes(tmp_path,
 TAGGER = textwrap.dedent(
     """
     import sys, threading
-    from dallmi_core.services import open_services
+    from dallmi_core.app.services import open_services
 
     services = open_services(sys.argv[1], autostart_worker=False)  # one handle, as ui.services() keeps
     project_id = int(sys.argv[2])

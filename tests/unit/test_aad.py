@@ -8,11 +8,11 @@ import pytest
 import torch
 from conftest import LABELS, make_texts
 
-import dallmi_core.adversarial as adversarial
+import dallmi_core.training.adversarial as adversarial
 from dallmi_core.config import AdaptConfig
 from dallmi_core.errors import ConfigError
-from dallmi_core.tokens import TokenizedCorpus
-from dallmi_core.train import adapt
+from dallmi_core.modeling.tokens import TokenizedCorpus
+from dallmi_core.training.train import adapt
 
 
 @pytest.fixture()

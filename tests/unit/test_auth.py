@@ -9,8 +9,8 @@ import sys
 
 import pytest
 
-from dallmi_core import auth
-from dallmi_core.auth import configured_hash, hash_password, parse_hash, verify_password
+from dallmi_core.app import auth
+from dallmi_core.app.auth import configured_hash, hash_password, parse_hash, verify_password
 from dallmi_core.errors import ConfigError
 
 
@@ -69,7 +69,7 @@ def test_empty_passwords_cannot_be_hashed():
 
 
 def test_cli_hash_password_reads_stdin_and_prints_a_verifiable_hash():
-    cmd = [sys.executable, "-m", "dallmi_core.cli", "hash-password"]
+    cmd = [sys.executable, "-m", "dallmi_core.cli.main", "hash-password"]
     done = subprocess.run(cmd, input="s3cret pass\n", capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     stored = done.stdout.strip()

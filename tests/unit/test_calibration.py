@@ -7,8 +7,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from dallmi_core import calibration as cal
-from dallmi_core.metrics import ap_report
+from dallmi_core.evaluation.metrics import ap_report
+from dallmi_core.modeling import calibration as cal
 
 
 def _binormal(rng, n: int, prior: float, gap: float = 3.0):
@@ -107,7 +107,7 @@ def test_the_expected_f1_cut_is_the_f1_optimum_of_calibrated_probabilities():
     p = rng.beta(0.5, 3, 20_000)
     y = rng.random(p.size) < p  # the probabilities are right by construction
     cut = cal.expected_f1_threshold(p)
-    from dallmi_core.metrics import best_f1_threshold, f1_at_threshold
+    from dallmi_core.evaluation.metrics import best_f1_threshold, f1_at_threshold
 
     assert f1_at_threshold(y, p, cut)["f1"] == pytest.approx(
         f1_at_threshold(y, p, best_f1_threshold(y, p))["f1"], abs=0.01

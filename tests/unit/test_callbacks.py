@@ -15,7 +15,13 @@ from conftest import LABELS, make_texts
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from dallmi_core.callbacks import (
+from dallmi_core.config import AdaptConfig, SourceConfig
+from dallmi_core.errors import ConfigError, RunStateError
+from dallmi_core.method.losses import bce_loss, variational_term
+from dallmi_core.modeling.model import new_classifier
+from dallmi_core.modeling.scoring import logits_for
+from dallmi_core.modeling.tokens import TokenizedCorpus
+from dallmi_core.training.callbacks import (
     Callback,
     CancelCallback,
     CheckpointEvery,
@@ -23,13 +29,7 @@ from dallmi_core.callbacks import (
     ProgressCallback,
     TrainState,
 )
-from dallmi_core.config import AdaptConfig, SourceConfig
-from dallmi_core.errors import ConfigError, RunStateError
-from dallmi_core.losses import bce_loss, variational_term
-from dallmi_core.model import new_classifier
-from dallmi_core.scoring import logits_for
-from dallmi_core.tokens import TokenizedCorpus
-from dallmi_core.train import CHECKPOINT_FILE, adapt, finetune_source, pu_split
+from dallmi_core.training.train import CHECKPOINT_FILE, adapt, finetune_source, pu_split
 
 
 @pytest.fixture(scope="module")

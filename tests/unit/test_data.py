@@ -11,8 +11,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from dallmi_core import data
-from dallmi_core.data import (
+from dallmi_core.data import corpus as data
+from dallmi_core.data.corpus import (
     DOMAINS,
     Corpus,
     EncodingFallbackWarning,

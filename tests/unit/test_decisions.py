@@ -11,8 +11,8 @@ import pandas as pd
 import pytest
 from test_exporter import LABELS, project, scored_run, store  # noqa: F401 - shared fixtures
 
-from dallmi_core import decisions, exporter
-from dallmi_core.calibration import Calibration, LabelCalibration
+from dallmi_core.app import decisions, exporter
+from dallmi_core.modeling.calibration import Calibration, LabelCalibration
 
 
 def _calibration() -> Calibration:

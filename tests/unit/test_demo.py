@@ -13,9 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from dallmi_core.config import AdaptConfig, SourceConfig
-from dallmi_core.data import read_corpus
-from dallmi_core.demo import (
+from dallmi_core.app.demo import (
     DEMO_DIR,
     DEMO_LABELS,
     DEMO_PROJECT,
@@ -26,8 +24,10 @@ from dallmi_core.demo import (
     ensure_demo_project,
     run_demo,
 )
+from dallmi_core.app.services import open_services
+from dallmi_core.config import AdaptConfig, SourceConfig
+from dallmi_core.data.corpus import read_corpus
 from dallmi_core.errors import DataError, RunStateError
-from dallmi_core.services import open_services
 
 SCRIPT = DEMO_DIR / "make_demo.py"
 
@@ -166,14 +166,14 @@ def test_a_failed_import_leaves_no_half_project(svc, monkeypatch, tmp_path):
         (tmp_path / "data" / path.name).write_bytes(path.read_bytes())
     with open(tmp_path / "data" / "demo_eval.csv", "a", encoding="utf-8") as broken:
         broken.write("eval-9999,a row with a label the project lacks,urgent,eval\n")
-    monkeypatch.setattr("dallmi_core.demo.DEMO_DIR", tmp_path / "data")
+    monkeypatch.setattr("dallmi_core.app.demo.DEMO_DIR", tmp_path / "data")
     with pytest.raises(DataError, match="unknown label 'urgent'"):
         ensure_demo_project(svc)
     assert svc.list_projects() == [] and svc.store.list_runs() == []
 
 
 def test_missing_demo_files_say_how_to_make_them(monkeypatch, tmp_path):
-    monkeypatch.setattr("dallmi_core.demo.DEMO_DIR", tmp_path)
+    monkeypatch.setattr("dallmi_core.app.demo.DEMO_DIR", tmp_path)
     with pytest.raises(DataError, match="make_demo.py"):
         demo_files()
 

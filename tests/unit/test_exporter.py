@@ -11,10 +11,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from dallmi_core import exporter
-from dallmi_core.data import Corpus, write_corpus
-from dallmi_core.errors import DataError, RunStateError
-from dallmi_core.exporter import (
+from dallmi_core.app import exporter
+from dallmi_core.app.exporter import (
     export_annotations,
     export_documents,
     export_model,
@@ -22,8 +20,10 @@ from dallmi_core.exporter import (
     export_run_report,
     zip_folder,
 )
-from dallmi_core.importer import import_file
-from dallmi_core.metrics import ap_report
+from dallmi_core.app.importer import import_file
+from dallmi_core.data.corpus import Corpus, write_corpus
+from dallmi_core.errors import DataError, RunStateError
+from dallmi_core.evaluation.metrics import ap_report
 from dallmi_core.store import Store
 
 LABELS = ["billing", "login", "shipping"]

@@ -7,10 +7,10 @@ import pytest
 import torch
 from conftest import make_texts
 
-from dallmi_core import fast_inference
-from dallmi_core.embeddings import embed_texts
-from dallmi_core.scoring import score_texts
-from dallmi_core.tokens import TokenizedCorpus
+from dallmi_core.modeling import fast_inference
+from dallmi_core.modeling.embeddings import embed_texts
+from dallmi_core.modeling.scoring import score_texts
+from dallmi_core.modeling.tokens import TokenizedCorpus
 
 needs_engine = pytest.mark.skipif(fast_inference.engine() is None, reason="no int8 quantised engine in this torch")
 

@@ -6,7 +6,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 from transformers import BertConfig, BertForSequenceClassification
 
-from dallmi_core.flops import ShapeRecorder, flop_model
+from dallmi_core.bench.flops import ShapeRecorder, flop_model
 
 
 def _bert() -> BertForSequenceClassification:

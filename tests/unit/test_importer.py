@@ -10,9 +10,9 @@ import tracemalloc
 import pandas as pd
 import pytest
 
-from dallmi_core.data import Corpus, write_corpus
+from dallmi_core.app.importer import ColumnMapping, guess_mapping, import_file, preview_import
+from dallmi_core.data.corpus import Corpus, write_corpus
 from dallmi_core.errors import DataError
-from dallmi_core.importer import ColumnMapping, guess_mapping, import_file, preview_import
 from dallmi_core.store import Store
 
 LABELS = ["billing", "login", "shipping"]

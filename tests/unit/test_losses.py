@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
-from dallmi_core.losses import (
+from dallmi_core.method.losses import (
     bce_loss,
     dallmi_objective,
     mixup_log_target,

@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 from sklearn.metrics import average_precision_score, precision_recall_curve
 
 from dallmi_core.errors import ConfigError, DataError
-from dallmi_core.metrics import (
+from dallmi_core.evaluation.metrics import (
     APReport,
     ap_report,
     average_precision,

@@ -8,10 +8,10 @@ import torch
 from conftest import make_texts
 
 from dallmi_core.errors import DataError
-from dallmi_core.mixup import decode_mixed, decode_pair, draw_pairs, mixup_target, score_pairs
-from dallmi_core.model import word_embedding_matrix
-from dallmi_core.scoring import logits_for, sigmoid
-from dallmi_core.tokens import TokenizedCorpus
+from dallmi_core.method.mixup import decode_mixed, decode_pair, draw_pairs, mixup_target, score_pairs
+from dallmi_core.modeling.model import word_embedding_matrix
+from dallmi_core.modeling.scoring import logits_for, sigmoid
+from dallmi_core.modeling.tokens import TokenizedCorpus
 
 
 def test_decoded_mix_is_the_positive_at_mu_0_and_the_unlabeled_at_mu_1():

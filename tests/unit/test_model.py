@@ -12,7 +12,7 @@ import torch
 from conftest import LABELS, make_texts
 
 from dallmi_core.errors import ConfigError
-from dallmi_core.model import (
+from dallmi_core.modeling.model import (
     check_model_dir,
     default_backbone_dir,
     embeddings_module,
@@ -299,8 +299,7 @@ def test_mixed_word_embeddings_carry_gradient_to_the_embedding_matrix(tiny_clf, 
 
 
 def test_resolve_device_auto_and_refusals(monkeypatch):
-    from dallmi_core import model as model_module
-
+    from dallmi_core.modeling import model as model_module
     monkeypatch.setattr(model_module.torch.cuda, "is_available", lambda: False)
     monkeypatch.setattr(model_module.torch.backends.mps, "is_available", lambda: False)
     assert model_module.resolve_device("auto") == "cpu"

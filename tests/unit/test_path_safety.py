@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from dallmi_core.app.services import open_services
 from dallmi_core.errors import ConfigError, DataError
-from dallmi_core.services import open_services
 
 REPO = Path(__file__).resolve().parents[2]
 HOSTILE = ["../../x", "/etc/passwd", "a\x00b", "..", ".", "~/secret", "..\\..\\win", "-rf", "x/../../../y"]

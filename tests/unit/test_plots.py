@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from dallmi_core import plots
+from dallmi_core.app import plots
 
 
 def test_ap_bars_group_by_label_with_tag_counts_and_mark_missing_ap():

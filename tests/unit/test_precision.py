@@ -10,12 +10,12 @@ import pytest
 import torch
 from conftest import LABELS, make_texts
 
-from dallmi_core import train
 from dallmi_core.config import AdaptConfig
-from dallmi_core.model import eager_attention
-from dallmi_core.precision import CPU_BF16_ENV, cpu_has_native_bf16, resolve_precision
-from dallmi_core.scoring import autocast_for
-from dallmi_core.train import adapt, make_accelerator
+from dallmi_core.modeling.model import eager_attention
+from dallmi_core.modeling.precision import CPU_BF16_ENV, cpu_has_native_bf16, resolve_precision
+from dallmi_core.modeling.scoring import autocast_for
+from dallmi_core.training import train
+from dallmi_core.training.train import adapt, make_accelerator
 
 
 def test_auto_precision_is_float32_on_a_cpu_told_to_keep_it(monkeypatch):

@@ -8,14 +8,14 @@ import time
 
 import pytest
 
-from dallmi_core import presence
+from dallmi_core.app import presence
+from dallmi_core.app.presence import AppHeartbeat, app_heartbeat_interval, app_idle_exit
+from dallmi_core.app.process import acquire_lock, release_memory, rss_bytes
+from dallmi_core.app.services import open_services
+from dallmi_core.app.worker import Worker, build_parser
 from dallmi_core.errors import ConfigError
-from dallmi_core.presence import AppHeartbeat, app_heartbeat_interval, app_idle_exit
-from dallmi_core.process import acquire_lock, release_memory, rss_bytes
-from dallmi_core.services import open_services
 from dallmi_core.store import MIGRATIONS, Store, open_store
 from dallmi_core.store.presence import APP_ROWS_KEPT_S
-from dallmi_core.worker import Worker, build_parser
 
 
 def test_app_heartbeats_keep_the_newest_beat_per_process_and_prune_long_gone_ones(tmp_path):
@@ -105,7 +105,7 @@ def test_ensure_worker_links_the_worker_it_starts_to_the_app(tmp_path, monkeypat
     root = str(tmp_path.resolve())
     assert default[1:] == [
         "-m",
-        "dallmi_core.worker",
+        "dallmi_core.app.worker",
         "--data-dir",
         root,
         "--exit-when-app-idle",
@@ -113,7 +113,7 @@ def test_ensure_worker_links_the_worker_it_starts_to_the_app(tmp_path, monkeypat
         "--poll",
         "0.5",
     ]
-    assert never[1:] == ["-m", "dallmi_core.worker", "--data-dir", root, "--poll", "0.5"]  # 0: never exits
+    assert never[1:] == ["-m", "dallmi_core.app.worker", "--data-dir", root, "--poll", "0.5"]  # 0: never exits
 
 
 def test_a_hand_started_worker_never_exits_for_the_app(tmp_path):

@@ -1,4 +1,4 @@
-"""The head warm-up on frozen features before source fine-tuning (LP-FT, dallmi_core/probe.py)."""
+"""The head warm-up on frozen features before source fine-tuning (LP-FT, dallmi_core/training/probe.py)."""
 
 from __future__ import annotations
 
@@ -17,14 +17,14 @@ from transformers import (
     RobertaForSequenceClassification,
 )
 
-from dallmi_core.callbacks import Callback, CheckpointEvery, ProgressCallback
 from dallmi_core.config import SourceConfig
-from dallmi_core.losses import bce_loss
-from dallmi_core.model import new_classifier
-from dallmi_core.probe import first_token_head, first_token_states, probe_head
-from dallmi_core.scoring import logits_for
-from dallmi_core.tokens import TokenizedCorpus
-from dallmi_core.train import finetune_source
+from dallmi_core.method.losses import bce_loss
+from dallmi_core.modeling.model import new_classifier
+from dallmi_core.modeling.scoring import logits_for
+from dallmi_core.modeling.tokens import TokenizedCorpus
+from dallmi_core.training.callbacks import Callback, CheckpointEvery, ProgressCallback
+from dallmi_core.training.probe import first_token_head, first_token_states, probe_head
+from dallmi_core.training.train import finetune_source
 
 SMALL = {
     "vocab_size": 120,

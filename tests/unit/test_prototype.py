@@ -7,9 +7,9 @@ import numpy as np
 import torch
 from conftest import LABELS, make_texts
 
-from dallmi_core.prototype import features_and_logits, fold_prototypes, head_linear
-from dallmi_core.scoring import logits_for
-from dallmi_core.tokens import TokenizedCorpus
+from dallmi_core.modeling.scoring import logits_for
+from dallmi_core.modeling.tokens import TokenizedCorpus
+from dallmi_core.training.prototype import features_and_logits, fold_prototypes, head_linear
 
 
 def test_folded_prototypes_are_what_the_model_now_computes_and_lift_the_tags(tiny_clf):

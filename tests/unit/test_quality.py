@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from dallmi_core.quality import QualityResult, split_target
+from dallmi_core.bench.quality import QualityResult, split_target
 
 
 @pytest.fixture()
@@ -85,8 +85,8 @@ def test_summary_reports_mean_and_spread_over_seeds():
 def test_tfidf_reference_learns_planted_keywords():
     from conftest import make_texts
 
-    from dallmi_core.metrics import ap_report
-    from dallmi_core.quality import tfidf_source_scores
+    from dallmi_core.bench.quality import tfidf_source_scores
+    from dallmi_core.evaluation.metrics import ap_report
 
     train_texts, train_y = make_texts(120, seed=1)
     test_texts, test_y = make_texts(60, seed=2)
@@ -96,8 +96,8 @@ def test_tfidf_reference_learns_planted_keywords():
 
 
 def test_method_config_gives_baselines_their_own_budget():
+    from dallmi_core.bench.quality import method_config
     from dallmi_core.config import AdaptConfig
-    from dallmi_core.quality import method_config
 
     base = AdaptConfig(max_steps=20, lr=1e-4)
     assert method_config(base, "dallmi", 3) == base.replace(seed=3, method="dallmi")

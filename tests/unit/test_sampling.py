@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from dallmi_core.sampling import LabelBalancedSampler, PositiveCycler, UnlabeledStream
+from dallmi_core.method.sampling import LabelBalancedSampler, PositiveCycler, UnlabeledStream
 
 POOL = list(range(100, 140))  # 40 documents
 TAGS = [[100, 101, 102, 103, 104, 105, 106], [], [120], [130, 131, 132]]

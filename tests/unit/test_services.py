@@ -14,10 +14,10 @@ import pandas as pd
 import pytest
 from conftest import LABELS, make_texts
 
+from dallmi_core.app.services import RECOMMENDED_TAGS, ensure_worker, open_services
+from dallmi_core.app.worker import LOG_FILE, worker_running
 from dallmi_core.config import AdaptConfig
 from dallmi_core.errors import ConfigError, DataError, RunStateError
-from dallmi_core.services import RECOMMENDED_TAGS, ensure_worker, open_services
-from dallmi_core.worker import LOG_FILE, worker_running
 
 
 @pytest.fixture()
@@ -225,6 +225,6 @@ def test_services_keep_torch_out_of_the_app_process():
     import subprocess
     import sys
 
-    code = "import sys, dallmi_core.services\nassert not {'torch', 'transformers'} & set(sys.modules), 'heavy'"
+    code = "import sys, dallmi_core.app.services\nassert not {'torch', 'transformers'} & set(sys.modules), 'heavy'"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr

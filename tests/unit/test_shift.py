@@ -7,7 +7,14 @@ import pandas as pd
 import pytest
 
 from dallmi_core.errors import ConfigError, DataError
-from dallmi_core.shift import domain_classifier, label_prior_shift, mmd_rbf, project_2d, subsample, weighted_log_odds
+from dallmi_core.evaluation.shift import (
+    domain_classifier,
+    label_prior_shift,
+    mmd_rbf,
+    project_2d,
+    subsample,
+    weighted_log_odds,
+)
 
 
 def _gauss(n, shift=0.0, seed=0, dim=8):

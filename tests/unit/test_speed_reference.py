@@ -7,13 +7,13 @@ import pytest
 import torch
 from conftest import LABELS, make_texts
 
-import dallmi_core.step as step_module
+import dallmi_core.method.step as step_module
+from dallmi_core.bench.flops import ShapeRecorder
+from dallmi_core.bench.speed_reference import CountingTokenizer, PaddedCorpus, cycle_reference_step
 from dallmi_core.config import AdaptConfig
-from dallmi_core.flops import ShapeRecorder
-from dallmi_core.sampling import LabelBalancedSampler
-from dallmi_core.speed_reference import CountingTokenizer, PaddedCorpus, cycle_reference_step
-from dallmi_core.step import draw_mixup, length_groups, reference_dallmi_step, vectorised_dallmi_step
-from dallmi_core.tokens import TokenizedCorpus
+from dallmi_core.method.sampling import LabelBalancedSampler
+from dallmi_core.method.step import draw_mixup, length_groups, reference_dallmi_step, vectorised_dallmi_step
+from dallmi_core.modeling.tokens import TokenizedCorpus
 
 CPU = torch.device("cpu")
 L = len(LABELS)

@@ -9,11 +9,10 @@ from conftest import LABELS, make_texts
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import dallmi_core.step as step_module
+import dallmi_core.method.step as step_module
 from dallmi_core.config import AdaptConfig
-from dallmi_core.model import word_embedding_matrix
-from dallmi_core.sampling import BalancedBatch, LabelBalancedSampler
-from dallmi_core.step import (
+from dallmi_core.method.sampling import BalancedBatch, LabelBalancedSampler
+from dallmi_core.method.step import (
     MixupDraws,
     bce_step,
     draw_mixup,
@@ -21,7 +20,8 @@ from dallmi_core.step import (
     reference_dallmi_step,
     vectorised_dallmi_step,
 )
-from dallmi_core.tokens import TokenizedCorpus
+from dallmi_core.modeling.model import word_embedding_matrix
+from dallmi_core.modeling.tokens import TokenizedCorpus
 
 CPU = torch.device("cpu")
 
@@ -114,7 +114,7 @@ def test_mixed_input_interpolates_word_embeddings(setup, monkeypatch):
         seen["embeds"], seen["mask"] = inputs_embeds, attention_mask
         return torch.zeros(inputs_embeds.shape[0], len(LABELS), requires_grad=True)
 
-    monkeypatch.setattr("dallmi_core.step.forward_logits", spy)
+    monkeypatch.setattr("dallmi_core.method.step.forward_logits", spy)
     W = word_embedding_matrix(model)
     for mu, doc_of in ((1.0, lambda lab: batch.unlabeled[0]), (0.0, lambda lab: batch.positives[lab, 0])):
         labels = batch.positives.shape[0]
@@ -134,10 +134,10 @@ def test_length_grouped_forwards_give_the_same_loss_and_gradients(setup, monkeyp
     batch = sampler.next()
     mix = draw_mixup(np.random.default_rng(5), batch, pairs, 0.3) if pairs else None
     ref, _, ref_grads = _loss_and_grads(reference_dallmi_step, model, tokens, batch, mix, cfg)
-    monkeypatch.setattr("dallmi_core.step.CPU_FORWARD_COST_TOKENS", 0.0)
+    monkeypatch.setattr("dallmi_core.method.step.CPU_FORWARD_COST_TOKENS", 0.0)
     calls = []
     real = step_module.forward_logits
-    monkeypatch.setattr("dallmi_core.step.forward_logits", lambda *a, **kw: calls.append(1) or real(*a, **kw))
+    monkeypatch.setattr("dallmi_core.method.step.forward_logits", lambda *a, **kw: calls.append(1) or real(*a, **kw))
     fast, _, fast_grads = _loss_and_grads(vectorised_dallmi_step, model, tokens, batch, mix, cfg)
     assert len(calls) > 1, "the batch was not cut into length groups"
     assert fast == pytest.approx(ref, abs=1e-5)
@@ -175,9 +175,9 @@ def test_bce_step_in_length_groups_gives_the_same_loss_and_gradients(setup, monk
         loss.backward()
         return float(loss), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
 
-    monkeypatch.setattr("dallmi_core.step.CPU_FORWARD_COST_TOKENS", float("inf"))
+    monkeypatch.setattr("dallmi_core.method.step.CPU_FORWARD_COST_TOKENS", float("inf"))
     one, one_grads = loss_and_grads()
-    monkeypatch.setattr("dallmi_core.step.CPU_FORWARD_COST_TOKENS", 0.0)
+    monkeypatch.setattr("dallmi_core.method.step.CPU_FORWARD_COST_TOKENS", 0.0)
     grouped, grouped_grads = loss_and_grads()
     assert len(length_groups(tokens.lengths[indices], 0.0)) > 1
     assert grouped == pytest.approx(one, abs=1e-6)

@@ -14,7 +14,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from dallmi_core.data import Corpus
+from dallmi_core.data.corpus import Corpus
 from dallmi_core.errors import DataError, RunStateError, StoreError
 from dallmi_core.store import MIGRATIONS, Store, content_hash, data_dir, fts_query, open_store
 from dallmi_core.store import schema as schema_module

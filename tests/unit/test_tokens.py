@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from transformers import AutoTokenizer
 
-from dallmi_core.tokens import TokenizedCorpus, bucketed_batches, length_sorted_batches
+from dallmi_core.modeling.tokens import TokenizedCorpus, bucketed_batches, length_sorted_batches
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,459 @@
+"""Streaming import of a data file into a project: bounded memory, all or nothing.
+
+Which row becomes what: rows are distinct documents when their ids differ (the same text under two
+ids is two documents); an exact repeat (same id, same text), within the file or of a document already
+in the project, is skipped and counted; an eval row whose text is already a target document gives
+that document its gold labels (counted as attached), so gold is never lost. The same id with another
+text is an error naming both rows. Columns beyond text/id/labels/domain are kept as the document's
+metadata and registered in the project's metadata columns, which every export writes back.
+
+Files are read in chunks (CSV/TSV by pandas `chunksize`, JSONL by line, Parquet by record
+batches) and every chunk goes through data.py's decoding policy and row validation, so an import
+and `read_corpus` accept and reject exactly the same rows with the same messages. The whole import
+is one transaction: any error rolls it back, leaving the project exactly as before.
+
+Labels, by `label_policy`:
+- "auto" (default): labels on `eval`/`source` rows are gold labels (they measure or train the
+  source model); labels on `target` rows are *tagged positives* (annotations by annotator
+  "import"), because in DALLMi the target labels a user has are the few positives they tagged;
+  a gold-labelled target set belongs in the `eval` domain.
+- "gold": every row's labels are stored as gold labels (e.g. benchmark data); no tags.
+- "ignore": labels are neither validated nor stored.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import re
+import warnings
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import NamedTuple
+
+import pandas as pd
+
+from dallmi_core.data.corpus import (
+    DOMAINS,
+    SUPPORTED_SUFFIXES,
+    _check_text_column,
+    _read_json,
+    validate_rows,
+)
+from dallmi_core.data.textfile import file_delimiter, sniff_encoding
+from dallmi_core.errors import DataError
+from dallmi_core.store import Project, Store, content_hash
+
+LABEL_POLICIES = ("auto", "gold", "ignore")
+IMPORT_ANNOTATOR = "import"
+_ABSENT = "\x00absent"  # a column name no file has: "this mapping has no such column"
+MAX_IMPORT_ENV = "DALLMI_MAX_IMPORT_MB"
+_NUMBER = re.compile(r"[-+]?(\d[\d,. ]*)?\d([eE][-+]?\d+)?%?")
+
+
+def max_import_bytes() -> int:
+    """$DALLMI_MAX_IMPORT_MB (default 2,000): a bigger file is refused before it is read. The app's
+    uploads are capped lower by Streamlit's server.maxUploadSize (.streamlit/config.toml)."""
+    return int(float(os.environ.get(MAX_IMPORT_ENV) or 2000) * 1_000_000)
+
+
+@dataclass(frozen=True)
+class ColumnMapping:
+    """Which file columns hold the text, the id, the labels ('a|b' or a list) and the domain;
+    None means the file has no such column (ids are then generated, e.g. `row-7`)."""
+
+    text: str = "text"
+    id: str | None = "id"
+    labels: str | None = "labels"
+    domain: str | None = "domain"
+
+    def used(self) -> set[str]:
+        return {c for c in (self.text, self.id, self.labels, self.domain) if c}
+
+
+@dataclass
+class ImportReport:
+    path: str
+    encoding: str
+    delimiter: str | None = None
+    rows_read: int = 0
+    imported: int = 0
+    repeated_in_file: int = 0
+    repeated_in_project: int = 0
+    attached: int = 0
+    tags_added: int = 0
+    gold_rows: int = 0
+    by_domain: dict[str, int] = field(default_factory=lambda: dict.fromkeys(DOMAINS, 0))
+    meta_columns: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def repeated(self) -> int:
+        return self.repeated_in_file + self.repeated_in_project
+
+    def summary(self) -> str:
+        """Where every row went and why, in one message (the page's and the CLI's main line)."""
+        added = ", ".join(f"{n:,} {d}" for d, n in self.by_domain.items() if n)
+        parts = [f"{self.imported:,} new documents" + (f" ({added})" if added else "")]
+        if self.attached:
+            parts.append(
+                f"{self.attached:,} eval rows gave their gold labels to the target documents "
+                "with the same text (no second copy)"
+            )
+        if self.repeated:
+            where = [
+                f"{n:,} {w}"
+                for n, w in (
+                    (self.repeated_in_file, "within the file"),
+                    (self.repeated_in_project, "already in the project"),
+                )
+                if n
+            ]
+            parts.append(f"{self.repeated:,} exact repeats (same id and text) skipped: {', '.join(where)}")
+        line = f"Read {self.rows_read:,} rows: " + "; ".join(parts) + "."
+        if self.tags_added:
+            line += f" Tags added: {self.tags_added:,}."
+        if self.meta_columns:
+            line += f" Kept as metadata: {', '.join(self.meta_columns)}."
+        return line
+
+    def to_dict(self) -> dict:
+        """The counts a script reads (`dallmi import --json`)."""
+        return {
+            "file": Path(self.path).name,
+            "encoding": self.encoding,
+            "delimiter": self.delimiter,
+            "rows_read": self.rows_read,
+            "imported": self.imported,
+            "repeated": self.repeated,
+            "repeated_in_file": self.repeated_in_file,
+            "repeated_in_project": self.repeated_in_project,
+            "attached": self.attached,
+            "tags_added": self.tags_added,
+            "gold_rows": self.gold_rows,
+            "by_domain": self.by_domain,
+            "meta_columns": self.meta_columns,
+            "warnings": self.warnings,
+        }
+
+
+class ImportPreview(NamedTuple):
+    frame: pd.DataFrame
+    columns: list[str]
+    encoding: str
+    warnings: list[str]
+    delimiter: str | None = None
+
+
+def numeric_text_warning(texts, column: str) -> str | None:
+    """A warning when most non-empty values of the chosen text column are numbers (a wrong pick)."""
+    values = [str(t).strip() for t in texts if str(t).strip()]
+    numeric = sum(bool(_NUMBER.fullmatch(v)) for v in values)
+    if values and numeric >= 0.8 * len(values):
+        return (
+            f"the text column {column!r} holds numbers ({numeric} of the first {len(values)} values), not "
+            "document text. Choose the column with the text if this is not what you meant."
+        )
+    return None
+
+
+def _check_path(path) -> tuple[Path, str]:
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if not path.is_file():
+        what = "is a directory, not a file" if path.is_dir() else f"not found at {path}"
+        raise DataError(f"{path.name or path}: {what}. Check the path.")
+    if suffix not in SUPPORTED_SUFFIXES:
+        raise DataError(
+            f"{path.name}: unsupported file type {suffix or '(no suffix)'!r}; supported: "
+            f"{', '.join(SUPPORTED_SUFFIXES)}. Save it in one of these formats."
+        )
+    size, limit = path.stat().st_size, max_import_bytes()
+    if size == 0:
+        raise DataError(f"{path.name}: is empty (0 bytes). Add at least one document.")
+    if size > limit:
+        raise DataError(
+            f"{path.name}: is {size:,} bytes, over the import limit of {limit:,} bytes "
+            f"(${MAX_IMPORT_ENV}). Split it into smaller files, or raise the limit."
+        )
+    return path, suffix[1:]
+
+
+def _read_chunks(
+    path: Path, fmt: str, encoding: str, mapping: ColumnMapping, size: int, *, require_text: bool = True
+) -> Iterator[tuple[list, list[str] | None]]:
+    """(rows, columns or None) chunks of at most `size` rows; parsing errors become DataErrors."""
+    name = path.name
+    if fmt in ("csv", "tsv"):
+        sep = file_delimiter(path, encoding, f".{fmt}")
+        with open(path, encoding=encoding, newline="") as handle:
+            try:  # the header first: a wrong delimiter otherwise shows as a confusing parse error
+                header = [c.strip() for c in next(csv.reader(handle, delimiter=sep), [])]
+            except csv.Error:
+                header = None
+        if header is not None and not any(header):
+            raise DataError(f"{name}: is empty. Add a header row and at least one document.")
+        if header is not None and require_text:
+            _check_text_column(header, mapping.text, name)
+        with open(path, encoding=encoding, newline="") as handle:
+            reader = None
+            while True:
+                try:
+                    with warnings.catch_warnings():  # only around pandas: the generator yields below
+                        warnings.simplefilter("error", pd.errors.ParserWarning)
+                        if reader is None:
+                            reader = pd.read_csv(
+                                handle, sep=sep, dtype=str, keep_default_na=False, index_col=False, chunksize=size
+                            )
+                        frame = next(reader)
+                except StopIteration:
+                    return
+                except (pd.errors.ParserError, pd.errors.EmptyDataError, ValueError, pd.errors.ParserWarning) as exc:
+                    raise DataError(
+                        f"{name}: could not parse as {fmt.upper()}: {exc}. Check the delimiter and quoting "
+                        "(a field with the delimiter, quotes or line breaks must be in double quotes; rows "
+                        "need as many fields as the header)."
+                    ) from exc
+                frame.columns = [str(c).strip() for c in frame.columns]
+                if not frame.empty:
+                    yield frame.to_dict("records"), list(frame.columns)
+    elif fmt == "parquet":
+        yield from _parquet_chunks(path, mapping, size, require_text)
+    elif fmt == "json":  # a JSON array cannot be streamed without a streaming parser: use JSONL for big files
+        rows, _ = _read_json(path.read_text(encoding=encoding), name, allow_array=True)
+        for start in range(0, len(rows), size):
+            yield rows[start : start + size], None
+    else:  # jsonl, txt: one record per line
+        rows: list = []
+        with open(path, encoding=encoding, newline="") as handle:
+            for lineno, line in enumerate(handle, start=1):
+                if not line.strip():
+                    continue
+                if fmt == "txt":
+                    rows.append({mapping.id or "id": f"line-{lineno}", mapping.text: line.strip()})
+                else:
+                    try:
+                        rows.append(json.loads(line))
+                    except json.JSONDecodeError as exc:
+                        raise DataError(
+                            f"{name}: invalid JSON on line {lineno} (column {exc.colno}): "
+                            f"{exc.msg}. Each line must be one JSON object."
+                        ) from exc
+                if len(rows) >= size:
+                    yield rows, None
+                    rows = []
+        if rows:
+            yield rows, None
+
+
+def _parquet_chunks(path: Path, mapping: ColumnMapping, size: int, require_text: bool):
+    import pyarrow.parquet as pq
+
+    name = path.name
+    with open(path, "rb") as handle:
+        head = handle.read(4)
+        handle.seek(max(path.stat().st_size - 4, 0))  # a file shorter than 4 bytes has no footer
+        if not (head == b"PAR1" and handle.read(4) == b"PAR1"):
+            raise DataError(
+                f"{name}: is not a Parquet file (no PAR1 magic bytes). Export it again as "
+                "Parquet, or give it the suffix of its real format."
+            )
+    try:
+        parquet = pq.ParquetFile(path)
+        columns = [str(c) for c in parquet.schema_arrow.names]
+        if require_text:
+            _check_text_column(columns, mapping.text, name)
+        for batch in parquet.iter_batches(batch_size=size):  # row group by row group
+            yield batch.to_pylist(), columns
+    except DataError:
+        raise
+    except Exception as exc:  # pyarrow raises many types for corrupt files
+        raise DataError(f"{name}: is not a readable Parquet file ({exc}). Export it again.") from exc
+
+
+def preview_import(path, mapping: ColumnMapping | None = None, n: int = 20) -> ImportPreview:
+    """The first `n` rows as read (no validation), to choose the column mapping; the encoding is
+    sniffed from the first MiB only (the import checks the whole file)."""
+    mapping = mapping or ColumnMapping()
+    path, fmt = _check_path(path)
+    encoding, warning = ("binary", None) if fmt == "parquet" else sniff_encoding(path, limit=1 << 20)
+    notes = [warning] if warning else []
+    rows, columns = next(_read_chunks(path, fmt, encoding, mapping, n, require_text=False), ([], None))
+    rows = rows[:n]
+    columns = columns or list(dict.fromkeys(k for row in rows if isinstance(row, dict) for k in row))
+    if mapping.text not in columns:
+        notes.append(f"no {mapping.text!r} column; columns found: {columns}. Choose the text column.")
+    frame = pd.DataFrame([row for row in rows if isinstance(row, dict)], columns=columns)
+    delimiter = file_delimiter(path, encoding, f".{fmt}") if fmt in ("csv", "tsv") else None
+    return ImportPreview(frame, columns, encoding, notes, delimiter)
+
+
+def guess_mapping(columns: list[str], frame: pd.DataFrame | None = None) -> ColumnMapping:
+    """A starting mapping for the UI: conventional names, else the column with the longest texts."""
+    lower = {c.lower(): c for c in columns}
+
+    def pick(*names: str) -> str | None:
+        return next((lower[n] for n in names if n in lower), None)
+
+    text = pick("text", "body", "content", "document", "sentence", "abstract", "review")
+    if text is None and frame is not None and len(frame.columns):
+        text = max(frame.columns, key=lambda c: frame[c].astype(str).str.len().mean())
+    return ColumnMapping(
+        text=text or "text",
+        id=pick("id", "doc_id", "document_id", "uid"),
+        labels=pick("labels", "label", "tags", "categories"),
+        domain=pick("domain", "split"),
+    )
+
+
+def import_file(
+    store: Store,
+    project_id: int,
+    path,
+    *,
+    mapping: ColumnMapping | None = None,
+    domain: str | None = None,
+    label_policy: str = "auto",
+    chunk_rows: int = 2000,
+) -> ImportReport:
+    """Import a file into a project in one transaction and say where every row went (the module
+    docstring has the rules; report.summary() says it in words).
+
+    `domain` overrides the file's domain column (default for rows without one: target). Tags on an
+    exact repeat of a target row are added to the kept document. The same id with another text (in
+    the file, or already in the project), unknown labels and unparseable rows are DataErrors naming
+    the row; the project is then left unchanged.
+    """
+    mapping = mapping or ColumnMapping()
+    if label_policy not in LABEL_POLICIES:
+        raise DataError(f"label_policy {label_policy!r} is not one of {', '.join(LABEL_POLICIES)}.")
+    if domain is not None and domain not in DOMAINS:
+        raise DataError(f"domain {domain!r} is not one of {', '.join(DOMAINS)}.")
+    project = store.get_project(project_id)
+    path, fmt = _check_path(path)
+    encoding, warning = ("binary", None) if fmt == "parquet" else sniff_encoding(path)
+    delimiter = file_delimiter(path, encoding, f".{fmt}") if fmt in ("csv", "tsv") else None
+    report = ImportReport(str(path), encoding, delimiter, warnings=[warning] if warning else [])
+    with store.transaction(), store.deferred_search_index():
+        store.forget_keys()
+        state: dict = {"action": None}
+        for rows, columns in _read_chunks(path, fmt, encoding, mapping, chunk_rows):
+            _import_chunk(store, project, path.name, fmt, rows, columns, mapping, domain, label_policy, report, state)
+        if report.rows_read == 0:
+            raise DataError(f"{path.name}: has no data rows. Add at least one document.")
+        store.forget_keys()
+    return report
+
+
+def _missing(value) -> bool:
+    return value is None or value == "" or (isinstance(value, float) and value != value)
+
+
+def _import_chunk(
+    store: Store,
+    project: Project,
+    name: str,
+    fmt: str,
+    rows: list,
+    columns,
+    mapping: ColumnMapping,
+    domain: str | None,
+    policy: str,
+    report: ImportReport,
+    state: dict,
+) -> None:
+    first = report.rows_read + 1
+    labels_col = mapping.labels if policy != "ignore" and mapping.labels else _ABSENT
+    corpus = validate_rows(
+        rows,
+        columns,
+        name,
+        first_row=first,
+        text_column=mapping.text,
+        id_column=mapping.id or _ABSENT,
+        labels_column=labels_col,
+        domain_column=_ABSENT if domain else (mapping.domain or _ABSENT),
+        default_domain=domain or "target",
+        label_names=None if policy == "ignore" else project.labels,
+        unique_ids=False,
+    )
+    if report.rows_read == 0 and (warning := numeric_text_warning(corpus.texts, mapping.text)):
+        report.warnings.append(f"{name}: {warning}")
+    report.rows_read += len(corpus)
+    used = mapping.used()
+    if fmt != "txt":
+        extra = [c for c in (columns or dict.fromkeys(k for row in rows for k in row)) if c not in used]
+        store.add_meta_columns(project.id, extra)
+        report.meta_columns += [c for c in extra if c not in report.meta_columns]
+    hashes = [content_hash(text) for text in corpus.texts]
+    numbers = range(first, first + len(corpus))
+    seen = store.remember_keys(list(zip(corpus.ids, numbers, hashes, corpus.domains, strict=True)))
+    existing = store.find_ext_docs(project.id, corpus.ids)
+    targets = store.target_hashes(project.id, [h for h, d in zip(hashes, corpus.domains, strict=True) if d == "eval"])
+    in_chunk: dict[str, tuple[int, str, str]] = {}
+    new_rows, attach, tag_ext, tag_ids = [], {}, [], []
+    for i, (ext, text, labels, dom) in enumerate(
+        zip(corpus.ids, corpus.texts, corpus.labels, corpus.domains, strict=True)
+    ):
+        n, digest, as_tags = first + i, hashes[i], policy == "auto" and dom == "target"
+        gold = list(labels) if labels_col in rows[i] and not as_tags else None
+        earlier = in_chunk.get(ext) or seen.get(ext)
+        if earlier is not None:  # the id appeared before in this file
+            if earlier[1] != digest:
+                raise DataError(
+                    f"{name}: row {n} (id {ext!r}): duplicate id {ext!r} with another text (first used "
+                    f"in row {earlier[0]}). Ids must be unique: rename or remove one."
+                )
+            if dom == "eval" and earlier[2] == "target" and gold is not None:  # an export's gold row
+                attach[digest] = gold
+                report.attached += 1
+                continue
+            report.repeated_in_file += 1
+            tag_ext += [(ext, label) for label in labels] if as_tags else []
+            continue
+        in_chunk[ext] = (n, digest, dom)
+        if ext in existing:
+            doc_id, digest_there, dom_there = existing[ext]
+            if digest_there == digest and dom == "eval" and dom_there == "target" and gold is not None:
+                attach[digest] = gold
+                report.attached += 1
+                continue
+            if digest_there == digest:
+                report.repeated_in_project += 1
+                tag_ids += [(doc_id, label) for label in labels] if as_tags and dom_there == "target" else []
+                continue
+            generated = fmt == "txt" or not str(rows[i].get(mapping.id or _ABSENT) or "").strip()
+            if not generated:
+                raise DataError(
+                    f"{name}: row {n} (id {ext!r}): the project already has a different "
+                    "document with this id. Give the row a new id, or remove it."
+                )
+            ext = _free_id(store, project.id, ext)
+        if dom == "eval" and gold is not None and digest in targets:
+            attach[digest] = gold
+            report.attached += 1
+            continue
+        meta = {} if fmt == "txt" else {k: v for k, v in rows[i].items() if k not in used and not _missing(v)}
+        new_rows.append((ext, dom, text, meta, gold, digest))
+        if dom == "target":
+            targets.add(digest)
+        tag_ext += [(ext, label) for label in labels] if as_tags else []
+        report.gold_rows += gold is not None
+        report.by_domain[dom] += 1
+    store.insert_documents(project.id, new_rows)
+    report.imported += len(new_rows)
+    store.attach_gold(project.id, attach)
+    docs = store.find_ext_docs(project.id, [ext for ext, _ in tag_ext])
+    tag_ids += [(docs[ext][0], label) for ext, label in tag_ext if docs.get(ext, "??")[2] == "target"]
+    created, state["action"] = store.add_tags(project.id, tag_ids, IMPORT_ANNOTATOR, action_id=state["action"])
+    report.tags_added += created
+
+
+def _free_id(store: Store, project_id: int, ext: str) -> str:
+    """A generated id (`row-3`, `line-3`) already used by an earlier import becomes `row-3#2` etc."""
+    k = 2
+    while f"{ext}#{k}" in store.find_ext_ids(project_id, [f"{ext}#{k}"]):
+        k += 1
+    return f"{ext}#{k}"

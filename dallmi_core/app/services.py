@@ -1,0 +1,552 @@
+"""The use-cases the pages and the CLI call, so pages stay thin: no SQL, no torch, no file layout.
+
+Every user error is a DallmiError subclass whose message says how to fix it. Runs are only queued
+here; the worker process (started on demand by `ensure_worker`, in presence.py) executes them, and
+the store is the only channel between the two.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from dallmi_core.app import decisions, exporter, importer
+from dallmi_core.app.presence import AppHeartbeat, WorkerStatus, ensure_worker, worker_status
+from dallmi_core.app.worker import RUN_KINDS, worker_running
+from dallmi_core.config import AdaptConfig, SourceConfig, precision_words
+from dallmi_core.errors import ConfigError, DataError, RunStateError
+from dallmi_core.store import Document, Project, Run, Store, open_store
+
+RECOMMENDED_TAGS = 8  # positives per label below which the coverage meter warns
+PRECISION_WORDS = precision_words  # "no" -> "float32", "bf16" -> "bf16 autocast" (run outcomes)
+SOURCE_EPOCHS = SourceConfig.default_epochs  # fine-tuning epochs after the head's warm-up (Data page default)
+STRATEGIES = ("likely", "uncertain", "similar")
+PENDING = ("queued", "running", "interrupted")
+
+
+@dataclass(frozen=True)
+class LabelCoverage:
+    label: str
+    positives: int
+    minimum: int
+
+    @property
+    def enough(self) -> bool:
+        return self.positives >= self.minimum
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """A document to look at next for one label, with the score that ranked it."""
+
+    document: Document
+    score: float
+    run_id: int | None  # the predictions it came from; None for TF-IDF similarity
+
+
+@dataclass(frozen=True)
+class RunStatus:
+    run_id: int
+    kind: str
+    status: str
+    progress: dict
+    metrics: dict
+    error: str | None
+    attempts: int
+    heartbeat_age_s: float | None  # seconds since the worker last reported (running runs only)
+    worker_alive: bool
+    can_cancel: bool
+    can_resume: bool
+
+
+@dataclass(frozen=True)
+class RunResults:
+    run: Run
+    labels: tuple[str, ...]
+    document_ids: np.ndarray  # int64 [n]
+    scores: np.ndarray  # float32 [n, L]
+    series: dict[str, list[tuple[int, float]]]  # metric name -> (step, value), one value per step
+
+
+@dataclass(frozen=True)
+class SystemInfo:
+    cpu_cores: int
+    gpus: tuple[tuple[str, float], ...]  # (name, memory in GiB) per CUDA device
+    mps: bool
+    torch_version: str | None
+    note: str | None = None  # why the probe found nothing (e.g. torch failed to import)
+    cpu_bf16: bool = False  # native bf16: `precision auto` trains under bf16 on this CPU (precision.py)
+
+    @property
+    def devices(self) -> tuple[str, ...]:
+        """The AdaptConfig.device values that can run here ("auto" picks cuda > mps > cpu)."""
+        return ("auto", "cpu") + (("cuda",) if self.gpus else ()) + (("mps",) if self.mps else ())
+
+    @property
+    def summary(self) -> str:
+        if self.gpus:
+            names = ", ".join(f"{name} ({memory:.0f} GiB)" for name, memory in self.gpus)
+            return f"{len(self.gpus)} CUDA GPU{'s' * (len(self.gpus) > 1)}: {names}; {self.cpu_cores} CPU cores"
+        if self.mps:
+            return f"Apple GPU (MPS); {self.cpu_cores} CPU cores"
+        bf16 = "; native bf16, so precision auto trains under bf16 autocast" if self.cpu_bf16 else ""
+        return f"no GPU: CPU only, {self.cpu_cores} cores{bf16}"
+
+
+_PROBE = """
+import json, os
+info = {"cpu_cores": os.cpu_count() or 1, "gpus": [], "mps": False, "torch": None}
+import torch
+info["torch"] = torch.__version__
+if torch.cuda.is_available():
+    for i in range(torch.cuda.device_count()):
+        p = torch.cuda.get_device_properties(i)
+        info["gpus"].append([p.name, round(p.total_memory / 2**30, 1)])
+mps = getattr(torch.backends, "mps", None)
+info["mps"] = bool(mps is not None and mps.is_available())
+from dallmi_core.modeling.precision import cpu_has_native_bf16
+info["cpu_bf16"] = cpu_has_native_bf16()
+print(json.dumps(info))
+"""
+_system_info: list[SystemInfo] = []  # the probe's answer, once per process
+
+
+def system_info(timeout_s: float = 120.0) -> SystemInfo:
+    if not _system_info:
+        cores = os.cpu_count() or 1
+        try:
+            out = subprocess.run(
+                [sys.executable, "-c", _PROBE], capture_output=True, text=True, timeout=timeout_s, check=True
+            ).stdout
+            info = json.loads(out.strip().splitlines()[-1])
+            found = SystemInfo(
+                int(info["cpu_cores"]),
+                tuple((str(n), float(m)) for n, m in info["gpus"]),
+                bool(info["mps"]),
+                info["torch"],
+                cpu_bf16=bool(info.get("cpu_bf16")),
+            )
+        except (OSError, subprocess.SubprocessError, ValueError, KeyError, IndexError) as exc:
+            detail = exc.stderr.strip().splitlines()[-1] if getattr(exc, "stderr", None) else str(exc)
+            found = SystemInfo(cores, (), False, None, note=f"could not ask torch about devices ({detail}).")
+        _system_info.append(found)
+    return _system_info[0]
+
+
+def _has_checkpoint(run: Run) -> bool:
+    folder = Path(run.checkpoint_dir) if run.checkpoint_dir else None
+    return folder is not None and folder.is_dir() and any(p.suffix == ".pt" for p in folder.iterdir())
+
+
+def _model_labels(folder: str) -> list[str]:
+    """Check a model folder without loading it (no torch in the app process) and read its label
+    names; the worker's full check (model.check_model_dir) runs again when it loads the folder."""
+    if "\x00" in str(folder):  # the OS would refuse it with a ValueError, not an OSError
+        raise ConfigError(f"{folder!r} cannot be a model folder: its path contains a NUL character.")
+    path = Path(folder)
+    try:
+        config = json.loads((path / "config.json").read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ConfigError(
+            f"{path} is not a model folder: {path / 'config.json'} cannot be read ({exc.strerror or exc})."
+        ) from exc
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ConfigError(f"{path / 'config.json'} is not valid JSON ({exc}).") from exc
+    if not any(path.glob("*.safetensors")):
+        raise ConfigError(f"{path} has no *.safetensors weights: not a usable model folder.")
+    id2label = (config.get("id2label") if isinstance(config, dict) else None) or {}
+    return [str(id2label[k]) for k in sorted(id2label, key=int)]
+
+
+def open_services(
+    data_dir: str | os.PathLike | None = None, *, autostart_worker: bool = True, app_heartbeat: bool = False
+) -> Services:
+    """Open the store of `data_dir` (default $DALLMI_DATA_DIR or ./dallmi_data); with
+    `autostart_worker`, a worker is started when runs are pending (e.g. after an app restart). With
+    `app_heartbeat` (the app's one handle per process), this process beats into the store until closed,
+    so the worker it starts knows when the app is gone."""
+    services = Services(open_store(data_dir), autostart_worker=autostart_worker)
+    if app_heartbeat:
+        services.start_app_heartbeat()
+    if autostart_worker and services.store.list_runs(status=PENDING):
+        ensure_worker(services.data_dir)
+    return services
+
+
+class Services:
+    """One handle per app/CLI process; its Store is safe to share between Streamlit's threads."""
+
+    def __init__(self, store: Store, *, autostart_worker: bool = True):
+        self.store, self.autostart_worker = store, autostart_worker
+        self.app_heartbeat: AppHeartbeat | None = None
+
+    @property
+    def data_dir(self) -> Path:
+        return self.store.data_dir
+
+    def close(self) -> None:
+        if self.app_heartbeat is not None:
+            self.app_heartbeat.stop()
+        self.store.close()
+
+    def __enter__(self) -> Services:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def ensure_worker(self) -> subprocess.Popen | None:
+        return ensure_worker(self.data_dir)
+
+    def start_app_heartbeat(self) -> AppHeartbeat:
+        """Beat into the store as a live app process (once per handle; stopped by close)."""
+        if self.app_heartbeat is None:
+            self.app_heartbeat = AppHeartbeat(self.store.path).start()
+        return self.app_heartbeat
+
+    def worker_status(self) -> WorkerStatus:
+        """Whether a worker serves this data folder, and its last report (state, run, memory)."""
+        return worker_status(self.store)
+
+    # ---- projects -------------------------------------------------------------------------------
+
+    def create_project(
+        self, name: str, labels: Sequence[str] = (), *, source_model: str | None = None, backbone: str | None = None
+    ) -> Project:
+        """A source model folder (its labels are the default label set) or a backbone (default:
+        the offline MiniLM) that a finetune-source run or pure PU adaptation starts from."""
+        if source_model and backbone:
+            raise ConfigError("give a source model folder or a backbone, not both.")
+        if source_model:
+            model_labels = _model_labels(str(Path(source_model).expanduser()))
+            source_model = str(Path(source_model).expanduser().resolve())
+            labels = list(labels) or model_labels
+            missing = [label for label in labels if label not in model_labels]
+            if missing:
+                raise ConfigError(
+                    f"the source model has no output for {', '.join(missing)}; its labels are "
+                    f"{', '.join(model_labels)}."
+                )
+        return self.store.create_project(
+            name, labels, source_model=source_model, settings={"backbone": backbone or "default"}
+        )
+
+    def list_projects(self) -> list[Project]:
+        return self.store.list_projects()
+
+    def get_project(self, project_id: int) -> Project:
+        return self.store.get_project(project_id)
+
+    def rename_project(self, project_id: int, name: str) -> Project:
+        return self.store.rename_project(project_id, name)
+
+    def delete_project(self, project_id: int) -> None:
+        """Rows go by cascade (a running run sees that and stops); finished runs' folders go too."""
+        runs = self.store.list_runs(project_id)
+        self.store.delete_project(project_id)
+        for run in runs:
+            if run.status != "running":
+                for folder in (self.store.models_dir / f"run-{run.id}", self.data_dir / "runs" / str(run.id)):
+                    shutil.rmtree(folder, ignore_errors=True)
+
+    # ---- data -------------------------------------------------------------------------------------
+
+    def preview_import(self, path, mapping: importer.ColumnMapping | None = None, n: int = 20):
+        return importer.preview_import(path, mapping, n)
+
+    def guess_mapping(self, columns: list[str], frame=None) -> importer.ColumnMapping:
+        return importer.guess_mapping(columns, frame)
+
+    def column_mapping(
+        self, text: str, *, id: str | None = None, labels: str | None = None, domain: str | None = None
+    ) -> importer.ColumnMapping:
+        """The mapping a page built from its column pickers (None: the file has no such column)."""
+        return importer.ColumnMapping(text=text, id=id, labels=labels, domain=domain)
+
+    def import_file(self, project_id: int, path, **options) -> importer.ImportReport:
+        """See importer.import_file: mapping, domain, label_policy."""
+        return importer.import_file(self.store, project_id, path, **options)
+
+    def document_counts(self, project_id: int) -> dict[str, int]:
+        return self.store.count_documents(project_id)
+
+    def meta_columns(self, project_id: int) -> list[str]:
+        """The extra columns imported files had, kept per document and written back by every export."""
+        return self.store.meta_columns(project_id)
+
+    def text_warning(self, values, column: str) -> str | None:
+        return importer.numeric_text_warning(values, column)
+
+    def documents(
+        self, project_id: int, *, domain: str | None = None, limit: int = 50, offset: int = 0
+    ) -> list[Document]:
+        return self.store.get_documents(project_id, domain=domain, limit=limit, offset=offset)
+
+    def search(self, project_id: int, query: str, *, domain: str | None = None, limit: int = 50) -> list[Document]:
+        return self.store.search(project_id, query, domain=domain, limit=limit)
+
+    # ---- annotation -------------------------------------------------------------------------------
+
+    def tag(self, project_id: int, document_id: int, label: str, annotator: str = "user") -> bool:
+        return self.store.tag(project_id, document_id, label, annotator)
+
+    def tag_many(self, project_id: int, document_ids: Iterable[int], label: str, annotator: str = "user") -> int:
+        return self.store.tag_many(project_id, document_ids, label, annotator)
+
+    def untag(self, project_id: int, document_id: int, label: str, annotator: str = "user") -> bool:
+        return self.store.untag(project_id, document_id, label, annotator)
+
+    def undo(self, project_id: int, annotator: str = "user") -> list[tuple[int, str]]:
+        return self.store.undo_last(project_id, annotator)
+
+    def tags_for(self, document_ids: Sequence[int]) -> dict[int, list[str]]:
+        return self.store.tags_for(document_ids)
+
+    def coverage(self, project_id: int, minimum: int = RECOMMENDED_TAGS) -> list[LabelCoverage]:
+        """Tagged positives per label, in the project's label order, against a recommended minimum.
+
+        Only tags on target documents count: adaptation trains on those alone, so a tag on a source
+        or eval document would make the meter say "enough" for a label that has no training positive."""
+        tags = self.store.tags_by_label(project_id, domain="target")
+        return [LabelCoverage(label, len(docs), minimum) for label, docs in tags.items()]
+
+    def latest_predictions_run(self, project_id: int) -> Run | None:
+        """The newest finished adapt or score run that stored predictions."""
+        return next(
+            (
+                run
+                for run in self.store.list_runs(project_id, status="done")
+                if run.kind in ("adapt", "score") and run.prediction_labels
+            ),
+            None,
+        )
+
+    def candidates(
+        self, project_id: int, label: str, strategy: str = "likely", limit: int = 20, *, threshold: float | None = None
+    ) -> list[Candidate]:
+        """Untagged target documents to look at next for `label` (documents tagged with other labels
+        stay candidates: labels are not exclusive). likely: highest score first; uncertain: score
+        closest to `threshold` (default: the label's decision threshold for the run); similar: TF-IDF
+        cosine to the centroid of the label's tagged documents."""
+        project = self.store.get_project(project_id)
+        if label not in project.labels:
+            raise DataError(f"unknown label {label!r}; the project's labels are {', '.join(project.labels)}.")
+        if strategy not in STRATEGIES:
+            raise ConfigError(f"strategy={strategy!r} is not one of {', '.join(STRATEGIES)}.")
+        tagged = set(self.store.tags_by_label(project_id)[label])
+        run_id = None
+        if strategy == "similar":
+            ids, score = self._similarity(project_id, label, tagged)
+            key = -score
+        else:
+            run = self.latest_predictions_run(project_id)
+            if run is None:
+                raise RunStateError("no predictions yet: start a 'score' run (or an adaptation) first.")
+            if label not in run.prediction_labels:
+                raise RunStateError(f"run {run.id} predates label {label!r}; start a new 'score' run.")
+            ids, scores = self.store.load_predictions(run.id)
+            target = np.isin(ids, np.asarray(self.store.document_ids(project_id, "target"), dtype=np.int64))
+            ids, score, run_id = ids[target], scores[target, run.prediction_labels.index(label)], run.id
+            if threshold is None:
+                threshold = decisions.thresholds(self.store, run.id)[label]
+            key = -score if strategy == "likely" else np.abs(score - threshold)
+        keep = ~np.isin(ids, np.fromiter(tagged, dtype=np.int64, count=len(tagged)))
+        ids, score, key = ids[keep], score[keep], key[keep]
+        order = np.argsort(key, kind="stable")[:limit]
+        docs = self.store.get_documents(project_id, ids=[int(i) for i in ids[order]])
+        return [Candidate(doc, float(s), run_id) for doc, s in zip(docs, score[order], strict=True)]
+
+    def _similarity(self, project_id: int, label: str, tagged: set[int]) -> tuple[np.ndarray, np.ndarray]:
+        from sklearn.feature_extraction.text import TfidfVectorizer
+
+        ids, texts = [], []
+        for page in self.store.iter_documents(project_id, domain="target"):
+            ids += [doc.id for doc in page]
+            texts += [doc.text for doc in page]
+        rows = [i for i, doc in enumerate(ids) if doc in tagged]
+        if not rows:
+            raise DataError(f"no target document is tagged {label!r} yet: tag one to find similar documents.")
+        try:
+            matrix = TfidfVectorizer(sublinear_tf=True, max_features=50_000, dtype=np.float32).fit_transform(texts)
+        except ValueError as exc:  # an empty vocabulary
+            raise DataError(f"the target texts have no words to compare ({exc}).") from exc
+        centroid = np.asarray(matrix[rows].mean(axis=0)).ravel()
+        centroid /= max(float(np.linalg.norm(centroid)), 1e-12)
+        return np.asarray(ids, dtype=np.int64), np.asarray(matrix @ centroid).ravel()
+
+    # ---- runs -------------------------------------------------------------------------------------
+
+    def start_run(
+        self,
+        project_id: int,
+        kind: str,
+        config: Mapping | SourceConfig | AdaptConfig | None = None,
+        *,
+        model: str | None = None,
+        checkpoint_every: int | None = None,
+    ) -> int:
+        """Validate, queue, and make sure a worker serves the queue; returns the run id.
+
+        `config`: AdaptConfig/SourceConfig settings (finetune-source, adapt); `model`: the folder a
+        score run uses (default: the project's source model). The source model and backbone are
+        pinned in the stored config, so a resumed run starts from the same weights."""
+        project = self.store.get_project(project_id)
+        counts = self.store.count_documents(project_id)
+        stored: dict = {"backbone": project.settings.get("backbone", "default")}
+        if checkpoint_every is not None:
+            if int(checkpoint_every) < 1:
+                raise ConfigError(f"checkpoint_every must be >= 1, got {checkpoint_every!r}.")
+            stored["checkpoint_every"] = int(checkpoint_every)
+        if kind in ("adapt", "finetune-source"):
+            cls = AdaptConfig if kind == "adapt" else SourceConfig
+            cfg = config if isinstance(config, cls) else cls.from_dict(dict(config or {}))
+            stored["config"] = cfg.to_dict()
+        elif kind == "score":
+            stored["model"] = model or project.source_model
+            if not stored["model"]:
+                raise ConfigError("there is no model to score with: give a model folder, or fine-tune a source model.")
+            _model_labels(stored["model"])
+            if not counts["target"] + counts["eval"]:
+                raise DataError("there are no target or eval documents to score. Import the target text first.")
+        else:
+            raise ConfigError(f"unknown run kind {kind!r}; use one of {', '.join(RUN_KINDS)}.")
+        if kind == "finetune-source" and not any(
+            doc.gold_labels is not None
+            for page in self.store.iter_documents(project_id, domain="source")
+            for doc in page
+        ):
+            raise DataError(
+                "there are no labelled source documents to fine-tune on. Import a file with a labels "
+                "column as domain 'source'."
+            )
+        if kind == "adapt":
+            self._check_adaptable(project, cfg, counts)
+            stored["source_model"] = project.source_model
+        run_id = self.store.enqueue_run(project_id, kind, stored)
+        if self.autostart_worker:
+            ensure_worker(self.data_dir)
+        return run_id
+
+    def _check_adaptable(self, project: Project, cfg: AdaptConfig, counts: Mapping[str, int]) -> None:
+        if not counts["target"]:
+            raise DataError("there are no target documents to adapt to. Import the target text first.")
+        if project.source_model:
+            _model_labels(project.source_model)
+        if cfg.method == "target-oracle":
+            return
+        target = set(self.store.document_ids(project.id, "target"))
+        if not any(doc in target for docs in self.store.tags_by_label(project.id).values() for doc in docs):
+            raise DataError("no target document is tagged yet. Tag a few positives per label, then adapt.")
+
+    def adapt_settings(self) -> tuple[dict, dict[str, tuple[str, ...]]]:
+        """AdaptConfig's defaults (as stored with a run) and the allowed values of its choice settings,
+        for a form that must not import the config module."""
+        from dallmi_core import config
+
+        choices = {
+            "method": config.METHODS,
+            "variational": config.VARIATIONAL,
+            "mixup_at": config.MIXUP_AT,
+            "selection": config.SELECTIONS,
+            "device": config.DEVICES,
+            "precision": config.PRECISIONS,
+        }
+        return AdaptConfig().to_dict(), choices
+
+    def system_info(self) -> SystemInfo:
+        """What this machine can train on (GPU names and memory, MPS, CPU cores), probed once per process
+        in a child interpreter so the app process never imports torch or initialises CUDA."""
+        return system_info()
+
+    def cancel_run(self, run_id: int) -> str:
+        """A queued run is cancelled at once; a running one stops after its current step."""
+        return self.store.request_cancel(run_id)
+
+    def resume_run(self, run_id: int) -> None:
+        """Re-queue a cancelled or interrupted run that has a checkpoint; it continues from there."""
+        run = self.store.get_run(run_id)
+        if run.status not in ("cancelled", "interrupted"):
+            raise RunStateError(f"run {run_id} is {run.status}; only a cancelled or interrupted run can be resumed.")
+        if not _has_checkpoint(run):
+            raise RunStateError(f"run {run_id} has no checkpoint to resume from; start a new run instead.")
+        self.store.requeue_run(run_id)
+        if self.autostart_worker:
+            ensure_worker(self.data_dir)
+
+    def run_status(self, run_id: int) -> RunStatus:
+        """What a page polls. A pending run with no live worker (e.g. the machine restarted) starts one."""
+        run = self.store.get_run(run_id)
+        alive = worker_running(self.data_dir)
+        if run.status in PENDING and not alive and self.autostart_worker:
+            alive = ensure_worker(self.data_dir) is not None or worker_running(self.data_dir)
+        age = time.time() - run.heartbeat_at if run.status == "running" and run.heartbeat_at else None
+        return RunStatus(
+            run.id,
+            run.kind,
+            run.status,
+            run.progress,
+            run.metrics,
+            run.error,
+            run.attempts,
+            age,
+            alive,
+            can_cancel=run.status in PENDING,
+            can_resume=run.status in ("cancelled", "interrupted") and _has_checkpoint(run),
+        )
+
+    def run_history(self, project_id: int) -> list[Run]:
+        return self.store.list_runs(project_id)
+
+    def pending_finetune(self, project_id: int) -> Run | None:
+        """The project's source fine-tuning that is queued, running or interrupted (only one at a time)."""
+        return next((r for r in self.store.list_runs(project_id, status=PENDING) if r.kind == "finetune-source"), None)
+
+    def results(self, run_id: int) -> RunResults:
+        """Predictions and the step series of a run (after a resume, the latest value per step)."""
+        run = self.store.get_run(run_id)
+        ids, scores = self.store.load_predictions(run_id)
+        return RunResults(run, run.prediction_labels or (), ids, scores, self.run_series(run_id))
+
+    def run_series(self, run_id: int) -> dict[str, list[tuple[int, float]]]:
+        """The step series of a run (loss parts, validation metrics) without its predictions: what a
+        progress display polls. After a resume, the latest value per step."""
+        latest: dict[str, dict[int, float]] = {}
+        for step, name, value in self.store.run_metrics(run_id):
+            latest.setdefault(name, {})[step] = value
+        return {name: sorted(values.items()) for name, values in latest.items()}
+
+    # ---- insights ---------------------------------------------------------------------------------
+
+    @property
+    def insights(self):
+        """The insight pages' use-cases and figures (per-label AP, MixUp samples, domain shift):
+        dallmi_core.app.insights.Insights, imported on first use (it loads models lazily, on demand)."""
+        from dallmi_core.app.insights import Insights
+
+        return Insights(self.store)
+
+    # ---- exports ----------------------------------------------------------------------------------
+
+    def export_annotations(self, project_id: int, path=None, **options) -> Path:
+        return exporter.export_annotations(self.store, project_id, path, **options)
+
+    def export_documents(self, project_id: int, path=None, **options) -> Path:
+        return exporter.export_documents(self.store, project_id, path, **options)
+
+    def export_predictions(self, run_id: int, path=None, **options) -> Path:
+        return exporter.export_predictions(self.store, run_id, path, **options)
+
+    def export_run_report(self, run_id: int, path=None, **options) -> Path:
+        return exporter.export_run_report(self.store, run_id, path, **options)
+
+    def export_model(self, run_id: int, path=None) -> Path:
+        return exporter.export_model(self.store, run_id, path)

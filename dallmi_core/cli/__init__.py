@@ -1,0 +1,1 @@
+"""The `dallmi` command line."""

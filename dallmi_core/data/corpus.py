@@ -1,0 +1,474 @@
+"""Reading and validating corpora into a typed, immutable Corpus.
+
+Every user mistake becomes a DataError naming the file, the row or column, and the fix, so the
+pages and the CLI can show it as-is. Files are decoded by textfile.py's policy (never by pandas'
+guessing) and written atomically, so a failed export never leaves half a file behind.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import tempfile
+import warnings
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from dallmi_core.data.textfile import EncodingFallbackWarning as EncodingFallbackWarning  # re-exported
+from dallmi_core.data.textfile import decode_bytes, sniff_delimiter
+from dallmi_core.errors import DataError
+
+LABEL_SEPARATOR = "|"
+DOMAINS = ("source", "target", "eval")
+SUPPORTED_SUFFIXES = (".csv", ".tsv", ".jsonl", ".json", ".parquet", ".txt")
+_WRITABLE_SUFFIXES = (".csv", ".tsv", ".jsonl", ".json", ".parquet")
+
+
+@dataclass(frozen=True)
+class Corpus:
+    """Parallel tuples, one entry per document; immutable so it can be shared and cached."""
+
+    ids: tuple[str, ...]
+    texts: tuple[str, ...]
+    labels: tuple[tuple[str, ...], ...]
+    domains: tuple[str, ...]
+
+    def __post_init__(self) -> None:
+        sizes = {len(self.ids), len(self.texts), len(self.labels), len(self.domains)}
+        if len(sizes) != 1:
+            raise ValueError(f"Corpus fields differ in length: {sorted(sizes)}")
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def label_names(self) -> list[str]:
+        return sorted({name for row in self.labels for name in row})
+
+    def subset(self, indices) -> Corpus:
+        """Rows by position (ints or a boolean mask), in the order given."""
+        idx = np.asarray(indices)
+        if idx.dtype == bool:
+            idx = np.flatnonzero(idx)
+        idx = [int(i) for i in idx.reshape(-1)]
+        fields = (self.ids, self.texts, self.labels, self.domains)
+        return Corpus(*(tuple(field[i] for i in idx) for field in fields))
+
+    def where_domain(self, domain: str) -> Corpus:
+        if domain not in DOMAINS:
+            raise DataError(f"unknown domain {domain!r}; use one of {', '.join(DOMAINS)}")
+        return self.subset([i for i, d in enumerate(self.domains) if d == domain])
+
+    def label_matrix(self, label_names: Sequence[str]) -> np.ndarray:
+        """0/1 float32 [n, L]; an unknown label is an error, never silently dropped."""
+        column = {name: j for j, name in enumerate(label_names)}
+        out = np.zeros((len(self), len(column)), dtype=np.float32)
+        for i, row in enumerate(self.labels):
+            for name in row:
+                j = column.get(name)
+                if j is None:
+                    raise DataError(
+                        f"row {i + 1} (id {self.ids[i]!r}): unknown label {name!r}; "
+                        f"allowed labels: {', '.join(label_names) or '(none)'}. "
+                        "Add it to the label set or fix the row."
+                    )
+                out[i, j] = 1.0
+        return out
+
+    def to_frame(self) -> pd.DataFrame:
+        labels = [LABEL_SEPARATOR.join(row) for row in self.labels]
+        columns = {"id": self.ids, "text": self.texts, "labels": labels, "domain": self.domains}
+        return pd.DataFrame({k: list(v) for k, v in columns.items()}, dtype=object)
+
+
+def _fail(source: str, message: str) -> DataError:
+    return DataError(f"{source}: {message}")
+
+
+def _missing(value) -> bool:
+    return value is None or value is pd.NA or (isinstance(value, float) and value != value)
+
+
+def _scalar_str(value, source: str, where: str, column: str) -> str | None:
+    """A cell as stripped text; None when missing. Numbers become their str()."""
+    if _missing(value):
+        return None
+    if isinstance(value, str):
+        return value.strip()
+    if isinstance(value, int | float | np.integer | np.floating | np.bool_):
+        return str(value).strip()
+    raise _fail(
+        source,
+        f"{where}: column {column!r} holds a {type(value).__name__}, expected text. Store plain text in this column.",
+    )
+
+
+def _parse_labels(value, source: str, where: str, column: str) -> tuple[str, ...]:
+    """'a|b' or a list; strip names, drop duplicates (keep order), reject empty names."""
+    if _missing(value):
+        return ()
+    if isinstance(value, list | tuple | np.ndarray):
+        parts = [str(v) for v in value]
+        bad = next((p for p in parts if LABEL_SEPARATOR in p), None)
+        if bad is not None:
+            raise _fail(
+                source, f"{where}: label {bad!r} in column {column!r} contains {LABEL_SEPARATOR!r}. Rename the label."
+            )
+    else:
+        text = _scalar_str(value, source, where, column)
+        if not text:
+            return ()
+        parts = text.split(LABEL_SEPARATOR)
+    names = [p.strip() for p in parts]
+    if any(not n for n in names):
+        raise _fail(
+            source,
+            f"{where}: column {column!r} has an empty label name in "
+            f"{value!r}. Separate labels with a single {LABEL_SEPARATOR!r}, "
+            "with nothing empty between or around them.",
+        )
+    return tuple(dict.fromkeys(names))
+
+
+def _delimiter_hint(columns: Sequence[str]) -> str:
+    if len(columns) != 1:
+        return ""
+    for sep, name in ((";", "';'"), ("\t", "a tab"), (",", "','")):
+        if sep in columns[0]:
+            return (
+                f" The header contains {name}: the file may use another delimiter; save it "
+                "comma-separated as .csv or tab-separated as .tsv."
+            )
+    return ""
+
+
+def _check_text_column(columns: Sequence[str], text_column: str, source: str) -> None:
+    if text_column not in columns:
+        raise _fail(
+            source,
+            f"no {text_column!r} column; columns found: {list(columns)}."
+            f"{_delimiter_hint(columns)} Add a {text_column!r} column "
+            "(one document per row) or pass text_column=... .",
+        )
+
+
+def _build(
+    rows: list,
+    columns: Sequence[str] | None,
+    source: str,
+    *,
+    text_column: str,
+    id_column: str,
+    labels_column: str,
+    domain_column: str,
+    default_domain: str,
+    label_names: Sequence[str] | None,
+    first_row: int = 1,
+    unique_ids: bool = True,
+) -> Corpus:
+    """The single validation path every format and corpus_from_records goes through.
+
+    `first_row` numbers the rows of a chunk of a larger file (streaming imports), so messages
+    and generated ids (`row-<n>`) use the row's position in the whole file. `unique_ids=False`
+    leaves repeated ids to the caller (the importer skips exact repeats across the whole file).
+    """
+    if not rows:
+        raise _fail(source, "has no data rows. Add at least one document.")
+    if default_domain not in DOMAINS:
+        raise _fail(source, f"default domain {default_domain!r} is not one of {', '.join(DOMAINS)}.")
+    for n, row in enumerate(rows, start=first_row):
+        if not isinstance(row, Mapping):
+            raise _fail(
+                source,
+                f"row {n} is a {type(row).__name__}, not an object with "
+                f"a {text_column!r} field. Give one object per document.",
+            )
+    if columns is None:  # records and JSON: the union of keys, in first-seen order
+        columns = list(dict.fromkeys(k for row in rows for k in row))
+    _check_text_column(columns, text_column, source)
+    twice = next((c for i, c in enumerate(columns) if c in columns[:i]), None)
+    if twice is not None:  # one of them would be dropped without a word
+        raise _fail(
+            source,
+            f"column {twice!r} appears more than once (after trimming spaces); columns "
+            f"found: {list(columns)}. Rename or remove one of them.",
+        )
+    allowed = None if label_names is None else set(label_names)
+    out: list[tuple] = []
+    seen: dict[str, int] = {}
+    for n, row in enumerate(rows, start=first_row):
+        given_id = _scalar_str(row.get(id_column), source, f"row {n}", id_column)
+        where = f"row {n} (id {given_id!r})" if given_id else f"row {n}"
+        doc_id = given_id or f"row-{n}"
+        text = _scalar_str(row.get(text_column), source, where, text_column)
+        if not text:
+            raise _fail(source, f"{where}: column {text_column!r} is empty. Fill in the text or remove the row.")
+        if unique_ids and doc_id in seen:
+            raise _fail(
+                source,
+                f"{where}: duplicate id {doc_id!r} (first used in row "
+                f"{seen[doc_id]}). Ids must be unique: rename or remove one.",
+            )
+        seen[doc_id] = n
+        domain = _scalar_str(row.get(domain_column), source, where, domain_column) or ""
+        domain = domain.lower() or default_domain
+        if domain not in DOMAINS:
+            raise _fail(
+                source,
+                f"{where}: column {domain_column!r} has {domain!r}, not one "
+                f"of {', '.join(DOMAINS)}. Fix it or leave it empty "
+                f"for the default ({default_domain!r}).",
+            )
+        row_labels = _parse_labels(row.get(labels_column), source, where, labels_column)
+        if allowed is not None:
+            unknown = next((name for name in row_labels if name not in allowed), None)
+            if unknown is not None:
+                raise _fail(
+                    source,
+                    f"{where}: unknown label {unknown!r}; allowed labels: "
+                    f"{', '.join(label_names) or '(none)'}. Fix the label "
+                    "or add it to the project's label set.",
+                )
+        out.append((doc_id, text, row_labels, domain))
+    ids, texts, labels, domains = zip(*out, strict=True)
+    return Corpus(ids, texts, labels, domains)
+
+
+def corpus_from_records(
+    records: Iterable[Mapping],
+    *,
+    source: str = "<records>",
+    text_column: str = "text",
+    id_column: str = "id",
+    labels_column: str = "labels",
+    domain_column: str = "domain",
+    default_domain: str = "target",
+    label_names: Sequence[str] | None = None,
+) -> Corpus:
+    """Validate in-memory records exactly as a file would be."""
+    return _build(
+        list(records),
+        None,
+        source,
+        text_column=text_column,
+        id_column=id_column,
+        labels_column=labels_column,
+        domain_column=domain_column,
+        default_domain=default_domain,
+        label_names=label_names,
+    )
+
+
+def validate_rows(
+    rows: list,
+    columns: Sequence[str] | None,
+    source: str,
+    *,
+    first_row: int = 1,
+    text_column: str = "text",
+    id_column: str = "id",
+    labels_column: str = "labels",
+    domain_column: str = "domain",
+    default_domain: str = "target",
+    label_names: Sequence[str] | None = None,
+    unique_ids: bool = True,
+) -> Corpus:
+    """Validate one chunk of a streamed file exactly as read_corpus validates a whole file."""
+    return _build(
+        rows,
+        columns,
+        source,
+        text_column=text_column,
+        id_column=id_column,
+        labels_column=labels_column,
+        domain_column=domain_column,
+        default_domain=default_domain,
+        label_names=label_names,
+        first_row=first_row,
+        unique_ids=unique_ids,
+    )
+
+
+def _read_delimited(text: str, name: str, sep: str, text_column: str) -> tuple[list, list]:
+    # Check the header first: a wrong delimiter otherwise surfaces as a confusing parse error.
+    try:
+        header = next((r for r in csv.reader(io.StringIO(text), delimiter=sep) if r), [])
+    except csv.Error:
+        header = None  # let pandas report it with its line number
+    if header is not None:
+        _check_text_column([c.strip() for c in header], text_column, name)
+    kind = "TSV" if sep == "\t" else "CSV"
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", pd.errors.ParserWarning)
+            frame = pd.read_csv(io.StringIO(text), sep=sep, dtype=str, keep_default_na=False, index_col=False)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, ValueError, pd.errors.ParserWarning) as exc:
+        raise _fail(
+            name,
+            f"could not parse as {kind}: {exc}. Check the delimiter and quoting "
+            "(a field with the delimiter, quotes or line breaks must be in "
+            "double quotes; rows need as many fields as the header).",
+        ) from exc
+    frame.columns = [str(c).strip() for c in frame.columns]
+    if frame.empty:
+        raise _fail(name, "has a header but no data rows. Add at least one document.")
+    return frame.to_dict("records"), list(frame.columns)
+
+
+def _read_json(text: str, name: str, allow_array: bool) -> tuple[list, None]:
+    stripped = text.strip()
+    if allow_array and stripped.startswith("["):
+        try:
+            rows = json.loads(stripped)
+        except json.JSONDecodeError as exc:
+            raise _fail(
+                name,
+                f"invalid JSON at line {exc.lineno}, column {exc.colno}: "
+                f"{exc.msg}. Fix the JSON or save one object per line.",
+            ) from exc
+    else:
+        rows = []
+        for lineno, line in enumerate(text.split("\n"), start=1):
+            if not line.strip():
+                continue
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError as exc:
+                raise _fail(
+                    name,
+                    f"invalid JSON on line {lineno} (column {exc.colno}): "
+                    f"{exc.msg}. Each line must be one JSON object.",
+                ) from exc
+    return rows, None
+
+
+def _read_parquet(data: bytes, name: str) -> tuple[list, list]:
+    if not (data[:4] == b"PAR1" and data[-4:] == b"PAR1"):
+        raise _fail(
+            name,
+            "is not a Parquet file (no PAR1 magic bytes). Export it again as "
+            "Parquet, or give it the suffix of its real format.",
+        )
+    try:
+        frame = pd.read_parquet(io.BytesIO(data))
+    except Exception as exc:  # pyarrow raises many types for corrupt files
+        raise _fail(name, f"is not a readable Parquet file ({exc}). Export it again.") from exc
+    frame.columns = [str(c) for c in frame.columns]
+    return frame.to_dict("records"), list(frame.columns)
+
+
+def read_corpus(
+    path,
+    *,
+    text_column: str = "text",
+    id_column: str = "id",
+    labels_column: str = "labels",
+    domain_column: str = "domain",
+    default_domain: str = "target",
+    label_names: Sequence[str] | None = None,
+    max_bytes: int | None = 2_000_000_000,
+) -> Corpus:
+    """Read a corpus file by its suffix; pure (reads only), every bad input a DataError."""
+    path = Path(path)
+    name = path.name or str(path)
+    suffix = path.suffix.lower()
+    if not path.exists():
+        raise _fail(name, f"file not found at {path}. Check the path.")
+    if path.is_dir():
+        raise _fail(name, "is a directory, not a file. Choose a data file inside it.")
+    if suffix not in SUPPORTED_SUFFIXES:
+        raise _fail(
+            name,
+            f"unsupported file type {suffix or '(no suffix)'!r}; supported: "
+            f"{', '.join(SUPPORTED_SUFFIXES)}. Save it in one of these formats.",
+        )
+    try:
+        size = path.stat().st_size
+        if max_bytes is not None and size > max_bytes:
+            raise _fail(
+                name,
+                f"is {size:,} bytes, over the limit of {max_bytes:,}. Split it into smaller files or raise the limit.",
+            )
+        data = path.read_bytes()
+    except OSError as exc:
+        raise _fail(name, f"cannot be read ({exc.strerror or exc}). Check permissions.") from exc
+    if suffix == ".parquet":
+        if not data:
+            raise _fail(name, "is empty (0 bytes). Export the data again.")
+        rows, columns = _read_parquet(data, name)
+    else:
+        text = decode_bytes(data, name)
+        if not text.strip():
+            raise _fail(name, "is empty. Add at least one document.")
+        if suffix in (".csv", ".tsv"):
+            sep = "\t" if suffix == ".tsv" else sniff_delimiter(text[: 1 << 16])
+            rows, columns = _read_delimited(text, name, sep, text_column)
+        elif suffix in (".jsonl", ".json"):
+            rows, columns = _read_json(text, name, allow_array=suffix == ".json")
+        else:  # .txt: one document per line; ids from physical line numbers
+            lines = text.replace("\r\n", "\n").replace("\r", "\n").split("\n")
+            rows = [
+                {id_column: f"line-{n}", text_column: line} for n, line in enumerate(lines, start=1) if line.strip()
+            ]
+            columns = [id_column, text_column]
+    return _build(
+        rows,
+        columns,
+        name,
+        text_column=text_column,
+        id_column=id_column,
+        labels_column=labels_column,
+        domain_column=domain_column,
+        default_domain=default_domain,
+        label_names=label_names,
+    )
+
+
+def _json_records(corpus: Corpus) -> list[dict]:
+    """JSON is typed, so labels go out as a list (the reader takes lists or 'a|b')."""
+    return [
+        {"id": i, "text": t, "labels": list(ls), "domain": d}
+        for i, t, ls, d in zip(corpus.ids, corpus.texts, corpus.labels, corpus.domains, strict=True)
+    ]
+
+
+_WRITERS = {  # suffix -> writer(corpus, text handle)
+    ".csv": lambda c, h: c.to_frame().to_csv(h, index=False, lineterminator="\n"),
+    ".tsv": lambda c, h: c.to_frame().to_csv(h, sep="\t", index=False, lineterminator="\n"),
+    ".jsonl": lambda c, h: h.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in _json_records(c)),
+    ".json": lambda c, h: json.dump(_json_records(c), h, ensure_ascii=False, indent=1),
+}
+
+
+def write_corpus(corpus: Corpus, path) -> None:
+    """Write by suffix to a temp file beside the target, then os.replace: all or nothing."""
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix not in _WRITABLE_SUFFIXES:
+        raise _fail(
+            path.name, f"cannot write {suffix or '(no suffix)'!r} files; use one of {', '.join(_WRITABLE_SUFFIXES)}."
+        )
+    if not path.parent.is_dir():
+        raise _fail(path.name, f"folder {path.parent} does not exist. Create it first.")
+    # mkstemp files are 0600; keep the old file's mode, else the usual 0644.
+    mode = path.stat().st_mode & 0o777 if path.exists() else 0o644
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        if suffix == ".parquet":
+            os.close(fd)
+            corpus.to_frame().astype(str).to_parquet(tmp, index=False)
+        else:
+            with open(fd, "w", encoding="utf-8", newline="") as handle:
+                _WRITERS[suffix](corpus, handle)
+        os.chmod(tmp, mode)
+        os.replace(tmp, path)
+    except BaseException as exc:
+        Path(tmp).unlink(missing_ok=True)
+        if isinstance(exc, OSError):
+            raise _fail(path.name, f"cannot be written ({exc.strerror or exc}).") from exc
+        raise

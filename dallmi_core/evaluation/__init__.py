@@ -1,0 +1,1 @@
+"""Measuring a model: scikit-learn's metrics and the domain-shift analysis."""

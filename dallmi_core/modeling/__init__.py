@@ -1,0 +1,1 @@
+"""The classifier: backbone resolution, tokenisation, precision, scoring, embeddings and calibration maps."""
