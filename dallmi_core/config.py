@@ -20,6 +20,14 @@ DALLMI_LOSS = (DEFAULT_METHOD, "dallmi")  # the methods trained with DALLMi's PU
 VARIATIONAL = ("log", "norm")
 MIXUP_AT = ("word_embeddings", "embedding_output")
 SELECTIONS = ("val_variational", "val_pu_ap", "last")
+CHOICES = {  # the settings with a fixed set of values: validated here, offered by the CLI and the app
+    "device": DEVICES,
+    "precision": PRECISIONS,
+    "method": METHODS,
+    "variational": VARIATIONAL,
+    "mixup_at": MIXUP_AT,
+    "selection": SELECTIONS,
+}
 
 
 def precision_words(precision: str | None) -> str:

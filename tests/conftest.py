@@ -125,9 +125,3 @@ def tiny_clf(tiny_backbone):
 
     torch.manual_seed(1)
     return new_classifier(tiny_backbone, LABELS)
-
-
-def pytest_sessionfinish(session, exitstatus):
-    """A run that selects no test (e.g. `-k` matching nothing) is not a CI failure."""
-    if exitstatus == pytest.ExitCode.NO_TESTS_COLLECTED:
-        session.exitstatus = pytest.ExitCode.OK

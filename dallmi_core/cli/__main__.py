@@ -1,4 +1,4 @@
-"""`python -m dallmi_core.cli.main`."""
+"""`python -m dallmi_core.cli`."""
 
 import sys
 

@@ -198,9 +198,12 @@ def test_user_errors_are_one_line_messages(tmp_path, capsys):
     assert "bad.csv" in err and "text" in err and "Traceback" not in err
 
 
-@pytest.mark.parametrize("command", ["", "finetune-source", "adapt", "score", "evaluate", "bench-quality", "worker"])
+@pytest.mark.parametrize(
+    "command",
+    ["", "finetune-source", "adapt", "score", "evaluate", "bench-quality", "bench-speed", "worker", "projects"],
+)
 def test_every_command_has_help(command):
-    args = [sys.executable, "-m", "dallmi_core.cli.main", *([command] if command else []), "--help"]
+    args = [sys.executable, "-m", "dallmi_core.cli", *([command] if command else []), "--help"]
     result = subprocess.run(args, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0 and "usage: dallmi" in result.stdout
 
@@ -253,14 +256,41 @@ def test_adapt_writes_checkpoints_and_resumes(files, tmp_path, tiny_backbone, ca
 
 
 def test_source_options_reach_the_config():
-    from dallmi_core.cli.main import _source_config, build_parser
+    from dallmi_core.cli.main import build_parser
+    from dallmi_core.cli.options import config_kwargs
     from dallmi_core.config import SourceConfig
 
     argv = ["finetune-source", "--data", "x.csv", "--out", "m"]
-    default = _source_config(build_parser().parse_args(argv))
-    assert (default.probe_epochs, default.head_lr) == (SourceConfig().probe_epochs, None)
-    tuned = _source_config(build_parser().parse_args([*argv, "--probe-epochs", "0", "--head-lr", "1e-3"]))
+    assert config_kwargs(build_parser().parse_args(argv), SourceConfig) == {}  # the config's defaults apply
+    tuned = SourceConfig(
+        **config_kwargs(build_parser().parse_args([*argv, "--probe-epochs", "0", "--head-lr", "1e-3"]), SourceConfig)
+    )
     assert (tuned.probe_epochs, tuned.head_lr) == (0.0, 1e-3)
+
+
+@pytest.mark.parametrize("command", ["adapt", "bench-quality"])
+def test_adapt_options_take_their_type_choices_and_default_from_the_config(command):
+    """Every AdaptConfig setting the CLI offers parses to the field's type, offers exactly the config's
+    choices, and shows the config's default in its help."""
+    import dataclasses
+
+    from dallmi_core.cli.main import build_parser
+    from dallmi_core.config import CHOICES, AdaptConfig
+
+    sub = next(a for a in build_parser()._actions if a.dest == "command").choices[command]
+    actions = {a.dest: a for a in sub._actions}
+    defaults = AdaptConfig()
+    offered = [f for f in dataclasses.fields(AdaptConfig) if f.name in actions and f.name != "method"]
+    assert {"lr", "variational", "selection", "anchor_weight", "wise_alpha", "prototype_weight"} <= {
+        f.name for f in offered
+    }
+    for field in offered:
+        action = actions[field.name]
+        assert action.default is None, field.name  # left out: the config's default, not a copy
+        assert tuple(action.choices or ()) == tuple(CHOICES.get(field.name, ())), field.name
+        value = getattr(defaults, field.name)
+        if value is not None and field.name not in ("epochs", "max_steps", "head_lr"):
+            assert f"(default {value})" in " ".join(action.help.split()), (field.name, action.help)
 
 
 def test_bench_quality_remove_ratios_give_the_papers_table(files, tmp_path, tiny_backbone, capsys):

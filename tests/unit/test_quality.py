@@ -6,7 +6,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from dallmi_core.bench.quality import QualityResult, split_target
+from dallmi_core.bench.quality import split_target
+from dallmi_core.bench.report import QualityResult
 
 
 @pytest.fixture()
