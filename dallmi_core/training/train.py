@@ -184,7 +184,9 @@ class Trainer:
         if self.best_weights is not None:
             unwrap(self.model).load_state_dict(self.best_weights)
         self.callbacks.on_train_end(self.state)
-        self.clf.model = unwrap(self.model)
+        # accelerate's mixed precision patches the model's forward with autocast; the model handed back
+        # must be the plain one, or every later forward (the int8 scoring copy too) runs under it
+        self.clf.model = self.accelerator.unwrap_model(self.model, keep_fp32_wrapper=False)
         self.clf.model.eval()
         if self.state.step:
             self.clf.model.config.dallmi_fresh_head = False
