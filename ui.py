@@ -16,12 +16,12 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
-from types import ModuleType
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import plotly.graph_objects as go
 import streamlit as st
 
+from dallmi_core.app import demo
 from dallmi_core.app.services import PENDING, PRECISION_WORDS, Services, open_services
 from dallmi_core.app.services import SOURCE_EPOCHS as SOURCE_EPOCHS  # re-exported for the Data page
 from dallmi_core.errors import DallmiError
@@ -61,25 +61,12 @@ def services() -> Services:
     return _open(str(data_dir()), worker_autostart())
 
 
-# ---- the demo project (written by dallmi_core.app.demo, which may not exist yet) ----------------------
-
-
-def demo_module() -> ModuleType | None:
-    try:
-        from dallmi_core.app import demo
-    except ModuleNotFoundError as exc:  # not written yet; an import failing inside it is a bug to see
-        if exc.name != "dallmi_core.app.demo":
-            raise
-        return None
-    return demo
+# ---- the demo project (dallmi_core.app.demo) ------------------------------------------------------
 
 
 @st.cache_resource(show_spinner="Preparing the demo project…")
 def _ensure_demo(directory: str) -> tuple[int | None, str | None]:
     """(demo project id, None) or (None, why not); once per process and data directory."""
-    demo = demo_module()
-    if demo is None or not hasattr(demo, "ensure_demo_project"):
-        return None, None
     try:
         return int(demo.ensure_demo_project(services())), None
     except DallmiError as exc:
@@ -97,31 +84,17 @@ def ensure_demo() -> int | None:
 
 
 def demo_presets() -> dict[str, dict]:
-    """Adaptation presets by display name: AdaptConfig's defaults, plus the demo module's presets."""
-    presets: dict[str, dict] = {"Defaults": {}}
-    demo = demo_module()
-    for name, attr in (("Quick CPU demo", "QUICK_CPU_DEMO"), ("Paper settings", "PAPER_SETTINGS")):
-        preset = getattr(demo, attr, None) if demo is not None else None
-        preset = preset.to_dict() if hasattr(preset, "to_dict") else preset  # an AdaptConfig is fine too
-        if isinstance(preset, dict):
-            presets[name] = {k: v for k, v in preset.items() if k != "kind"}
-    return presets
-
-
-def demo_can_run() -> bool:
-    return hasattr(demo_module(), "run_demo")
+    """Adaptation presets by display name: AdaptConfig's defaults, then the demo's two presets."""
+    return {"Defaults": {}, "Quick CPU demo": dict(demo.QUICK_CPU_DEMO), "Paper settings": dict(demo.PAPER_SETTINGS)}
 
 
 def run_demo(project_id: int) -> int:
     """Queue the demo's adaptation run (dallmi_core.app.demo.run_demo); returns the run id."""
-    return int(demo_module().run_demo(services(), project_id))
+    return int(demo.run_demo(services(), project_id))
 
 
 def is_demo(project: Project) -> bool:
-    demo = demo_module()
-    spec = getattr(demo, "DEMO_PROJECT", None) if demo is not None else None
-    name = spec.get("name") if isinstance(spec, dict) else getattr(spec, "name", spec)
-    return isinstance(name, str) and name == project.name
+    return project.name == demo.DEMO_PROJECT
 
 
 # ---- user errors and messages -------------------------------------------------------------------

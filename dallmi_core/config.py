@@ -200,11 +200,3 @@ class AdaptConfig(TrainingBase):
     def anchored(self) -> bool:
         """The source anchor and WiSE-FT apply (dallmi-anchored; a no-op at weight 0 and alpha 1)."""
         return self.method == DEFAULT_METHOD
-
-
-def config_from_dict(data: dict[str, Any]) -> SourceConfig | AdaptConfig:
-    """Rebuild a stored config by its `kind`."""
-    for cls in (SourceConfig, AdaptConfig):
-        if data.get("kind") == cls.kind:
-            return cls.from_dict(data)
-    raise ConfigError(f"Unknown config kind {data.get('kind')!r}.")

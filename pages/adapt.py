@@ -184,7 +184,7 @@ if submitted:
         ui.flash(f"Run {run_id} is queued: the worker picks it up shortly.")
         st.rerun()
 
-if ui.is_demo(project) and ui.demo_can_run():
+if ui.is_demo(project):
     if st.button("Run the demo adaptation (quick CPU preset)", key="run_demo"):
         with ui.shown_errors():
             run_id = ui.run_demo(project.id)

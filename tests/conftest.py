@@ -21,6 +21,8 @@ os.environ.setdefault("DALLMI_CPU_BF16", "0")
 # every run explores new ones (and `.hypothesis/` replays what failed before).
 from hypothesis import settings as _hypothesis_settings  # noqa: E402
 
+from dallmi_core.training.callbacks import Callback  # noqa: E402
+
 _hypothesis_settings.register_profile("ci", derandomize=True, print_blob=True)
 if os.environ.get("CI", "").lower() in ("1", "true"):
     _hypothesis_settings.load_profile("ci")
@@ -125,3 +127,14 @@ def tiny_clf(tiny_backbone):
 
     torch.manual_seed(1)
     return new_classifier(tiny_backbone, LABELS)
+
+
+class ProgressCallback(Callback):
+    """A test's sink of training progress: state.progress() every `every` steps and at the last one."""
+
+    def __init__(self, sink, every: int = 1):
+        self.sink, self.every = sink, every
+
+    def on_step_end(self, state):
+        if state.step % self.every == 0 or state.step == state.max_steps:
+            self.sink(state.progress())

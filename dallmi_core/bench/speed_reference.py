@@ -104,4 +104,4 @@ def cycle_reference_step(
         r_terms.append(mixup_term(z_u_pair[None, :], z_mixed[None, :], mu[None, :], cfg.variational, cfg.detach_target))
     variational = torch.cat(v_terms)
     mixup = torch.cat(r_terms) if r_terms else None
-    return dallmi_objective(variational, mixup, torch.ones(len(v_terms), dtype=torch.bool), cfg.lambda_mix)
+    return dallmi_objective(variational, mixup, cfg.lambda_mix)

@@ -55,12 +55,11 @@ def mixup_term(
 
 
 def dallmi_objective(
-    variational: torch.Tensor, mixup: torch.Tensor | None, active: torch.Tensor, lambda_mix: float
+    variational: torch.Tensor, mixup: torch.Tensor | None, lambda_mix: float
 ) -> tuple[torch.Tensor, dict[str, float]]:
-    """loss = sum over labels with tags of (V_l + lambda_mix * R_l); parts for progress reports."""
-    active = active.to(variational.device, torch.bool)
-    v = variational[active].sum()
-    r = mixup[active].sum() if mixup is not None else variational.new_zeros(())
+    """loss = sum over the labels given (those with tags) of (V_l + lambda_mix * R_l); parts for progress."""
+    v = variational.sum()
+    r = mixup.sum() if mixup is not None else variational.new_zeros(())
     loss = v + lambda_mix * r
     return loss, {"loss": float(loss.detach()), "variational": float(v.detach()), "mixup": float(r.detach())}
 

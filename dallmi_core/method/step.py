@@ -177,7 +177,7 @@ def vectorised_dallmi_step(
         z_u_pair = z_u[pair_u, torch.arange(len(act), device=device)[:, None]]  # [La, m]
         mu = torch.as_tensor(mix.mu[act], device=device)
         mixup = mixup_term(z_u_pair, z_mixed, mu, cfg.variational, cfg.detach_target)
-    loss, parts = dallmi_objective(variational, mixup, torch.ones(len(act), dtype=torch.bool), cfg.lambda_mix)
+    loss, parts = dallmi_objective(variational, mixup, cfg.lambda_mix)
     if anchor is not None and cfg.anchor_weight > 0:
         held = anchor_term(z_docs, torch.as_tensor(anchor[docs], device=device)).sum()
         loss = loss + cfg.anchor_weight * held
@@ -219,7 +219,7 @@ def reference_dallmi_step(
         r_terms.append(mixup_term(z_u_pair[None, :], z_mixed[None, :], mu[None, :], cfg.variational, cfg.detach_target))
     variational = torch.cat(v_terms)
     mixup = torch.cat(r_terms) if r_terms else None
-    return dallmi_objective(variational, mixup, torch.ones(len(v_terms), dtype=torch.bool), cfg.lambda_mix)
+    return dallmi_objective(variational, mixup, cfg.lambda_mix)
 
 
 def bce_step(

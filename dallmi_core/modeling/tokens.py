@@ -61,18 +61,3 @@ def length_sorted_batches(lengths: np.ndarray, batch_size: int) -> Iterator[np.n
     order = np.argsort(lengths, kind="stable")
     for start in range(0, len(order), batch_size):
         yield order[start : start + batch_size]
-
-
-def bucketed_batches(
-    lengths: np.ndarray, batch_size: int, rng: np.random.Generator, bucket_factor: int = 50
-) -> Iterator[np.ndarray]:
-    """Random batches of similar length (training): shuffle, sort within large pools, shuffle batches."""
-    order = rng.permutation(len(lengths))
-    pool = batch_size * bucket_factor
-    batches: list[np.ndarray] = []
-    for start in range(0, len(order), pool):
-        chunk = order[start : start + pool]
-        chunk = chunk[np.argsort(lengths[chunk], kind="stable")]
-        batches.extend(chunk[i : i + batch_size] for i in range(0, len(chunk), batch_size))
-    for b in rng.permutation(len(batches)):
-        yield batches[b]

@@ -91,17 +91,6 @@ class CallbackList(Callback):
             cb.on_train_end(state)
 
 
-class ProgressCallback(Callback):
-    """Send step, epoch, ETA and loss parts to a sink (a tqdm bar, the store, a test list)."""
-
-    def __init__(self, sink: Callable[[dict], None], every: int = 1):
-        self.sink, self.every = sink, every
-
-    def on_step_end(self, state):
-        if state.step % self.every == 0 or state.step == state.max_steps:
-            self.sink(state.progress())
-
-
 class TqdmProgress(Callback):
     """A progress bar for the command line."""
 

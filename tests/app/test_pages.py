@@ -11,7 +11,6 @@ import ast
 import io
 import json
 import shutil
-import sys
 import tempfile
 import zipfile
 from pathlib import Path
@@ -521,8 +520,8 @@ def test_export_offers_downloads_for_a_done_run(seeded, tiny_backbone):
 
 
 def test_the_demo_project_is_prepared_once_and_offers_its_presets(env, monkeypatch):
-    """dallmi_core.app.demo (written separately) is optional; stand in for it with its documented API."""
-    import dallmi_core
+    """The demo module's documented API, stood in for so the test queues nothing heavy."""
+    import ui
 
     calls = []
 
@@ -532,14 +531,13 @@ def test_the_demo_project_is_prepared_once_and_offers_its_presets(env, monkeypat
         return found.id if found else services.create_project("demo", ["a", "b"]).id
 
     fake = SimpleNamespace(
-        DEMO_PROJECT={"name": "demo"},
+        DEMO_PROJECT="demo",
         ensure_demo_project=ensure_demo_project,
-        QUICK_CPU_DEMO={"kind": "adapt", "max_steps": 7, "batch_size": 4},
+        QUICK_CPU_DEMO={"max_steps": 7, "batch_size": 4},
         PAPER_SETTINGS={"batch_size": 64, "device": "cuda"},
         run_demo=lambda services, project_id: services.store.enqueue_run(project_id, "adapt", {}),
     )
-    monkeypatch.setitem(sys.modules, "dallmi_core.app.demo", fake)
-    monkeypatch.setattr(dallmi_core.app, "demo", fake, raising=False)
+    monkeypatch.setattr(ui, "demo", fake)
     monkeypatch.delenv("DALLMI_NO_DEMO")
     env.svc.create_project("another", ["x"])  # listed first by name: the demo is still the one opened
     at = _app("Adapt")

@@ -11,7 +11,7 @@ import copy
 import numpy as np
 import pytest
 import torch
-from conftest import LABELS, make_texts
+from conftest import LABELS, ProgressCallback, make_texts
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -26,7 +26,6 @@ from dallmi_core.training.callbacks import (
     CancelCallback,
     CheckpointEvery,
     EarlyStopping,
-    ProgressCallback,
     TrainState,
 )
 from dallmi_core.training.train import CHECKPOINT_FILE, adapt, finetune_source, pu_split

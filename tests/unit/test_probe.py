@@ -7,7 +7,7 @@ import copy
 import numpy as np
 import pytest
 import torch
-from conftest import LABELS, make_texts
+from conftest import LABELS, ProgressCallback, make_texts
 from transformers import (
     BertConfig,
     BertForSequenceClassification,
@@ -22,7 +22,7 @@ from dallmi_core.method.losses import bce_loss
 from dallmi_core.modeling.model import new_classifier
 from dallmi_core.modeling.scoring import logits_for
 from dallmi_core.modeling.tokens import TokenizedCorpus
-from dallmi_core.training.callbacks import Callback, CheckpointEvery, ProgressCallback
+from dallmi_core.training.callbacks import Callback, CheckpointEvery
 from dallmi_core.training.probe import first_token_head, first_token_states, probe_head
 from dallmi_core.training.train import finetune_source
 

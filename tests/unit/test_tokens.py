@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from transformers import AutoTokenizer
 
-from dallmi_core.modeling.tokens import TokenizedCorpus, bucketed_batches, length_sorted_batches
+from dallmi_core.modeling.tokens import TokenizedCorpus, length_sorted_batches
 
 
 @pytest.fixture(scope="module")
@@ -88,31 +88,3 @@ def test_length_sorted_batches_cover_every_index_in_length_order(lengths, batch_
     assert all(len(b) == batch_size for b in batches[:-1])
     assert all(1 <= len(b) <= batch_size for b in batches)
     assert (np.diff(lengths[flat]) >= 0).all()
-
-
-@settings(max_examples=50, deadline=None)
-@given(st.lists(st.integers(1, 60), min_size=0, max_size=200), st.integers(1, 17), st.integers(1, 6),
-       st.integers(0, 2**16))
-def test_bucketed_batches_cover_every_index_exactly_once(lengths, batch_size, factor, seed):
-    lengths = np.asarray(lengths, dtype=np.int64)
-    batches = list(bucketed_batches(lengths, batch_size, np.random.default_rng(seed), bucket_factor=factor))
-    flat = np.concatenate(batches) if batches else np.empty(0, np.int64)
-    assert len(flat) == len(lengths)
-    assert sorted(flat.tolist()) == list(range(len(lengths)))
-    assert all(1 <= len(b) <= batch_size for b in batches)
-
-
-def test_bucketed_batches_group_similar_lengths_and_shuffle():
-    rng = np.random.default_rng(0)
-    lengths = rng.integers(1, 128, size=400)
-    batches = list(bucketed_batches(lengths, 8, np.random.default_rng(1), bucket_factor=50))
-    # within one pool of 400 the batches are sorted runs: far less padding than random batches
-    padded = sum(len(b) * lengths[b].max() for b in batches)
-    random_batches = np.array_split(rng.permutation(400), 50)
-    padded_random = sum(len(b) * lengths[b].max() for b in random_batches)
-    assert padded < 0.75 * padded_random
-    # and their order is shuffled, not by length
-    maxima = [lengths[b].max() for b in batches]
-    assert maxima != sorted(maxima)
-    again = list(bucketed_batches(lengths, 8, np.random.default_rng(2), bucket_factor=50))
-    assert [b.tolist() for b in again] != [b.tolist() for b in batches]
