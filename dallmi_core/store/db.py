@@ -45,9 +45,10 @@ class StoreBase:
         self.path = Path(path)
         self._lock = threading.RLock()
         if not self.path.parent.is_dir():
+            what = "is a file, not a folder" if self.path.parent.exists() else "does not exist"
             raise StoreError(
-                f"cannot open the store {self.path}: folder {self.path.parent} does not exist. "
-                "Create it, or set DALLMI_DATA_DIR to an existing writable folder."
+                f"cannot open the store {self.path}: {self.path.parent} {what}. "
+                "Create the folder, or set DALLMI_DATA_DIR to an existing writable folder."
             )
         if self.path.is_dir():
             raise StoreError(f"cannot open the store {self.path}: it is a folder, not a database file.")

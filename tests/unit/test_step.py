@@ -88,12 +88,14 @@ def test_labels_without_tags_are_skipped_identically(setup):
     assert float(fast) == pytest.approx(float(ref), abs=1e-5)
 
 
-def test_mixup_regulariser_gradient_reaches_embeddings_and_encoder(setup):
-    """The official code took the MixUp term with .item(): no gradient. Ours must train the model."""
+@pytest.mark.parametrize("detach_target", [True, False])
+def test_mixup_regulariser_gradient_reaches_embeddings_and_encoder(setup, detach_target):
+    """The official code took the MixUp term with .item(): no gradient. Ours must train the model,
+    through the mixed forward itself: with the target detached, that is the only path left."""
     model, tokens, sampler = setup
     batch = sampler.next()
     mix = draw_mixup(np.random.default_rng(4), batch, 1, 0.3)
-    with_mix = AdaptConfig(lambda_mix=1.0)
+    with_mix = AdaptConfig(lambda_mix=1.0, detach_target=detach_target)
     _, parts, grads_with = _loss_and_grads(vectorised_dallmi_step, model, tokens, batch, mix, with_mix)
     _, _, grads_without = _loss_and_grads(vectorised_dallmi_step, model, tokens, batch, None, with_mix)
     assert parts["mixup"] > 0

@@ -128,16 +128,13 @@ def test_unwritable_folder_is_a_store_error():
         Store("/proc/dallmi-test.db")
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root ignores file permissions")
-def test_read_only_folder_is_a_store_error(tmp_path):
-    folder = tmp_path / "ro"
-    folder.mkdir()
-    folder.chmod(0o500)
-    try:
-        with pytest.raises(StoreError, match="cannot write"):
-            Store(folder / "dallmi.db")
-    finally:
-        folder.chmod(0o700)
+def test_a_folder_that_cannot_hold_the_store_is_a_store_error(tmp_path):
+    """Runs as root too (CI): the store's folder is a regular file, which no permission bit can fix."""
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("a file where the data folder should be")
+    with pytest.raises(StoreError, match="not-a-folder is a file, not a folder"):
+        Store(blocker / "dallmi.db")
+    assert blocker.read_text() == "a file where the data folder should be"  # nothing stored is lost
 
 
 def test_data_dir_from_environment_and_layout(tmp_path, monkeypatch):
