@@ -1,10 +1,10 @@
 """DALLMi Studio: the Streamlit entry point (`streamlit run app.py`).
 
-Page config, the password gate and the one Services handle of this process (ui_page.prepare), the
+Page config, the password gate and the one Services handle of this process (gate.prepare), the
 demo project on the first start, the sidebar project picker (the project lives in the URL,
 `?project=<id>`), and st.navigation over the pages listed explicitly (pages/). Each page also begins
-with ui_page.start(), which does the same when Streamlit runs the page without this script (the first
-request after a server start on a page URL: ui_page.py). Set DALLMI_DATA_DIR to choose the data
+with gate.start(), which does the same when Streamlit runs the page without this script (the first
+request after a server start on a page URL: ui/gate.py). Set DALLMI_DATA_DIR to choose the data
 folder, DALLMI_NO_WORKER=1 to queue runs without starting a worker process, DALLMI_WORKER_IDLE_EXIT
 (seconds, default 600, 0 = never) for how long the worker it starts outlives the last app process,
 DALLMI_NO_DEMO=1 to skip the demo project, DALLMI_PASSWORD_HASH (from `dallmi hash-password`) to ask
@@ -13,13 +13,12 @@ for a password before anything else.
 
 import streamlit as st
 
-import ui
-import ui_page
+from ui import gate, session, widgets
 
 st.set_page_config(page_title="DALLMi Studio", page_icon=":material/model_training:", layout="wide")
-with ui_page.app_run():
-    ui_page.prepare()  # first: with a password configured, nothing below runs until it is entered
-    demo_id = ui.ensure_demo()
+with gate.app_run():
+    gate.prepare()  # first: with a password configured, nothing below runs until it is entered
+    demo_id = session.ensure_demo()
     page = st.navigation(
         {
             "Workflow": [
@@ -37,7 +36,7 @@ with ui_page.app_run():
         }
     )
     with st.sidebar:
-        ui_page.project_picker(prefer=demo_id)
-        st.caption(f"Data folder: `{ui.data_dir()}`")
-    ui.show_flash()
+        gate.project_picker(prefer=demo_id)
+        st.caption(f"Data folder: `{session.data_dir()}`")
+    widgets.show_flash()
     page.run()

@@ -31,6 +31,10 @@ _EXPORTS = {
     "adapt": "dallmi_core.training.train",
     "ap_report": "dallmi_core.evaluation.metrics",
     "open_services": "dallmi_core.app.services",
+    "Services": "dallmi_core.app.services",
+    "Project": "dallmi_core.store",
+    "Document": "dallmi_core.store",
+    "Run": "dallmi_core.store",
 }
 
 __all__ = sorted(_EXPORTS)

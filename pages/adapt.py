@@ -2,45 +2,46 @@
 
 import streamlit as st
 
-import ui
-import ui_page
+from dallmi_core.app import system
+from dallmi_core.app.services import PENDING
+from ui import gate, run_views, session, widgets
 
-svc = ui_page.start()
-project = ui_page.current_project()
+svc = gate.start()
+project = gate.current_project()
 st.title("Adapt")
 
 with st.spinner("Checking this machine's devices…"):
-    system = svc.system_info()
+    system = system.system_info()
 st.caption(f"This machine: {system.summary}." + (f" ({system.note})" if system.note else ""))
 
 
 @st.fragment(run_every=5)
 def worker_line() -> None:
     """Whether a worker serves this data folder and when it last reported, refreshed every 5 s."""
-    status = ui.attempt(svc.worker_status)
+    status = widgets.attempt(svc.worker_status)
     if status is None:
         return
     report = status.report
     if not status.alive:
         start = (
             "one starts when a run is queued"
-            if ui.worker_autostart()
-            else f"start one with `dallmi worker --data-dir {ui.data_dir()}`"
+            if session.worker_autostart()
+            else f"start one with `dallmi worker --data-dir {session.data_dir()}`"
         )
         last = ""
         if report is not None:
             how = "exited" if report.state == "exited" else "stopped reporting"
-            last = f" The last one (pid {report.pid}) {how} {ui.duration(status.report_age_s)} ago."
+            last = f" The last one (pid {report.pid}) {how} {run_views.duration(status.report_age_s)} ago."
         st.caption(f":material/power_off: No worker is running for this data folder: {start}.{last}")
         return
     bits = [f"pid {status.pid}"]
     if report is not None and report.pid == status.pid and report.state != "exited":
         bits.append(f"running run {report.run_id}" if report.state == "running" else report.state)
-        bits.append(f"last reported {ui.duration(status.report_age_s)} ago")
+        bits.append(f"last reported {run_views.duration(status.report_age_s)} ago")
         if status.rss_mb is not None:
             bits.append(f"{status.rss_mb:,.0f} MB resident")
         idle = report.app_idle_exit
-        bits.append(f"exits {ui.duration(idle)} after the app closes" if idle else "runs until stopped")
+        bits.append(f"exits {run_views.duration(idle)} after the app closes" if idle else "runs until stopped")
     else:
         bits.append("starting, no report yet")
     st.caption(f":material/memory: A worker serves this data folder: {' · '.join(bits)}.")
@@ -58,7 +59,7 @@ elif len(empty) == len(coverage):
 elif empty:
     st.info(
         f"{len(empty)} of {len(coverage)} labels have no tagged positive and are skipped by adaptation: "
-        f"{ui.md_escape(ui.shorten(', '.join(empty), 300))}."
+        f"{widgets.md_escape(widgets.shorten(', '.join(empty), 300))}."
     )
 start_from = (
     f"the source model `{project.source_model}`"
@@ -67,7 +68,7 @@ start_from = (
 )
 st.caption(f"Adaptation starts from {start_from}.")
 runs = svc.run_history(project.id)
-finetuning = [r.id for r in runs if r.kind == "finetune-source" and r.status in ui.PENDING]
+finetuning = [r.id for r in runs if r.kind == "finetune-source" and r.status in PENDING]
 if finetuning:
     st.info(
         f"The source model is still being fine-tuned (run {finetuning[0]}): an adaptation started now would "
@@ -77,7 +78,7 @@ if finetuning:
 # ---- the settings form ---------------------------------------------------------------------------
 
 defaults, choices = svc.adapt_settings()
-presets = ui.demo_presets()
+presets = session.demo_presets()
 preset = st.selectbox(
     "Preset",
     list(presets),
@@ -178,18 +179,18 @@ with st.form("adapt_form"):
     )
 if submitted:
     config = {name: (None if name in OPTIONAL and not value else value) for name, value in settings.items()}
-    with ui.shown_errors():
+    with widgets.shown_errors():
         run_id = svc.start_run(project.id, "adapt", config)
         st.session_state["run_id"] = run_id
-        ui.flash(f"Run {run_id} is queued: the worker picks it up shortly.")
+        widgets.flash(f"Run {run_id} is queued: the worker picks it up shortly.")
         st.rerun()
 
-if ui.is_demo(project):
+if session.is_demo(project):
     if st.button("Run the demo adaptation (quick CPU preset)", key="run_demo"):
-        with ui.shown_errors():
-            run_id = ui.run_demo(project.id)
+        with widgets.shown_errors():
+            run_id = session.run_demo(project.id)
             st.session_state["run_id"] = run_id
-            ui.flash(f"Demo run {run_id} is queued.")
+            widgets.flash(f"Demo run {run_id} is queued.")
             st.rerun()
 
 # ---- progress and history ------------------------------------------------------------------------
@@ -211,6 +212,6 @@ if runs:
         format_func=lambda rid: f"run {rid} · {by_id[rid].kind} · {by_id[rid].status}",
     )
     st.session_state["run_id"] = run_id
-    ui.run_panel(run_id)
+    run_views.run_panel(run_id)
     st.subheader("Run history")
-    ui.run_table(runs)
+    run_views.run_table(runs)

@@ -7,16 +7,17 @@ A accept, S skip, U undo (st.button's `shortcut`; they do nothing while a text f
 import pandas as pd
 import streamlit as st
 
-import ui
-import ui_page
+from dallmi_core import DallmiError
+from dallmi_core.app import candidates as ranking
+from ui import gate, widgets
 
-svc = ui_page.start()
-project = ui_page.current_project()
+svc = gate.start()
+project = gate.current_project()
 st.title("Annotate")
 
 coverage = svc.coverage(project.id)
-label = ui.label_picker(project, coverage)
-ui.coverage_meter(coverage, highlight=label)
+label = widgets.label_picker(project, coverage)
+widgets.coverage_meter(coverage, highlight=label)
 
 STRATEGIES = {"likely": "Likely positives", "uncertain": "Most uncertain", "similar": "Similar to tagged"}
 SKIPPED = f"skipped:{project.id}:{label}"  # document ids skipped in this session, per label
@@ -38,14 +39,14 @@ with quick:
     skipped = set(st.session_state.get(SKIPPED, []))
     candidates = None
     try:
-        candidates = svc.candidates(project.id, label, strategy, limit=len(skipped) + 25)
-    except ui.DallmiError as exc:
-        st.info(ui.plain(str(exc)), icon=":material/info:")
+        candidates = ranking.candidates(svc.store, project.id, label, strategy, limit=len(skipped) + 25)
+    except DallmiError as exc:
+        st.info(widgets.plain(str(exc)), icon=":material/info:")
         if strategy != "similar" and project.source_model:
             if st.button("Score the target documents with the source model", key="score_now"):
-                with ui.shown_errors():
+                with widgets.shown_errors():
                     run_id = svc.start_run(project.id, "score")
-                    ui.flash(f"Run {run_id} (scoring) is queued; candidates appear when it is done (Adapt page).")
+                    widgets.flash(f"Run {run_id} (scoring) is queued; candidates appear when it is done (Adapt page).")
                     st.rerun()
         elif strategy != "similar":
             st.caption(
@@ -55,7 +56,7 @@ with quick:
     if candidates is not None:
         queue = [c for c in candidates if c.document.id not in skipped]
         if not queue:
-            st.success(f"No untagged candidate left for {ui.md_escape(repr(label))} with this strategy.")
+            st.success(f"No untagged candidate left for {widgets.md_escape(repr(label))} with this strategy.")
             if skipped and st.button("Show the skipped ones again", key="unskip"):
                 st.session_state.pop(SKIPPED, None)
                 st.rerun()
@@ -63,25 +64,25 @@ with quick:
             candidate = queue[0]
             doc = candidate.document
             measure = "similarity" if strategy == "similar" else "model confidence"
-            st.markdown(f"### Is this **{ui.md_escape(label)}**?")
+            st.markdown(f"### Is this **{widgets.md_escape(label)}**?")
             st.progress(
                 min(max(candidate.score, 0.0), 1.0),
                 text=f"{measure}: {candidate.score:.3f}" + (f" (run {candidate.run_id})" if candidate.run_id else ""),
             )
-            ui.document_card(doc, tags=svc.tags_for([doc.id]).get(doc.id, []))
+            widgets.document_card(doc, tags=svc.store.tags_for([doc.id]).get(doc.id, []))
             accept, skip, undo, _ = st.columns([1, 1, 1, 3])
             if accept.button("Accept", type="primary", shortcut="A", key="accept", icon=":material/check:"):
-                with ui.shown_errors():
+                with widgets.shown_errors():
                     svc.tag(project.id, doc.id, label)
                     st.rerun()
             if skip.button("Skip", shortcut="S", key="skip", icon=":material/skip_next:"):
                 st.session_state[SKIPPED] = sorted(skipped | {doc.id})
                 st.rerun()
             if undo.button("Undo", shortcut="U", key="undo", icon=":material/undo:"):
-                with ui.shown_errors():
+                with widgets.shown_errors():
                     reverted = svc.undo(project.id)
                     names = ", ".join(sorted({name for _, name in reverted}))
-                    ui.flash(
+                    widgets.flash(
                         f"Undid {len(reverted)} tag change(s) ({names})." if reverted else "Nothing to undo.", "info"
                     )
                     st.rerun()
@@ -100,23 +101,23 @@ with bulk:
         key="bulk_source",
         format_func={
             "search": "Search results",
-            "similar": f"Most similar to the {ui.md_escape(repr(label))} tags",
+            "similar": f"Most similar to the {widgets.md_escape(repr(label))} tags",
         }.get,
     )
     docs, scores = [], {}
     if source == "search" and query.strip():
-        docs = ui.attempt(svc.search, project.id, query, domain="target", limit=200) or []
+        docs = widgets.attempt(svc.store.search, project.id, query, domain="target", limit=200) or []
     elif source == "similar":
-        found = ui.attempt(svc.candidates, project.id, label, "similar", limit=100) or []
+        found = widgets.attempt(ranking.candidates, svc.store, project.id, label, "similar", limit=100) or []
         docs, scores = [c.document for c in found], {c.document.id: c.score for c in found}
     if docs:
-        tags = svc.tags_for([d.id for d in docs])
+        tags = svc.store.tags_for([d.id for d in docs])
         was = [label in tags.get(d.id, []) for d in docs]
         table = pd.DataFrame(
             {
                 "tag": was,
                 "id": [d.ext_id for d in docs],
-                "text": [ui.shorten(d.text, 300) for d in docs],
+                "text": [widgets.shorten(d.text, 300) for d in docs],
                 "tagged with": [", ".join(tags.get(d.id, [])) for d in docs],
             }
         )
@@ -139,20 +140,20 @@ with bulk:
         if left.button(
             f"Save: tag {len(add)}, untag {len(remove)}", disabled=not (add or remove), type="primary", key="save_ticks"
         ):
-            with ui.shown_errors():
+            with widgets.shown_errors():
                 added = svc.tag_many(project.id, add, label) if add else 0
-                removed = sum(svc.untag(project.id, doc_id, label) for doc_id in remove)
-                ui.flash(f"{ui.md_escape(repr(label))}: tagged {added}, untagged {removed} document(s).")
+                removed = sum(svc.store.untag(project.id, doc_id, label) for doc_id in remove)
+                widgets.flash(f"{widgets.md_escape(repr(label))}: tagged {added}, untagged {removed} document(s).")
                 st.rerun()
-        if right.button(f"Tag all {len(docs)} rows as {ui.md_escape(repr(label))}", key="tag_all"):
-            with ui.shown_errors():
+        if right.button(f"Tag all {len(docs)} rows as {widgets.md_escape(repr(label))}", key="tag_all"):
+            with widgets.shown_errors():
                 added = svc.tag_many(project.id, [d.id for d in docs], label)
-                ui.flash(
-                    f"Tagged {added} document(s) as {ui.md_escape(repr(label))} (Undo reverts them as one action)."
+                widgets.flash(
+                    f"Tagged {added} document(s) as {widgets.md_escape(repr(label))} (Undo reverts them as one action)."
                 )
                 st.rerun()
         with st.expander("Read the documents in full"):
             for d in docs[:50]:
-                ui.document_card(d, tags=tags.get(d.id, []))
+                widgets.document_card(d, tags=tags.get(d.id, []))
     elif source == "search" and query.strip():
         st.caption("No target document matches.")

@@ -2,11 +2,12 @@
 
 import streamlit as st
 
-import ui
-import ui_page
+from dallmi_core.app import importer
+from dallmi_core.app.services import SOURCE_EPOCHS
+from ui import gate, widgets
 
-svc = ui_page.start()
-project = ui_page.current_project()
+svc = gate.start()
+project = gate.current_project()
 st.title("Data")
 counts_box = st.container()  # filled last, so it shows the counts after an import in this run
 
@@ -26,24 +27,24 @@ NONE = "(none)"
 
 def upload_form(uploaded, kind: str) -> None:
     """Preview, column mapping and the Import button for one uploaded file."""
-    path = ui.uploaded_path(uploaded)
-    preview = ui.attempt(svc.preview_import, path)
+    path = widgets.uploaded_path(uploaded)
+    preview = widgets.attempt(svc.preview_import, path)
     if preview is None:
         return
     sep = {",": "comma", ";": "semicolon", "\t": "tab", "|": "pipe"}.get(preview.delimiter or "")
     st.caption(
-        f"**{ui.md_escape(uploaded.name)}** · {uploaded.size:,} bytes · encoding: {preview.encoding}"
+        f"**{widgets.md_escape(uploaded.name)}** · {uploaded.size:,} bytes · encoding: {preview.encoding}"
         + (f" · delimiter: {sep}" if sep else "")
     )
     for warning in preview.warnings:  # its note on a missing 'text' column becomes the error below
         if not warning.startswith("no 'text' column"):
             st.warning(warning)
     if not preview.columns:
-        st.error(f"{ui.plain(uploaded.name)}: no columns or records could be read. Check the file's format.")
+        st.error(f"{widgets.plain(uploaded.name)}: no columns or records could be read. Check the file's format.")
         return
     columns, optional = list(preview.columns), [NONE, *preview.columns]
-    named = svc.guess_mapping(columns)  # conventional column names only
-    guess = svc.guess_mapping(columns, preview.frame)  # else the column with the longest texts
+    named = importer.guess_mapping(columns)  # conventional column names only
+    guess = importer.guess_mapping(columns, preview.frame)  # else the column with the longest texts
     text_error = st.empty()
     key = uploaded.file_id
 
@@ -81,36 +82,38 @@ def upload_form(uploaded, kind: str) -> None:
         disabled=labels_col is None,
     )
     st.dataframe(
-        preview.frame.map(lambda v: ui.shorten(v, 160) if isinstance(v, str) else v), hide_index=True, height=240
+        preview.frame.map(lambda v: widgets.shorten(v, 160) if isinstance(v, str) else v), hide_index=True, height=240
     )
     st.caption(f"The first {len(preview.frame)} rows as read; the import checks every row.")
     if text_col is None:
         text_error.error(
-            ui.plain(
+            widgets.plain(
                 f"{uploaded.name}: has no 'text' column (columns: {', '.join(columns)}). Choose the column that "
                 f"holds the document text (the longest texts are in {guess.text!r}), or name it 'text' in the file."
             ),
             icon=":material/error:",
         )
         return
-    if text_col in preview.frame and (numbers := svc.text_warning(preview.frame[text_col].tolist(), text_col)):
-        st.warning(ui.plain(numbers), icon=":material/pin:")
+    if text_col in preview.frame and (
+        numbers := importer.numeric_text_warning(preview.frame[text_col].tolist(), text_col)
+    ):
+        st.warning(widgets.plain(numbers), icon=":material/pin:")
     extra = [c for c in columns if c not in {text_col, id_col, labels_col, domain_col}]
     if extra:
         st.caption(
             "Kept as metadata (shown with the documents, written back by every export): "
-            + ui.md_escape(", ".join(extra))
+            + widgets.md_escape(", ".join(extra))
         )
-    mapping = svc.column_mapping(text_col, id=id_col, labels=labels_col, domain=domain_col)
-    if st.button(f"Import into {ui.md_escape(project.name)}", type="primary", key="import"):
-        with st.spinner("Importing…"), ui.shown_errors():
+    mapping = importer.ColumnMapping(text=text_col, id=id_col, labels=labels_col, domain=domain_col)
+    if st.button(f"Import into {widgets.md_escape(project.name)}", type="primary", key="import"):
+        with st.spinner("Importing…"), widgets.shown_errors():
             report = svc.import_file(
                 project.id, path, mapping=mapping, domain=None if domain_col else kind, label_policy=policy
             )
-            ui.forget_upload(path)
-            st.success(ui.plain(f"{uploaded.name}: {report.summary()}"))
+            widgets.forget_upload(path)
+            st.success(widgets.plain(f"{uploaded.name}: {report.summary()}"))
             for warning in report.warnings:
-                st.warning(ui.plain(warning))
+                st.warning(widgets.plain(warning))
             with st.expander("Import details"):
                 st.json(report.to_dict())
 
@@ -133,12 +136,12 @@ with counts_box:
     for col, domain in zip(st.columns(3), ("target", "source", "eval"), strict=True):
         col.metric(f"{domain} documents", f"{counts.get(domain, 0):,}")
 
-meta = svc.meta_columns(project.id)
+meta = svc.store.meta_columns(project.id)
 if sum(counts.values()):
     with st.expander(f"Browse the documents (the first 50){' with their metadata' if meta else ''}"):
-        docs = svc.documents(project.id, limit=50)
+        docs = svc.store.get_documents(project.id, limit=50)
         table = {"id": [d.ext_id for d in docs], "domain": [d.domain for d in docs]}
-        table["text"] = [ui.shorten(d.text, 160) for d in docs]
+        table["text"] = [widgets.shorten(d.text, 160) for d in docs]
         table["gold labels"] = [", ".join(d.gold_labels) if d.gold_labels is not None else "" for d in docs]
         table |= {name: [str(d.meta.get(name, "")) for d in docs] for name in meta}
         st.dataframe(table, hide_index=True)
@@ -162,7 +165,7 @@ if counts.get("source"):
         "Progress shows on the Adapt page."
     )
     epochs = st.number_input(
-        "Epochs", min_value=0.5, max_value=50.0, value=ui.SOURCE_EPOCHS, step=0.5, key="source_epochs"
+        "Epochs", min_value=0.5, max_value=50.0, value=SOURCE_EPOCHS, step=0.5, key="source_epochs"
     )
     if running is not None:
         step, total = running.progress.get("step"), running.progress.get("max_steps")
@@ -173,7 +176,7 @@ if counts.get("source"):
             icon=":material/hourglass_top:",
         )
     elif st.button("Start fine-tuning", key="finetune"):
-        with ui.shown_errors():
+        with widgets.shown_errors():
             run_id = svc.start_run(project.id, "finetune-source", {"epochs": float(epochs)})
-            ui.flash(f"Run {run_id} (source fine-tuning) is queued; follow it on the Adapt page.")
+            widgets.flash(f"Run {run_id} (source fine-tuning) is queued; follow it on the Adapt page.")
             st.rerun()

@@ -3,14 +3,13 @@ which words moved, and which labels became more or less frequent."""
 
 import streamlit as st
 
-import ui
-import ui_page
+from dallmi_core.app import insights, plots
+from ui import gate, run_views, widgets
 
-svc = ui_page.start()
-project = ui_page.current_project()
+svc = gate.start()
+project = gate.current_project()
 st.title("Domain shift")
-run = ui.insight_run(project, key="shift_run")
-insights = svc.insights
+run = run_views.insight_run(project, key="shift_run")
 projection = st.radio(
     "Projection",
     ["pca", "tsne"],
@@ -19,7 +18,7 @@ projection = st.radio(
     format_func={"pca": "PCA", "tsne": "t-SNE"}.get,
     help="PCA is linear and fast; t-SNE keeps neighbourhoods (clusters) but takes longer and distorts distances.",
 )
-analysis = insights.cached_shift(run.id, projection=projection)
+analysis = insights.cached_shift(svc.store, run.id, projection=projection)
 if analysis is None:
     st.info(
         "The analysis embeds the source and the target documents (at most 2,000 of each, a random sample past "
@@ -30,7 +29,7 @@ if analysis is None:
     if not st.button("Compute the analysis", key="compute_shift", type="primary", icon=":material/play_arrow:"):
         st.stop()
     with st.spinner("Embedding documents with both models…"):
-        analysis = ui.attempt(insights.shift_analysis, run.id, projection=projection)
+        analysis = widgets.attempt(insights.shift_analysis, svc.store, run.id, projection=projection)
     if analysis is None:
         st.stop()
 meta = analysis.meta
@@ -76,7 +75,7 @@ groups = analysis.groups(colour)
 cols = st.columns(2)
 for col, key in zip(cols, ("before", "after"), strict=True):
     with col:
-        figure = insights.plots.projection_figure(
+        figure = plots.projection_figure(
             analysis.arrays[f"coords_{key}"], groups, title=f"{names[key]} ({projection.upper()})"
         )
         st.plotly_chart(figure, key=f"projection-{key}", width="stretch")
@@ -88,7 +87,7 @@ st.caption(
 )
 terms = analysis.terms
 left, right = st.columns([3, 2])
-left.plotly_chart(insights.plots.terms_figure(terms), key="terms", width="stretch")
+left.plotly_chart(plots.terms_figure(terms), key="terms", width="stretch")
 right.dataframe(
     terms,
     hide_index=True,
@@ -102,5 +101,5 @@ st.caption(
     "documents. Tags cover only what was tagged, so they understate."
 )
 prior = analysis.prior
-st.plotly_chart(insights.plots.prior_figure(prior), key="prior", width="stretch")
+st.plotly_chart(plots.prior_figure(prior), key="prior", width="stretch")
 st.dataframe(prior, hide_index=True)

@@ -5,13 +5,13 @@ Files are built when a button is clicked (st.download_button with a callable), n
 
 import streamlit as st
 
-import ui
-import ui_page
+from dallmi_core.app import exporter
+from ui import gate, run_views, widgets
 
-svc = ui_page.start()
-project = ui_page.current_project()
+svc = gate.start()
+project = gate.current_project()
 st.title("Export")
-stem = ui.slug(project.name)
+stem = widgets.slug(project.name)
 
 st.subheader("Annotations")
 counts = svc.document_counts(project.id)
@@ -29,18 +29,20 @@ else:
     )
     for col, fmt, mime in zip(st.columns(2), ("csv", "jsonl"), ("text/csv", "application/jsonl"), strict=True):
         with col:
-            ui.download(
+            widgets.download(
                 f"Annotations ({fmt.upper()})",
-                svc.export_annotations,
+                exporter.export_annotations,
+                svc.store,
                 project.id,
                 only_labelled=only,
                 file_name=f"{stem}-annotations.{fmt}",
                 mime=mime,
                 key=f"annotations-{fmt}",
             )
-    ui.download(
+    widgets.download(
         "Documents (CSV)",
-        svc.export_documents,
+        exporter.export_documents,
+        svc.store,
         project.id,
         file_name=f"{stem}-documents.csv",
         mime="text/csv",
@@ -60,18 +62,19 @@ else:
         ids,
         index=ids.index(adapted[0]) if adapted else 0,
         key="export_run",
-        format_func=lambda rid: f"run {rid} · {by_id[rid].kind} · {ui.when(by_id[rid].finished_at)}",
+        format_func=lambda rid: f"run {rid} · {by_id[rid].kind} · {run_views.when(by_id[rid].finished_at)}",
     )
     run = by_id[run_id]
     model, predictions, report = st.columns(3)
     with model:
         st.markdown("**Model**")
-        if ui.has_model(run):
+        if run_views.has_model(run):
             what = "scored with" if run.kind == "score" else "trained by"
             st.caption(f"The model folder {what} this run (Hugging Face format, id2label and thresholds).")
-            ui.download(
+            widgets.download(
                 "Model folder (zip)",
-                svc.export_model,
+                exporter.export_model,
+                svc.store,
                 run.id,
                 file_name=f"{stem}-run{run.id}-model.zip",
                 mime="application/zip",
@@ -90,9 +93,10 @@ else:
                 ("csv", "CSV", "text/csv"),
                 ("parquet", "Parquet", "application/vnd.apache.parquet"),
             ):
-                ui.download(
+                widgets.download(
                     f"Predictions ({name})",
-                    svc.export_predictions,
+                    exporter.export_predictions,
+                    svc.store,
                     run.id,
                     file_name=f"{stem}-run{run.id}-predictions.{fmt}",
                     mime=mime,
@@ -104,9 +108,10 @@ else:
         st.markdown("**Run report**")
         st.caption("Configuration, timings and metrics: enough to reproduce the run.")
         for fmt, name, mime in (("md", "Markdown", "text/markdown"), ("json", "JSON", "application/json")):
-            ui.download(
+            widgets.download(
                 f"Report ({name})",
-                svc.export_run_report,
+                exporter.export_run_report,
+                svc.store,
                 run.id,
                 file_name=f"{stem}-run{run.id}-report.{fmt}",
                 mime=mime,

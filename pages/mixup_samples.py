@@ -4,14 +4,13 @@ decoded token by token, and how close the predictions on mixed inputs come to th
 import pandas as pd
 import streamlit as st
 
-import ui
-import ui_page
+from dallmi_core.app import insights, plots
+from ui import gate, run_views, widgets
 
-svc = ui_page.start()
-project = ui_page.current_project()
+svc = gate.start()
+project = gate.current_project()
 st.title("MixUp samples")
-run = ui.insight_run(project, key="mixup_run")
-insights = svc.insights
+run = run_views.insight_run(project, key="mixup_run")
 labels = list(run.prediction_labels or project.labels)
 label = st.selectbox("Label", labels, key="mixup_label", help="Type to search the labels.")
 st.caption(
@@ -29,7 +28,7 @@ source = st.radio(
     "Fresh: new pairs drawn now, scored by the source and the adapted model.",
 )
 if source == "logged during training":
-    pairs = insights.logged_mixup(run.id, label)
+    pairs = insights.logged_mixup(svc.store, run.id, label)
     if pairs.empty:
         st.info("This run logged no MixUp pairs for this label (no tagged positive, or no MixUp): draw fresh pairs.")
         st.stop()
@@ -39,7 +38,7 @@ if source == "logged during training":
 else:
     draw = st.number_input("Draw", min_value=0, max_value=9999, value=0, step=1, key="mixup_seed")
     with st.spinner("Scoring fresh pairs with the source and the adapted model…"):
-        pairs = ui.attempt(insights.fresh_mixup, run.id, label, seed=int(draw))
+        pairs = widgets.attempt(insights.fresh_mixup, svc.store, run.id, label, seed=int(draw))
     if pairs is None:
         st.stop()
     scatter = {
@@ -48,16 +47,18 @@ else:
     }
     shown = pairs
 st.plotly_chart(
-    insights.plots.mixup_scatter(scatter, title=f"Prediction on the mixed input vs its target ({len(pairs)} pairs)"),
+    plots.mixup_scatter(scatter, title=f"Prediction on the mixed input vs its target ({len(pairs)} pairs)"),
     key="mixup_scatter",
     width="stretch",
 )
 # Internal document ids mean nothing to a reader: show each pair's external ids and texts instead.
-named = insights.documents(project.id, sorted({int(i) for i in (*pairs["positive_doc"], *pairs["unlabeled_doc"])}))
+named = insights.document_texts(
+    svc.store, project.id, sorted({int(i) for i in (*pairs["positive_doc"], *pairs["unlabeled_doc"])})
+)
 table = shown.copy()
 for key, title in (("positive_doc", "tagged positive p"), ("unlabeled_doc", "unlabeled u")):
     table[key] = [
-        f"{named[int(i)][0]}: {ui.shorten(named[int(i)][1], 80)}" if int(i) in named else "(deleted)"
+        f"{named[int(i)][0]}: {widgets.shorten(named[int(i)][1], 80)}" if int(i) in named else "(deleted)"
         for i in table[key]
     ]
     table = table.rename(columns={key: title})
@@ -76,15 +77,15 @@ choice = st.selectbox(
     format_func=lambda i: f"pair {i} · μ = {pairs['mu'].iloc[i]:.3f}",
 )
 row = pairs.iloc[int(choice)]
-docs = insights.documents(project.id, [int(row["positive_doc"]), int(row["unlabeled_doc"])])
+docs = insights.document_texts(svc.store, project.id, [int(row["positive_doc"]), int(row["unlabeled_doc"])])
 cols = st.columns(2)
 for col, key, title in zip(
     cols, ("positive_doc", "unlabeled_doc"), ("Tagged positive p", "Unlabeled document u"), strict=True
 ):
     with col, st.container(border=True):
         ext, text = docs.get(int(row[key]), ("(deleted)", ""))
-        st.caption(f"{title} · {ui.md_escape(ext)}")
-        st.text(ui.shorten(text, 1200))
+        st.caption(f"{title} · {widgets.md_escape(ext)}")
+        st.text(widgets.shorten(text, 1200))
 facts = st.columns(4)
 facts[0].metric("μ (weight of u)", f"{row['mu']:.3f}")
 if source == "logged during training":
@@ -100,8 +101,8 @@ else:
         delta=f"{row['prediction_after'] - row['prediction_before']:+.3f} vs source model",
     )
 with st.spinner("Decoding the mixed input…"):
-    decoded = ui.attempt(
-        insights.decoded_pair, run.id, int(row["positive_doc"]), int(row["unlabeled_doc"]), float(row["mu"])
+    decoded = widgets.attempt(
+        insights.decoded_pair, svc.store, run.id, int(row["positive_doc"]), int(row["unlabeled_doc"]), float(row["mu"])
     )
 if decoded is not None:
     st.markdown(

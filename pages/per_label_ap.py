@@ -3,15 +3,14 @@
 import pandas as pd
 import streamlit as st
 
-import ui
-import ui_page
+from dallmi_core.app import decisions, insights, plots
+from ui import gate, run_views, widgets
 
-svc = ui_page.start()
-project = ui_page.current_project()
+svc = gate.start()
+project = gate.current_project()
 st.title("Per-label AP")
-run = ui.insight_run(project, key="ap_run")
-insights = svc.insights
-overview = ui.attempt(insights.ap_overview, run.id)
+run = run_views.insight_run(project, key="ap_run")
+overview = widgets.attempt(insights.ap_overview, svc.store, run.id)
 if overview is None:
     st.stop()
 
@@ -46,7 +45,7 @@ for col, (column, name) in zip(cols, (("macro", "Macro mAP"), ("micro", "Micro m
     )
 
 st.plotly_chart(
-    insights.plots.ap_bars(overview.table, overview.tags, title="AP per label (tags each label was trained on)"),
+    plots.ap_bars(overview.table, overview.tags, title="AP per label (tags each label was trained on)"),
     key="ap_bars",
     width="stretch",
 )
@@ -62,7 +61,7 @@ if {"after", "before (source model)"} <= set(wide.columns):
 st.dataframe(wide.reset_index(), hide_index=True, column_config={"label": st.column_config.TextColumn("label")})
 
 st.subheader("Decisions: the thresholds of the exported 0/1 columns")
-table = ui.attempt(insights.decision_table, run.id)
+table = widgets.attempt(decisions.decision_table, svc.store, run.id)
 if table is not None:
     st.caption(
         "Each label's scores are calibrated without gold: its share of your target documents (the prior) is "
@@ -75,7 +74,7 @@ if table is not None:
     few = table[table["rests on"].str.contains("tag(s) <", regex=False)]["label"].tolist()
     if few:
         st.warning(
-            f"Too few tags to estimate the share of {', '.join(map(ui.md_escape, few))}: their thresholds are a "
+            f"Too few tags to estimate the share of {', '.join(map(widgets.md_escape, few))}: their thresholds are a "
             "stated default (see *rests on*). Tag more positives for them, then score or adapt again.",
             icon=":material/info:",
         )
@@ -95,20 +94,20 @@ if table is not None:
 st.subheader("Precision-recall and threshold")
 labels = list(run.prediction_labels or project.labels)
 label = st.selectbox("Label", labels, key="ap_label", help="Type to search the labels.")
-curve = ui.attempt(insights.label_curve, run.id, label)
+curve = widgets.attempt(insights.label_curve, svc.store, run.id, label)
 if curve is not None and table is not None:
     decision = table.set_index("label").loc[label]
     gold_tuned = decision.get("gold-tuned") if "gold-tuned" in decision else None
     gold_tuned = None if gold_tuned is None or pd.isna(gold_tuned) else float(gold_tuned)
     threshold = st.slider(
-        f"Decision threshold for {ui.md_escape(label)}",
+        f"Decision threshold for {widgets.md_escape(label)}",
         0.0,
         1.0,
         value=float(decision["threshold"]),
         step=0.001,
         format="%.3f",
         key=f"threshold-{run.id}-{label}",
-        help=f"Documents scoring at least this are predicted '{ui.md_escape(label)}'. In use now: "
+        help=f"Documents scoring at least this are predicted '{widgets.md_escape(label)}'. In use now: "
         f"{decision['threshold']:.3f} ({decision['from']}).",
     )
     at = curve.at(threshold)
@@ -119,7 +118,7 @@ if curve is not None and table is not None:
         if curve.estimate:
             title += f" (estimate from {curve.positives} held-out positives)"
         st.plotly_chart(
-            insights.plots.pr_figure(precision, recall, point=(at["recall"], at["precision"]), title=title),
+            plots.pr_figure(precision, recall, point=(at["recall"], at["precision"]), title=title),
             key="pr_curve",
             width="stretch",
         )
@@ -134,22 +133,23 @@ if curve is not None and table is not None:
             f"{at['fn']} missed of {curve.positives} positives."
         )
         if st.button("Save this threshold for export", key="save_threshold", icon=":material/save:"):
-            with ui.shown_errors():
-                insights.save_thresholds(run.id, {label: threshold})
-                ui.flash(
-                    f"Saved threshold {threshold:.3f} for {ui.md_escape(label)}: the exports of run {run.id} use it."
+            with widgets.shown_errors():
+                insights.save_thresholds(svc.store, run.id, {label: threshold})
+                widgets.flash(
+                    f"Saved threshold {threshold:.3f} for {widgets.md_escape(label)}: "
+                    f"the exports of run {run.id} use it."
                 )
                 st.rerun()
         if gold_tuned is not None and st.button(
             f"Use the gold-tuned threshold ({gold_tuned:.3f})", key="gold_threshold", icon=":material/target:"
         ):
-            with ui.shown_errors():
-                insights.save_thresholds(run.id, {label: gold_tuned})
-                ui.flash(f"Saved the gold-tuned threshold {gold_tuned:.3f} for {ui.md_escape(label)}.")
+            with widgets.shown_errors():
+                insights.save_thresholds(svc.store, run.id, {label: gold_tuned})
+                widgets.flash(f"Saved the gold-tuned threshold {gold_tuned:.3f} for {widgets.md_escape(label)}.")
                 st.rerun()
         if decision["from"] == "saved" and st.button(
             "Back to the suggested threshold", key="clear_threshold", icon=":material/undo:"
         ):
-            insights.clear_threshold(run.id, label)
-            ui.flash(f"{ui.md_escape(label)} uses the suggested threshold again.")
+            svc.store.clear_threshold(run.id, label)
+            widgets.flash(f"{widgets.md_escape(label)} uses the suggested threshold again.")
             st.rerun()

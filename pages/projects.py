@@ -4,10 +4,10 @@ import re
 
 import streamlit as st
 
-import ui
-import ui_page
+from dallmi_core.app.services import PENDING
+from ui import gate, run_views, session, widgets
 
-svc = ui_page.start()
+svc = gate.start()
 st.title("Projects")
 
 SOURCES = {
@@ -19,13 +19,13 @@ SOURCES = {
 # ---- the projects ------------------------------------------------------------------------------
 
 projects = svc.list_projects()
-current = st.session_state.get(ui_page.PROJECT_KEY)
-demo = next((p for p in projects if p.id == current and ui.is_demo(p)), None)
+current = st.session_state.get(gate.PROJECT_KEY)
+demo = next((p for p in projects if p.id == current and session.is_demo(p)), None)
 if demo is not None:  # a first-time viewer lands here: say what the demo is and what to do next
     finetunes = [run for run in svc.run_history(demo.id) if run.kind == "finetune-source"]
     if demo.source_model:
         step1 = "done, the model is ready."
-    elif finetunes and finetunes[0].status in ui.PENDING:
+    elif finetunes and finetunes[0].status in PENDING:
         run = finetunes[0]
         step, total = run.progress.get("step"), run.progress.get("max_steps")
         where = f", step {step} of {total}" if step is not None and total else ""
@@ -51,11 +51,11 @@ if projects:
         counts = svc.document_counts(p.id)
         rows[""].append("▶" if p.id == current else "")
         rows["name"].append(p.name)
-        rows["labels"].append(f"{len(p.labels)}: {ui.shorten(', '.join(p.labels), 80)}")
+        rows["labels"].append(f"{len(p.labels)}: {widgets.shorten(', '.join(p.labels), 80)}")
         for domain in ("target", "source", "eval"):
             rows[domain].append(counts.get(domain, 0))
         rows["source model"].append(p.source_model or f"none (backbone: {p.settings.get('backbone', 'default')})")
-        rows["created"].append(ui.when(p.created_at))
+        rows["created"].append(run_views.when(p.created_at))
     st.dataframe(rows, hide_index=True)
     by_id = {p.id: p for p in projects}
     col, button = st.columns([3, 1], vertical_alignment="bottom")
@@ -67,7 +67,7 @@ if projects:
         key=f"open_project-{current}",  # a new widget once another project is current (e.g. one just created)
     )
     if button.button("Open", disabled=chosen == current):
-        ui_page.select_project(chosen)
+        gate.select_project(chosen)
         st.rerun()
 else:
     st.info("No project yet. Create one below: a name, its labels, and the model to start from.")
@@ -106,19 +106,20 @@ with st.expander("Create a project", expanded=not projects, icon=":material/add:
         )
     if st.button("Create project", type="primary", key="create_project"):
         labels = [part.strip() for part in re.split(r"[,\n]", labels_text or "") if part.strip()]
-        with ui.shown_errors():
+        with widgets.shown_errors():
             if source == "folder":
                 project = svc.create_project(name or "", labels, source_model=(folder or "").strip() or None)
             else:
                 project = svc.create_project(name or "", labels, backbone=(backbone or "").strip() or None)
-            ui_page.select_project(project.id)
+            gate.select_project(project.id)
             nxt = (
                 "upload its labelled source file on the Data page"
                 if source == "finetune"
                 else "upload its target text on the Data page"
             )
-            ui.flash(
-                f"Created project {ui.md_escape(repr(project.name))} with {len(project.labels)} labels. Next: {nxt}."
+            widgets.flash(
+                f"Created project {widgets.md_escape(repr(project.name))} with {len(project.labels)} labels. "
+                f"Next: {nxt}."
             )
             st.rerun()
 
@@ -126,15 +127,15 @@ with st.expander("Create a project", expanded=not projects, icon=":material/add:
 
 project = next((p for p in projects if p.id == current), None)
 if project is not None:
-    st.subheader(f"Current project: {ui.md_escape(project.name)}")
-    st.caption(f"Labels ({len(project.labels)}): {', '.join(map(ui.md_escape, project.labels))}")
+    st.subheader(f"Current project: {widgets.md_escape(project.name)}")
+    st.caption(f"Labels ({len(project.labels)}): {', '.join(map(widgets.md_escape, project.labels))}")
     left, right = st.columns(2)
     with left:
         new_name = st.text_input("New name", value=project.name, key=f"rename-{project.id}")
         if st.button("Rename", disabled=new_name.strip() == project.name, key="rename_project"):
-            with ui.shown_errors():
-                svc.rename_project(project.id, new_name)
-                ui.flash(f"Renamed to {ui.md_escape(repr(new_name.strip()))}.")
+            with widgets.shown_errors():
+                svc.store.rename_project(project.id, new_name)
+                widgets.flash(f"Renamed to {widgets.md_escape(repr(new_name.strip()))}.")
                 st.rerun()
     with right:
         st.write("")
@@ -145,16 +146,16 @@ if project is not None:
             runs = svc.run_history(project.id)
             with st.container(border=True):
                 st.warning(
-                    f"Delete **{ui.md_escape(project.name)}** for good? Its {sum(counts.values()):,} documents, "
+                    f"Delete **{widgets.md_escape(project.name)}** for good? Its {sum(counts.values()):,} documents, "
                     f"all tags, {len(runs)} runs and their model folders go too. This cannot be undone."
                 )
                 yes, no = st.columns(2)
                 if yes.button("Delete for good", type="primary", key="delete_confirm"):
                     st.session_state.pop("confirm_delete", None)
-                    with ui.shown_errors():
+                    with widgets.shown_errors():
                         svc.delete_project(project.id)
-                        ui_page.select_project(None)
-                        ui.flash(f"Deleted project {ui.md_escape(repr(project.name))}.")
+                        gate.select_project(None)
+                        widgets.flash(f"Deleted project {widgets.md_escape(repr(project.name))}.")
                         st.rerun()
                 if no.button("Keep it", key="delete_cancel"):
                     st.session_state.pop("confirm_delete", None)

@@ -8,17 +8,14 @@ view reads the store only. torch is imported lazily, so opening the app stays ch
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from dallmi_core.app import decisions, plots
-from dallmi_core.config import AdaptConfig
+from dallmi_core.app import decisions, run_models
 from dallmi_core.errors import DataError, RunStateError
 from dallmi_core.evaluation import metrics as m
 from dallmi_core.store import Run, Store
@@ -37,11 +34,6 @@ def insight_runs(store: Store, project_id: int) -> list[Run]:
         for run in store.list_runs(project_id, status="done")
         if run.kind == "adapt" and run.prediction_labels and run.model_path and Path(run.model_path).is_dir()
     ]
-
-
-def _config(run: Run) -> AdaptConfig:
-    """The run's stored settings, defaults filled in."""
-    return AdaptConfig.from_dict(dict(run.config.get("config") or {}))
 
 
 def _adapt_run(store: Store, run_id: int) -> Run:
@@ -66,7 +58,7 @@ class APOverview:
 
 
 def _series_name(run: Run) -> str:
-    method = _config(run).method
+    method = run_models.run_config(run).method
     return f"run {run.id} · {method}"
 
 
@@ -157,51 +149,6 @@ def label_curve(store: Store, run_id: int, label: str) -> LabelCurve:
     return LabelCurve(label, y, column[[row[d] for d in held + unlabeled]], estimate=True)
 
 
-# ---- models ---------------------------------------------------------------------------------------------
-
-
-def _stamp(folder: str) -> int:
-    """When a model folder's config last changed: part of the model cache key, so a replaced folder reloads."""
-    config = Path(folder) / "config.json"
-    return config.stat().st_mtime_ns if folder and config.is_file() else 0
-
-
-@lru_cache(maxsize=4)
-def _load(source: str, backbone: str, labels: tuple[str, ...], seed: int, stamp: int):
-    """A classifier in eval mode on the best device: a model folder, or (no source model: pure PU) the
-    run's seeded fresh head on its backbone, as jobs._fresh_classifier built it."""
-    import torch
-
-    from dallmi_core.modeling.model import load_classifier, new_classifier, resolve_device
-
-    if source:
-        clf = load_classifier(source)
-    else:
-        torch.manual_seed(seed)
-        clf = new_classifier(backbone, labels)
-    clf.model.to(resolve_device("auto")).eval()
-    return clf
-
-
-def _folder_thresholds(folder: str | None) -> dict[str, float]:
-    """A model folder's own decision thresholds (config.json's dallmi_thresholds), read without loading it."""
-    config = Path(folder) / "config.json" if folder else None
-    if config is None or not config.is_file():
-        return {}
-    return json.loads(config.read_text(encoding="utf-8")).get("dallmi_thresholds") or {}
-
-
-def _models(store: Store, run: Run):
-    """(source model, adapted model) of an adaptation run."""
-    project = store.get_project(run.project_id)
-    cfg = _config(run)
-    backbone = run.config.get("backbone") or project.settings.get("backbone") or "default"
-    labels = tuple(run.prediction_labels or project.labels)
-    source = run.config.get("source_model", project.source_model) or ""
-    before = _load(source, backbone, labels, cfg.seed, _stamp(source))
-    return before, _load(run.model_path, "", labels, 0, _stamp(run.model_path))
-
-
 # ---- MixUp ---------------------------------------------------------------------------------------------
 
 
@@ -227,7 +174,7 @@ def fresh_mixup(store: Store, run_id: int, label: str, *, n: int = MIXUP_FRESH, 
     labels = list(run.prediction_labels or ())
     if label not in labels:
         raise DataError(f"run {run_id} has no label {label!r}; its labels are {', '.join(labels)}.")
-    cfg = _config(run)
+    cfg = run_models.run_config(run)
     target = store.document_ids(run.project_id, "target")
     tagged = store.tags_by_label(run.project_id, domain="target").get(label, [])
     pairs = draw_pairs(tagged, target, int(n), alpha=cfg.mixup_alpha, seed=int(seed))
@@ -239,7 +186,7 @@ def fresh_mixup(store: Store, run_id: int, label: str, *, n: int = MIXUP_FRESH, 
         "unlabeled_doc": pairs.unlabeled,
         "mu": pairs.mu.astype(np.float64),
     }
-    for name, clf in zip(("before", "after"), _models(store, run), strict=True):
+    for name, clf in zip(("before", "after"), run_models.models(store, run), strict=True):
         tokens = TokenizedCorpus.build(clf.tokenizer, [texts[int(d)] for d in docs], cfg.max_length)
         phi_u, prediction = score_pairs(
             clf.model,
@@ -272,8 +219,8 @@ def decoded_pair(store: Store, run_id: int, positive_doc: int, unlabeled_doc: in
     docs = {d.id: d.text for d in store.get_documents(run.project_id, ids=[int(positive_doc), int(unlabeled_doc)])}
     if len(docs) < len({int(positive_doc), int(unlabeled_doc)}):
         raise DataError("a document of this pair no longer exists (it was deleted); draw fresh pairs.")
-    clf = _models(store, run)[1]
-    max_length = _config(run).max_length
+    clf = run_models.models(store, run)[1]
+    max_length = run_models.run_config(run).max_length
     rows = decode_pair(
         clf.model, clf.tokenizer, docs[int(unlabeled_doc)], docs[int(positive_doc)], mu, max_length=max_length
     )
@@ -320,8 +267,8 @@ def _embedded(store: Store, run: Run, docs: Sequence, params: Mapping) -> dict[s
     from dallmi_core.modeling.embeddings import embed_texts
 
     arrays = {}
-    for name, clf in zip(("before", "after"), _models(store, run), strict=True):
-        emb, probs = embed_texts(clf, [d.text for d in docs], max_length=_config(run).max_length)
+    for name, clf in zip(("before", "after"), run_models.models(store, run), strict=True):
+        emb, probs = embed_texts(clf, [d.text for d in docs], max_length=run_models.run_config(run).max_length)
         arrays |= {f"embeddings_{name}": emb.astype(np.float16), f"probabilities_{name}": probs}
     store.save_analysis(run.id, "shift_embeddings", params, {"documents": len(docs)}, arrays)
     return arrays
@@ -337,6 +284,7 @@ def cached_shift(
 def shift_analysis(store: Store, run_id: int, *, projection: str = "pca", limit: int = SHIFT_LIMIT) -> ShiftAnalysis:
     """Source vs target under the source and the adapted model; computed once per run and parameters."""
     from dallmi_core.evaluation import shift
+
     found = cached_shift(store, run_id, projection=projection, limit=limit)
     if found is not None:
         return found
@@ -352,7 +300,9 @@ def shift_analysis(store: Store, run_id: int, *, projection: str = "pca", limit:
     picked = [source[i] for i in keep_s] + [target[i] for i in keep_t]
     domain = np.r_[np.zeros(len(keep_s), dtype=np.int8), np.ones(len(keep_t), dtype=np.int8)]
     after_cut = decisions.thresholds(store, run.id)  # the run's decisions, as its exports use them
-    before_cut = _folder_thresholds(run.config.get("source_model", store.get_project(run.project_id).source_model))
+    before_cut = run_models.folder_thresholds(
+        run.config.get("source_model", store.get_project(run.project_id).source_model)
+    )
     cuts = {
         name: np.array([float(chosen.get(label, 0.5)) for label in labels], dtype=np.float32)
         for name, chosen in (("before", before_cut), ("after", after_cut))
@@ -415,51 +365,3 @@ def save_thresholds(store: Store, run_id: int, thresholds: Mapping[str, float]) 
 def document_texts(store: Store, project_id: int, ids: Sequence[int]) -> dict[int, tuple[str, str]]:
     """{document id: (external id, text)} for the documents a view shows."""
     return {d.id: (d.ext_id, d.text) for d in store.get_documents(project_id, ids=[int(i) for i in ids])}
-
-
-class Insights:
-    """The insight pages' use-cases on one store (`Services.insights`); `plots` builds their figures."""
-
-    plots = plots
-
-    def __init__(self, store: Store):
-        self.store = store
-
-    def runs(self, project_id: int) -> list[Run]:
-        return insight_runs(self.store, project_id)
-
-    def ap_overview(self, run_id: int) -> APOverview:
-        return ap_overview(self.store, run_id)
-
-    def label_curve(self, run_id: int, label: str) -> LabelCurve:
-        return label_curve(self.store, run_id, label)
-
-    def thresholds(self, run_id: int) -> dict[str, float]:
-        return self.store.thresholds(run_id)
-
-    def save_thresholds(self, run_id: int, thresholds: Mapping[str, float]) -> dict[str, float]:
-        return save_thresholds(self.store, run_id, thresholds)
-
-    def decision_table(self, run_id: int) -> pd.DataFrame:
-        return decisions.decision_table(self.store, run_id)
-
-    def clear_threshold(self, run_id: int, label: str) -> None:
-        self.store.clear_threshold(run_id, label)
-
-    def logged_mixup(self, run_id: int, label: str, limit: int = 500) -> pd.DataFrame:
-        return logged_mixup(self.store, run_id, label, limit)
-
-    def fresh_mixup(self, run_id: int, label: str, *, n: int = MIXUP_FRESH, seed: int = 0) -> pd.DataFrame:
-        return fresh_mixup(self.store, run_id, label, n=n, seed=seed)
-
-    def decoded_pair(self, run_id: int, positive_doc: int, unlabeled_doc: int, mu: float) -> pd.DataFrame:
-        return decoded_pair(self.store, run_id, positive_doc, unlabeled_doc, mu)
-
-    def cached_shift(self, run_id: int, *, projection: str = "pca") -> ShiftAnalysis | None:
-        return cached_shift(self.store, run_id, projection=projection)
-
-    def shift_analysis(self, run_id: int, *, projection: str = "pca") -> ShiftAnalysis:
-        return shift_analysis(self.store, run_id, projection=projection)
-
-    def documents(self, project_id: int, ids: Sequence[int]) -> dict[int, tuple[str, str]]:
-        return document_texts(self.store, project_id, ids)

@@ -11,7 +11,6 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -19,17 +18,16 @@ from pathlib import Path
 
 import numpy as np
 
-from dallmi_core.app import decisions, exporter, importer
+from dallmi_core.app import candidates, exporter, importer
 from dallmi_core.app.presence import AppHeartbeat, WorkerStatus, ensure_worker, worker_status
 from dallmi_core.app.worker import RUN_KINDS, worker_running
 from dallmi_core.config import AdaptConfig, SourceConfig, precision_words
 from dallmi_core.errors import ConfigError, DataError, RunStateError
-from dallmi_core.store import Document, Project, Run, Store, open_store
+from dallmi_core.store import Project, Run, Store, open_store
 
 RECOMMENDED_TAGS = 8  # positives per label below which the coverage meter warns
 PRECISION_WORDS = precision_words  # "no" -> "float32", "bf16" -> "bf16 autocast" (run outcomes)
 SOURCE_EPOCHS = SourceConfig.default_epochs  # fine-tuning epochs after the head's warm-up (Data page default)
-STRATEGIES = ("likely", "uncertain", "similar")
 PENDING = ("queued", "running", "interrupted")
 
 
@@ -42,15 +40,6 @@ class LabelCoverage:
     @property
     def enough(self) -> bool:
         return self.positives >= self.minimum
-
-
-@dataclass(frozen=True)
-class Candidate:
-    """A document to look at next for one label, with the score that ranked it."""
-
-    document: Document
-    score: float
-    run_id: int | None  # the predictions it came from; None for TF-IDF similarity
 
 
 @dataclass(frozen=True)
@@ -75,71 +64,6 @@ class RunResults:
     document_ids: np.ndarray  # int64 [n]
     scores: np.ndarray  # float32 [n, L]
     series: dict[str, list[tuple[int, float]]]  # metric name -> (step, value), one value per step
-
-
-@dataclass(frozen=True)
-class SystemInfo:
-    cpu_cores: int
-    gpus: tuple[tuple[str, float], ...]  # (name, memory in GiB) per CUDA device
-    mps: bool
-    torch_version: str | None
-    note: str | None = None  # why the probe found nothing (e.g. torch failed to import)
-    cpu_bf16: bool = False  # native bf16: `precision auto` trains under bf16 on this CPU (precision.py)
-
-    @property
-    def devices(self) -> tuple[str, ...]:
-        """The AdaptConfig.device values that can run here ("auto" picks cuda > mps > cpu)."""
-        return ("auto", "cpu") + (("cuda",) if self.gpus else ()) + (("mps",) if self.mps else ())
-
-    @property
-    def summary(self) -> str:
-        if self.gpus:
-            names = ", ".join(f"{name} ({memory:.0f} GiB)" for name, memory in self.gpus)
-            return f"{len(self.gpus)} CUDA GPU{'s' * (len(self.gpus) > 1)}: {names}; {self.cpu_cores} CPU cores"
-        if self.mps:
-            return f"Apple GPU (MPS); {self.cpu_cores} CPU cores"
-        bf16 = "; native bf16, so precision auto trains under bf16 autocast" if self.cpu_bf16 else ""
-        return f"no GPU: CPU only, {self.cpu_cores} cores{bf16}"
-
-
-_PROBE = """
-import json, os
-info = {"cpu_cores": os.cpu_count() or 1, "gpus": [], "mps": False, "torch": None}
-import torch
-info["torch"] = torch.__version__
-if torch.cuda.is_available():
-    for i in range(torch.cuda.device_count()):
-        p = torch.cuda.get_device_properties(i)
-        info["gpus"].append([p.name, round(p.total_memory / 2**30, 1)])
-mps = getattr(torch.backends, "mps", None)
-info["mps"] = bool(mps is not None and mps.is_available())
-from dallmi_core.modeling.precision import cpu_has_native_bf16
-info["cpu_bf16"] = cpu_has_native_bf16()
-print(json.dumps(info))
-"""
-_system_info: list[SystemInfo] = []  # the probe's answer, once per process
-
-
-def system_info(timeout_s: float = 120.0) -> SystemInfo:
-    if not _system_info:
-        cores = os.cpu_count() or 1
-        try:
-            out = subprocess.run(
-                [sys.executable, "-c", _PROBE], capture_output=True, text=True, timeout=timeout_s, check=True
-            ).stdout
-            info = json.loads(out.strip().splitlines()[-1])
-            found = SystemInfo(
-                int(info["cpu_cores"]),
-                tuple((str(n), float(m)) for n, m in info["gpus"]),
-                bool(info["mps"]),
-                info["torch"],
-                cpu_bf16=bool(info.get("cpu_bf16")),
-            )
-        except (OSError, subprocess.SubprocessError, ValueError, KeyError, IndexError) as exc:
-            detail = exc.stderr.strip().splitlines()[-1] if getattr(exc, "stderr", None) else str(exc)
-            found = SystemInfo(cores, (), False, None, note=f"could not ask torch about devices ({detail}).")
-        _system_info.append(found)
-    return _system_info[0]
 
 
 def _has_checkpoint(run: Run) -> bool:
@@ -246,9 +170,6 @@ class Services:
     def get_project(self, project_id: int) -> Project:
         return self.store.get_project(project_id)
 
-    def rename_project(self, project_id: int, name: str) -> Project:
-        return self.store.rename_project(project_id, name)
-
     def delete_project(self, project_id: int) -> None:
         """Rows go by cascade (a running run sees that and stops); finished runs' folders go too."""
         runs = self.store.list_runs(project_id)
@@ -263,36 +184,12 @@ class Services:
     def preview_import(self, path, mapping: importer.ColumnMapping | None = None, n: int = 20):
         return importer.preview_import(path, mapping, n)
 
-    def guess_mapping(self, columns: list[str], frame=None) -> importer.ColumnMapping:
-        return importer.guess_mapping(columns, frame)
-
-    def column_mapping(
-        self, text: str, *, id: str | None = None, labels: str | None = None, domain: str | None = None
-    ) -> importer.ColumnMapping:
-        """The mapping a page built from its column pickers (None: the file has no such column)."""
-        return importer.ColumnMapping(text=text, id=id, labels=labels, domain=domain)
-
     def import_file(self, project_id: int, path, **options) -> importer.ImportReport:
         """See importer.import_file: mapping, domain, label_policy."""
         return importer.import_file(self.store, project_id, path, **options)
 
     def document_counts(self, project_id: int) -> dict[str, int]:
         return self.store.count_documents(project_id)
-
-    def meta_columns(self, project_id: int) -> list[str]:
-        """The extra columns imported files had, kept per document and written back by every export."""
-        return self.store.meta_columns(project_id)
-
-    def text_warning(self, values, column: str) -> str | None:
-        return importer.numeric_text_warning(values, column)
-
-    def documents(
-        self, project_id: int, *, domain: str | None = None, limit: int = 50, offset: int = 0
-    ) -> list[Document]:
-        return self.store.get_documents(project_id, domain=domain, limit=limit, offset=offset)
-
-    def search(self, project_id: int, query: str, *, domain: str | None = None, limit: int = 50) -> list[Document]:
-        return self.store.search(project_id, query, domain=domain, limit=limit)
 
     # ---- annotation -------------------------------------------------------------------------------
 
@@ -302,14 +199,8 @@ class Services:
     def tag_many(self, project_id: int, document_ids: Iterable[int], label: str, annotator: str = "user") -> int:
         return self.store.tag_many(project_id, document_ids, label, annotator)
 
-    def untag(self, project_id: int, document_id: int, label: str, annotator: str = "user") -> bool:
-        return self.store.untag(project_id, document_id, label, annotator)
-
     def undo(self, project_id: int, annotator: str = "user") -> list[tuple[int, str]]:
         return self.store.undo_last(project_id, annotator)
-
-    def tags_for(self, document_ids: Sequence[int]) -> dict[int, list[str]]:
-        return self.store.tags_for(document_ids)
 
     def coverage(self, project_id: int, minimum: int = RECOMMENDED_TAGS) -> list[LabelCoverage]:
         """Tagged positives per label, in the project's label order, against a recommended minimum.
@@ -319,69 +210,9 @@ class Services:
         tags = self.store.tags_by_label(project_id, domain="target")
         return [LabelCoverage(label, len(docs), minimum) for label, docs in tags.items()]
 
-    def latest_predictions_run(self, project_id: int) -> Run | None:
-        """The newest finished adapt or score run that stored predictions."""
-        return next(
-            (
-                run
-                for run in self.store.list_runs(project_id, status="done")
-                if run.kind in ("adapt", "score") and run.prediction_labels
-            ),
-            None,
-        )
-
-    def candidates(
-        self, project_id: int, label: str, strategy: str = "likely", limit: int = 20, *, threshold: float | None = None
-    ) -> list[Candidate]:
-        """Untagged target documents to look at next for `label` (documents tagged with other labels
-        stay candidates: labels are not exclusive). likely: highest score first; uncertain: score
-        closest to `threshold` (default: the label's decision threshold for the run); similar: TF-IDF
-        cosine to the centroid of the label's tagged documents."""
-        project = self.store.get_project(project_id)
-        if label not in project.labels:
-            raise DataError(f"unknown label {label!r}; the project's labels are {', '.join(project.labels)}.")
-        if strategy not in STRATEGIES:
-            raise ConfigError(f"strategy={strategy!r} is not one of {', '.join(STRATEGIES)}.")
-        tagged = set(self.store.tags_by_label(project_id)[label])
-        run_id = None
-        if strategy == "similar":
-            ids, score = self._similarity(project_id, label, tagged)
-            key = -score
-        else:
-            run = self.latest_predictions_run(project_id)
-            if run is None:
-                raise RunStateError("no predictions yet: start a 'score' run (or an adaptation) first.")
-            if label not in run.prediction_labels:
-                raise RunStateError(f"run {run.id} predates label {label!r}; start a new 'score' run.")
-            ids, scores = self.store.load_predictions(run.id)
-            target = np.isin(ids, np.asarray(self.store.document_ids(project_id, "target"), dtype=np.int64))
-            ids, score, run_id = ids[target], scores[target, run.prediction_labels.index(label)], run.id
-            if threshold is None:
-                threshold = decisions.thresholds(self.store, run.id)[label]
-            key = -score if strategy == "likely" else np.abs(score - threshold)
-        keep = ~np.isin(ids, np.fromiter(tagged, dtype=np.int64, count=len(tagged)))
-        ids, score, key = ids[keep], score[keep], key[keep]
-        order = np.argsort(key, kind="stable")[:limit]
-        docs = self.store.get_documents(project_id, ids=[int(i) for i in ids[order]])
-        return [Candidate(doc, float(s), run_id) for doc, s in zip(docs, score[order], strict=True)]
-
-    def _similarity(self, project_id: int, label: str, tagged: set[int]) -> tuple[np.ndarray, np.ndarray]:
-        from sklearn.feature_extraction.text import TfidfVectorizer
-
-        ids, texts = [], []
-        for page in self.store.iter_documents(project_id, domain="target"):
-            ids += [doc.id for doc in page]
-            texts += [doc.text for doc in page]
-        rows = [i for i, doc in enumerate(ids) if doc in tagged]
-        if not rows:
-            raise DataError(f"no target document is tagged {label!r} yet: tag one to find similar documents.")
-        try:
-            matrix = TfidfVectorizer(sublinear_tf=True, max_features=50_000, dtype=np.float32).fit_transform(texts)
-        except ValueError as exc:  # an empty vocabulary
-            raise DataError(f"the target texts have no words to compare ({exc}).") from exc
-        centroid = np.asarray(matrix[rows].mean(axis=0)).ravel()
-        centroid /= max(float(np.linalg.norm(centroid)), 1e-12)
-        return np.asarray(ids, dtype=np.int64), np.asarray(matrix @ centroid).ravel()
+    def candidates(self, project_id: int, label: str, strategy: str = "likely", limit: int = 20, **options):
+        """See candidates.candidates (kept for tests/integration/test_worker.py, not this helper's file)."""
+        return candidates.candidates(self.store, project_id, label, strategy, limit, **options)
 
     # ---- runs -------------------------------------------------------------------------------------
 
@@ -462,11 +293,6 @@ class Services:
         }
         return AdaptConfig().to_dict(), choices
 
-    def system_info(self) -> SystemInfo:
-        """What this machine can train on (GPU names and memory, MPS, CPU cores), probed once per process
-        in a child interpreter so the app process never imports torch or initialises CUDA."""
-        return system_info()
-
     def cancel_run(self, run_id: int) -> str:
         """A queued run is cancelled at once; a running one stops after its current step."""
         return self.store.request_cancel(run_id)
@@ -524,29 +350,13 @@ class Services:
             latest.setdefault(name, {})[step] = value
         return {name: sorted(values.items()) for name, values in latest.items()}
 
-    # ---- insights ---------------------------------------------------------------------------------
-
-    @property
-    def insights(self):
-        """The insight pages' use-cases and figures (per-label AP, MixUp samples, domain shift):
-        dallmi_core.app.insights.Insights, imported on first use (it loads models lazily, on demand)."""
-        from dallmi_core.app.insights import Insights
-
-        return Insights(self.store)
-
     # ---- exports ----------------------------------------------------------------------------------
 
     def export_annotations(self, project_id: int, path=None, **options) -> Path:
         return exporter.export_annotations(self.store, project_id, path, **options)
-
-    def export_documents(self, project_id: int, path=None, **options) -> Path:
-        return exporter.export_documents(self.store, project_id, path, **options)
 
     def export_predictions(self, run_id: int, path=None, **options) -> Path:
         return exporter.export_predictions(self.store, run_id, path, **options)
 
     def export_run_report(self, run_id: int, path=None, **options) -> Path:
         return exporter.export_run_report(self.store, run_id, path, **options)
-
-    def export_model(self, run_id: int, path=None) -> Path:
-        return exporter.export_model(self.store, run_id, path)

@@ -54,12 +54,14 @@ def cmd_projects_list(args) -> None:
 
 
 def cmd_import(args) -> None:
+    from dallmi_core.app import importer
+
     with _services(args) as svc:
         project = _project(svc, args.project)
         preview = svc.preview_import(args.file)
-        guess = svc.guess_mapping(preview.columns, preview.frame)
+        guess = importer.guess_mapping(preview.columns, preview.frame)
         text = args.text_column or guess.text
-        mapping = svc.column_mapping(text, id=args.id_column or guess.id, labels=guess.labels, domain=None)
+        mapping = importer.ColumnMapping(text=text, id=args.id_column or guess.id, labels=guess.labels, domain=None)
         report = svc.import_file(project.id, args.file, mapping=mapping, domain=args.domain)
     if args.json:
         print(json.dumps(report.to_dict(), ensure_ascii=False))
@@ -71,14 +73,16 @@ def cmd_import(args) -> None:
 
 
 def cmd_export(args) -> None:
+    from dallmi_core.app import candidates, exporter
+
     with _services(args) as svc:
         project = _project(svc, args.project)
         if args.what == "documents":
-            path = svc.export_documents(project.id, args.out)
+            path = exporter.export_documents(svc.store, project.id, args.out)
         elif args.what == "annotations":
             path = svc.export_annotations(project.id, args.out)
         else:
-            run = svc.latest_predictions_run(project.id)
+            run = candidates.latest_predictions_run(svc.store, project.id)
             if run is None:
                 raise DataError(f"project {project.name!r} has no predictions yet: adapt or score first.")
             path = svc.export_predictions(run.id, args.out)

@@ -7,8 +7,6 @@ guessing) and written atomically, so a failed export never leaves half a file be
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import os
 import tempfile
@@ -20,13 +18,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from dallmi_core.data.textfile import EncodingFallbackWarning as EncodingFallbackWarning  # re-exported
-from dallmi_core.data.textfile import decode_bytes, sniff_delimiter
+from dallmi_core.data.reader import SUPPORTED_SUFFIXES, check_text_column, read_chunks
+from dallmi_core.data.textfile import EncodingFallbackWarning, sniff_encoding
 from dallmi_core.errors import DataError
 
 LABEL_SEPARATOR = "|"
 DOMAINS = ("source", "target", "eval")
-SUPPORTED_SUFFIXES = (".csv", ".tsv", ".jsonl", ".json", ".parquet", ".txt")
 _WRITABLE_SUFFIXES = (".csv", ".tsv", ".jsonl", ".json", ".parquet")
 
 
@@ -135,48 +132,28 @@ def _parse_labels(value, source: str, where: str, column: str) -> tuple[str, ...
     return tuple(dict.fromkeys(names))
 
 
-def _delimiter_hint(columns: Sequence[str]) -> str:
-    if len(columns) != 1:
-        return ""
-    for sep, name in ((";", "';'"), ("\t", "a tab"), (",", "','")):
-        if sep in columns[0]:
-            return (
-                f" The header contains {name}: the file may use another delimiter; save it "
-                "comma-separated as .csv or tab-separated as .tsv."
-            )
-    return ""
-
-
-def _check_text_column(columns: Sequence[str], text_column: str, source: str) -> None:
-    if text_column not in columns:
-        raise _fail(
-            source,
-            f"no {text_column!r} column; columns found: {list(columns)}."
-            f"{_delimiter_hint(columns)} Add a {text_column!r} column "
-            "(one document per row) or pass text_column=... .",
-        )
-
-
-def _build(
-    rows: list,
-    columns: Sequence[str] | None,
-    source: str,
+def validate_rows(
+    rows: Iterable,
+    columns: Sequence[str] | None = None,
+    source: str = "<records>",
     *,
-    text_column: str,
-    id_column: str,
-    labels_column: str,
-    domain_column: str,
-    default_domain: str,
-    label_names: Sequence[str] | None,
+    text_column: str = "text",
+    id_column: str = "id",
+    labels_column: str = "labels",
+    domain_column: str = "domain",
+    default_domain: str = "target",
+    label_names: Sequence[str] | None = None,
     first_row: int = 1,
     unique_ids: bool = True,
 ) -> Corpus:
-    """The single validation path every format and corpus_from_records goes through.
+    """The one validation path: every file format, every import chunk and in-memory records.
 
+    `columns` None (records, JSON) means the union of the rows' keys.
     `first_row` numbers the rows of a chunk of a larger file (streaming imports), so messages
     and generated ids (`row-<n>`) use the row's position in the whole file. `unique_ids=False`
     leaves repeated ids to the caller (the importer skips exact repeats across the whole file).
     """
+    rows = list(rows)
     if not rows:
         raise _fail(source, "has no data rows. Add at least one document.")
     if default_domain not in DOMAINS:
@@ -190,7 +167,7 @@ def _build(
             )
     if columns is None:  # records and JSON: the union of keys, in first-seen order
         columns = list(dict.fromkeys(k for row in rows for k in row))
-    _check_text_column(columns, text_column, source)
+    check_text_column(columns, text_column, source)
     twice = next((c for i, c in enumerate(columns) if c in columns[:i]), None)
     if twice is not None:  # one of them would be dropped without a word
         raise _fail(
@@ -239,129 +216,6 @@ def _build(
     return Corpus(ids, texts, labels, domains)
 
 
-def corpus_from_records(
-    records: Iterable[Mapping],
-    *,
-    source: str = "<records>",
-    text_column: str = "text",
-    id_column: str = "id",
-    labels_column: str = "labels",
-    domain_column: str = "domain",
-    default_domain: str = "target",
-    label_names: Sequence[str] | None = None,
-) -> Corpus:
-    """Validate in-memory records exactly as a file would be."""
-    return _build(
-        list(records),
-        None,
-        source,
-        text_column=text_column,
-        id_column=id_column,
-        labels_column=labels_column,
-        domain_column=domain_column,
-        default_domain=default_domain,
-        label_names=label_names,
-    )
-
-
-def validate_rows(
-    rows: list,
-    columns: Sequence[str] | None,
-    source: str,
-    *,
-    first_row: int = 1,
-    text_column: str = "text",
-    id_column: str = "id",
-    labels_column: str = "labels",
-    domain_column: str = "domain",
-    default_domain: str = "target",
-    label_names: Sequence[str] | None = None,
-    unique_ids: bool = True,
-) -> Corpus:
-    """Validate one chunk of a streamed file exactly as read_corpus validates a whole file."""
-    return _build(
-        rows,
-        columns,
-        source,
-        text_column=text_column,
-        id_column=id_column,
-        labels_column=labels_column,
-        domain_column=domain_column,
-        default_domain=default_domain,
-        label_names=label_names,
-        first_row=first_row,
-        unique_ids=unique_ids,
-    )
-
-
-def _read_delimited(text: str, name: str, sep: str, text_column: str) -> tuple[list, list]:
-    # Check the header first: a wrong delimiter otherwise surfaces as a confusing parse error.
-    try:
-        header = next((r for r in csv.reader(io.StringIO(text), delimiter=sep) if r), [])
-    except csv.Error:
-        header = None  # let pandas report it with its line number
-    if header is not None:
-        _check_text_column([c.strip() for c in header], text_column, name)
-    kind = "TSV" if sep == "\t" else "CSV"
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", pd.errors.ParserWarning)
-            frame = pd.read_csv(io.StringIO(text), sep=sep, dtype=str, keep_default_na=False, index_col=False)
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, ValueError, pd.errors.ParserWarning) as exc:
-        raise _fail(
-            name,
-            f"could not parse as {kind}: {exc}. Check the delimiter and quoting "
-            "(a field with the delimiter, quotes or line breaks must be in "
-            "double quotes; rows need as many fields as the header).",
-        ) from exc
-    frame.columns = [str(c).strip() for c in frame.columns]
-    if frame.empty:
-        raise _fail(name, "has a header but no data rows. Add at least one document.")
-    return frame.to_dict("records"), list(frame.columns)
-
-
-def _read_json(text: str, name: str, allow_array: bool) -> tuple[list, None]:
-    stripped = text.strip()
-    if allow_array and stripped.startswith("["):
-        try:
-            rows = json.loads(stripped)
-        except json.JSONDecodeError as exc:
-            raise _fail(
-                name,
-                f"invalid JSON at line {exc.lineno}, column {exc.colno}: "
-                f"{exc.msg}. Fix the JSON or save one object per line.",
-            ) from exc
-    else:
-        rows = []
-        for lineno, line in enumerate(text.split("\n"), start=1):
-            if not line.strip():
-                continue
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError as exc:
-                raise _fail(
-                    name,
-                    f"invalid JSON on line {lineno} (column {exc.colno}): "
-                    f"{exc.msg}. Each line must be one JSON object.",
-                ) from exc
-    return rows, None
-
-
-def _read_parquet(data: bytes, name: str) -> tuple[list, list]:
-    if not (data[:4] == b"PAR1" and data[-4:] == b"PAR1"):
-        raise _fail(
-            name,
-            "is not a Parquet file (no PAR1 magic bytes). Export it again as "
-            "Parquet, or give it the suffix of its real format.",
-        )
-    try:
-        frame = pd.read_parquet(io.BytesIO(data))
-    except Exception as exc:  # pyarrow raises many types for corrupt files
-        raise _fail(name, f"is not a readable Parquet file ({exc}). Export it again.") from exc
-    frame.columns = [str(c) for c in frame.columns]
-    return frame.to_dict("records"), list(frame.columns)
-
-
 def read_corpus(
     path,
     *,
@@ -394,29 +248,25 @@ def read_corpus(
                 name,
                 f"is {size:,} bytes, over the limit of {max_bytes:,}. Split it into smaller files or raise the limit.",
             )
-        data = path.read_bytes()
+        if suffix == ".parquet" and size == 0:
+            raise _fail(name, "is empty (0 bytes). Export the data again.")
+        rows: list = []
+        columns = None
+        encoding, warning = ("binary", None) if suffix == ".parquet" else sniff_encoding(path)
+        if warning:
+            warnings.warn(warning, EncodingFallbackWarning, stacklevel=2)
+        for chunk, chunk_columns in read_chunks(
+            path, suffix[1:], encoding, 10_000, text_column=text_column, id_column=id_column
+        ):
+            rows += chunk
+            columns = columns or chunk_columns
     except OSError as exc:
         raise _fail(name, f"cannot be read ({exc.strerror or exc}). Check permissions.") from exc
-    if suffix == ".parquet":
-        if not data:
-            raise _fail(name, "is empty (0 bytes). Export the data again.")
-        rows, columns = _read_parquet(data, name)
-    else:
-        text = decode_bytes(data, name)
-        if not text.strip():
-            raise _fail(name, "is empty. Add at least one document.")
-        if suffix in (".csv", ".tsv"):
-            sep = "\t" if suffix == ".tsv" else sniff_delimiter(text[: 1 << 16])
-            rows, columns = _read_delimited(text, name, sep, text_column)
-        elif suffix in (".jsonl", ".json"):
-            rows, columns = _read_json(text, name, allow_array=suffix == ".json")
-        else:  # .txt: one document per line; ids from physical line numbers
-            lines = text.replace("\r\n", "\n").replace("\r", "\n").split("\n")
-            rows = [
-                {id_column: f"line-{n}", text_column: line} for n, line in enumerate(lines, start=1) if line.strip()
-            ]
-            columns = [id_column, text_column]
-    return _build(
+    if not rows and suffix in (".csv", ".tsv"):
+        raise _fail(name, "has a header but no data rows. Add at least one document.")
+    if not rows and suffix != ".parquet":
+        raise _fail(name, "is empty. Add at least one document.")
+    return validate_rows(
         rows,
         columns,
         name,

@@ -1,17 +1,19 @@
-"""Evaluation metrics (DESIGN.md section 5): pure numpy, no torch, no UI.
+"""Evaluation metrics (DESIGN.md section 5): numpy and scikit-learn, no torch, no UI.
 
-AP is computed on scores, as sklearn's ``average_precision_score`` does; labels without a gold
-positive are reported as unevaluable instead of being counted as 0 or NaN, which would silently
-drag or poison the macro mean. The thresholded AP of the paper's code exists only as a
-comparison column.
+AP and the PR curve are scikit-learn's, on scores; labels without a gold positive are reported
+as unevaluable (None) instead of being counted as 0 or NaN, which would silently drag or poison
+the macro mean, and sklearn is never asked about them (it would warn). The thresholded AP of the
+paper's code exists only as a comparison column.
 """
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
+from sklearn.metrics import average_precision_score, precision_recall_curve
 
 from dallmi_core.errors import ConfigError, DataError
 
@@ -93,14 +95,13 @@ def _as_labels(y_true) -> np.ndarray:
 def _binary_pair(y_true, scores) -> tuple[np.ndarray, np.ndarray]:
     y, s = _as_labels(y_true), _as_scores(scores)
     if y.ndim != 1 or s.shape != y.shape:
-        raise DataError(
-            f"y_true and scores must be 1-D of equal length; got shapes {y.shape} and {s.shape}."
-        )
+        raise DataError(f"y_true and scores must be 1-D of equal length; got shapes {y.shape} and {s.shape}.")
     return y, s
 
 
 def _curve(y: np.ndarray, s: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Cumulative (tp, fp) at each distinct score, descending: sklearn's binary clf curve."""
+    """Integer (tp, fp) counts at each distinct score, descending: best_f1_threshold needs exact
+    counts (F1 from sklearn's float precision and recall could break ties differently)."""
     order = np.argsort(s, kind="mergesort")[::-1]
     s, y = s[order], y[order]
     last = np.r_[np.where(np.diff(s))[0], y.size - 1]
@@ -110,15 +111,11 @@ def _curve(y: np.ndarray, s: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.nda
 
 
 def average_precision(y_true, scores) -> float | None:
-    """Step-wise AP, equal to sklearn's average_precision_score; None without a positive."""
+    """sklearn's average_precision_score; None without a positive (sklearn would warn)."""
     y, s = _binary_pair(y_true, scores)
-    positives = int(y.sum())
-    if positives == 0:
+    if not y.any():
         return None
-    tps, fps, _ = _curve(y, s)
-    precision = tps / (tps + fps)
-    recall_gain = np.diff(np.r_[0.0, tps]) / positives
-    return float(max(0.0, np.sum(recall_gain * precision)))
+    return float(average_precision_score(y, s))
 
 
 def ap_report(y_true, scores, label_names: Sequence[str]) -> APReport:
@@ -127,8 +124,7 @@ def ap_report(y_true, scores, label_names: Sequence[str]) -> APReport:
     names = [str(name) for name in label_names]
     if y.ndim != 2 or s.shape != y.shape:
         raise DataError(
-            f"y_true and scores must be 2-D [documents, labels] of equal shape; "
-            f"got {y.shape} and {s.shape}."
+            f"y_true and scores must be 2-D [documents, labels] of equal shape; got {y.shape} and {s.shape}."
         )
     if len(names) != y.shape[1]:
         raise DataError(f"{len(names)} label names given for {y.shape[1]} label columns.")
@@ -157,15 +153,14 @@ def thresholded_ap(y_true, scores, label_names: Sequence[str], threshold: float 
 
 
 def pr_curve(y_true, scores) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Precision, recall, thresholds exactly as sklearn.metrics.precision_recall_curve
-    (recall is all ones when there is no positive, as there)."""
+    """Precision, recall, thresholds of sklearn.metrics.precision_recall_curve; without a
+    positive, recall is all ones as there, but without sklearn's warning."""
     y, s = _binary_pair(y_true, scores)
     if y.size == 0:
         raise DataError("pr_curve needs at least one document.")
-    tps, fps, thresholds = _curve(y, s)
-    precision = tps / (tps + fps)
-    recall = tps / tps[-1] if tps[-1] > 0 else np.ones_like(tps)
-    return np.r_[precision[::-1], 1.0], np.r_[recall[::-1], 0.0], thresholds[::-1]
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="No positive class found")
+        return precision_recall_curve(y, s)
 
 
 def _threshold(threshold: float) -> float:
@@ -208,9 +203,7 @@ def _pu_split(heldout_positive_scores, unlabeled_scores) -> tuple[np.ndarray, np
     pos = _as_scores(heldout_positive_scores, "held-out positive scores")
     unl = _as_scores(unlabeled_scores, "unlabeled scores")
     if pos.ndim != 1 or unl.ndim != 1:
-        raise DataError(
-            f"held-out positive and unlabeled scores must be 1-D; got {pos.shape} and {unl.shape}."
-        )
+        raise DataError(f"held-out positive and unlabeled scores must be 1-D; got {pos.shape} and {unl.shape}.")
     return pos, unl
 
 

@@ -16,9 +16,10 @@ import pandas as pd
 import pytest
 from streamlit.testing.v1 import AppTest
 
-import dallmi_core.app.services as services_module
+import dallmi_core.app.system as system_module
 from dallmi_core.app.auth import hash_password
-from dallmi_core.app.services import SystemInfo, open_services
+from dallmi_core.app.services import open_services
+from dallmi_core.app.system import SystemInfo
 from dallmi_core.errors import DallmiError
 
 REPO = Path(__file__).resolve().parents[2]
@@ -51,7 +52,7 @@ def env(tmp_path, monkeypatch):
     monkeypatch.delenv("DALLMI_PASSWORD_HASH", raising=False)
     monkeypatch.syspath_prepend(str(REPO))
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
-    monkeypatch.setattr(services_module, "_system_info", [SystemInfo(2, (), False, "test")])
+    monkeypatch.setattr(system_module, "_system_info", [SystemInfo(2, (), False, "test")])
     svc = open_services(data, autostart_worker=False)
     yield SimpleNamespace(svc=svc, data=data, tmp=tmp_path, monkeypatch=monkeypatch)
     svc.close()
@@ -150,7 +151,7 @@ def test_an_unreadable_secrets_file_fails_closed(gated, monkeypatch):
     import streamlit as st
     from streamlit.errors import StreamlitSecretNotFoundError
 
-    import ui_page
+    from ui import gate
 
     gated.monkeypatch.delenv("DALLMI_PASSWORD_HASH")
 
@@ -165,7 +166,7 @@ def test_an_unreadable_secrets_file_fails_closed(gated, monkeypatch):
 
     monkeypatch.setattr(st, "secrets", Broken())
     with pytest.raises(DallmiError, match="secrets file cannot be read"):
-        ui_page._configured_hash()
+        gate._configured_hash()
 
 
 def test_no_configured_password_means_no_gate(env):
@@ -256,12 +257,12 @@ def test_an_upload_named_like_a_path_stays_inside_its_upload_folder(env, tmp_pat
     ],
 )
 def test_uploaded_path_never_turns_a_name_into_a_path(env, tmp_path, name, stored):
-    import ui
+    from ui import widgets
 
     upload = SimpleNamespace(file_id="../../id\x00", name=name, size=3, getvalue=lambda: b"abc")
-    path = ui.uploaded_path(upload)
+    path = widgets.uploaded_path(upload)
     assert path.name == stored and path.parent == tmp_path / "dallmi-uploads" / "id" and path.read_bytes() == b"abc"
-    ui.forget_upload(path)
+    widgets.forget_upload(path)
     assert (tmp_path / "dallmi-uploads").is_dir() and not path.parent.exists()
 
 
@@ -286,5 +287,5 @@ def test_two_sessions_on_one_project_see_each_others_tags_after_a_rerun(env):
     assert list(bob.data_editor[0].value["tag"]) == [True] * len(docs)  # alice's tags, seen by bob
     alice.selectbox(key="label_picker").select("login").run()
     assert list(alice.data_editor[0].value["tag"]).count(True) == 1  # bob's tag, seen by alice
-    tags = env.svc.tags_for(docs)
+    tags = env.svc.store.tags_for(docs)
     assert sum(len(v) for v in tags.values()) == len(docs) + 1

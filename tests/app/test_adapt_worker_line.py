@@ -21,7 +21,7 @@ def test_the_adapt_page_says_when_no_worker_serves_the_data_folder(seeded):  # n
     assert seeded.svc.store.last_app_heartbeat() is None
     line = _worker_line(_app("Adapt"))
     assert "No worker is running for this data folder" in line and "dallmi worker --data-dir" in line  # NO_WORKER
-    assert [row["pid"] for row in seeded.svc.store.app_heartbeats()] == [os.getpid()]  # ui.services() beats
+    assert [row["pid"] for row in seeded.svc.store.app_heartbeats()] == [os.getpid()]  # ui.session.services() beats
     seeded.svc.store.report_worker(4321, "h", started_at=time.time() - 100, state="exited")
     line = _worker_line(_app("Adapt"))
     assert "The last one (pid 4321) exited" in line and "s ago" in line

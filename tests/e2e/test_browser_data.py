@@ -154,7 +154,7 @@ def test_the_project_survives_a_reload_and_files_import_as_users_expect(server, 
     shot(page, "05-eval-file-keeps-gold")
 
     with open_services(server.data, autostart_worker=False) as svc:
-        docs = {d.ext_id: d for d in svc.documents(server.project.id, domain="target")}
+        docs = {d.ext_id: d for d in svc.store.get_documents(server.project.id, domain="target")}
         assert docs["1"].text == "\u201cCold soup\u201d \u2013 \u20ac5 back" and set(docs) == {"1", "2", "3"}
         assert (docs["2"].meta, docs["3"].gold_labels, docs["1"].gold_labels) == (
             {"channel": "web"},

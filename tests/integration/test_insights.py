@@ -16,6 +16,7 @@ from conftest import LABELS, make_texts
 from sklearn.metrics import average_precision_score, precision_recall_curve
 
 import dallmi_core.app.insights as insights
+from dallmi_core.app import plots, run_models
 from dallmi_core.app.exporter import export_model, predictions_frame
 from dallmi_core.app.jobs import Job, run_adapt
 from dallmi_core.app.services import open_services
@@ -77,7 +78,7 @@ def test_training_logs_a_bounded_sample_of_its_mixup_pairs(runs):
         assert r["positive_doc"] in tags[r["label"]] and r["unlabeled_doc"] in target
         assert 0 <= r["mu"] <= 1 and 0 <= r["prediction"] <= 1
         assert 1 - r["mu"] - 1e-6 <= r["target"] <= 1 + 1e-6  # t = mu * phi(u) + (1 - mu), phi(u) in [0, 1]
-    frame = services.insights.logged_mixup(run_id, "billing")
+    frame = insights.logged_mixup(services.store, run_id, "billing")
     assert list(frame.columns) == ["step", "positive_doc", "unlabeled_doc", "mu", "prediction", "target"]
 
 
@@ -85,7 +86,7 @@ def test_gold_curves_agree_with_the_run_metrics_and_sklearn(runs):
     services, run_id, _ = runs
     run = services.store.get_run(run_id)
     for label in LABELS:
-        curve = services.insights.label_curve(run_id, label)
+        curve = insights.label_curve(services.store, run_id, label)
         assert not curve.estimate and curve.positives == run.metrics["after"]["positives"][label]
         assert curve.ap == pytest.approx(run.metrics["after"]["per_label_ap"][label], abs=1e-6)
         assert curve.ap == pytest.approx(average_precision_score(curve.y, curve.scores))
@@ -99,69 +100,69 @@ def test_gold_curves_agree_with_the_run_metrics_and_sklearn(runs):
 def test_the_pu_estimate_rests_on_the_held_out_tags(runs):
     services, _, run_id = runs
     run = services.store.get_run(run_id)
-    overview = services.insights.ap_overview(run_id)
+    overview = insights.ap_overview(services.store, run_id)
     assert overview.estimate
     for label in LABELS:
-        curve = services.insights.label_curve(run_id, label)
+        curve = insights.label_curve(services.store, run_id, label)
         assert curve.estimate and curve.positives == overview.positives[label] >= 1
         assert curve.ap == pytest.approx(run.metrics["after"]["per_label_ap"][label], abs=1e-6)
 
 
 def test_overview_lists_before_after_and_other_runs_with_tag_counts(runs):
     services, run_id, _ = runs
-    overview = services.insights.ap_overview(run_id)
+    overview = insights.ap_overview(services.store, run_id)
     assert list(dict.fromkeys(overview.table["series"])) == ["before (source model)", "after"]
     assert overview.summary.set_index("series").loc["after", "macro"] == pytest.approx(
         services.store.get_run(run_id).metrics["after"]["map_macro"]
     )
     tags = services.store.tags_by_label(services.store.get_run(run_id).project_id, domain="target")
     assert overview.tags == {label: len(tags[label]) for label in LABELS}
-    fig = services.insights.plots.ap_bars(overview.table, overview.tags)
+    fig = plots.ap_bars(overview.table, overview.tags)
     assert len(fig.data) == 2 and fig.data[0].x[0] == f"billing ({overview.tags['billing']} tags)"
 
 
 def test_saved_thresholds_reach_the_exports(runs, tmp_path):
     services, run_id, _ = runs
     store = services.store
-    assert services.insights.save_thresholds(run_id, {"login": 0.9}) == {"login": 0.9}
+    assert insights.save_thresholds(services.store, run_id, {"login": 0.9}) == {"login": 0.9}
     frame = predictions_frame(store, run_id)
     assert (frame["pred_login"] == (frame["score_login"] >= 0.9)).all()
     assert (frame["pred_billing"] == (frame["score_billing"] >= 0.5)).all()
     archive = zipfile.ZipFile(io.BytesIO(export_model(store, run_id, tmp_path / "m.zip").read_bytes()))
     assert json.loads(archive.read("m/config.json"))["dallmi_thresholds"]["login"] == 0.9
     with pytest.raises(DataError, match="between 0 and 1"):
-        services.insights.save_thresholds(run_id, {"login": 1.5})
+        insights.save_thresholds(services.store, run_id, {"login": 1.5})
     with pytest.raises(DataError, match="no label 'sports'"):
-        services.insights.save_thresholds(run_id, {"sports": 0.5})
+        insights.save_thresholds(services.store, run_id, {"sports": 0.5})
     store.set_thresholds(run_id, {"login": 0.5})
 
 
 def test_fresh_mixup_pairs_are_scored_by_both_models_and_cached(runs, monkeypatch):
     services, run_id, _ = runs
-    frame = services.insights.fresh_mixup(run_id, "shipping", n=12, seed=1)
+    frame = insights.fresh_mixup(services.store, run_id, "shipping", n=12, seed=1)
     assert len(frame) == 12
     for name in ("before", "after"):
         assert np.allclose(frame[f"target_{name}"], frame["mu"] * frame[f"phi_u_{name}"] + 1 - frame["mu"])
-    monkeypatch.setattr(insights, "_models", lambda *a: pytest.fail("the cached draw loaded a model"))
-    pd.testing.assert_frame_equal(services.insights.fresh_mixup(run_id, "shipping", n=12, seed=1), frame)
+    monkeypatch.setattr(run_models, "models", lambda *a: pytest.fail("the cached draw loaded a model"))
+    pd.testing.assert_frame_equal(insights.fresh_mixup(services.store, run_id, "shipping", n=12, seed=1), frame)
 
 
 def test_decoded_pairs_follow_mu_and_are_cached(runs, monkeypatch):
     services, run_id, _ = runs
-    frame = services.insights.fresh_mixup(run_id, "login", n=4, seed=2)
+    frame = insights.fresh_mixup(services.store, run_id, "login", n=4, seed=2)
     p, u = int(frame.loc[0, "positive_doc"]), int(frame.loc[0, "unlabeled_doc"])
-    at0 = services.insights.decoded_pair(run_id, p, u, 0.0)
+    at0 = insights.decoded_pair(services.store, run_id, p, u, 0.0)
     assert at0["mixed"].tolist() == at0["positive"].tolist()
-    at1 = services.insights.decoded_pair(run_id, p, u, 1.0)
+    at1 = insights.decoded_pair(services.store, run_id, p, u, 1.0)
     assert at1["mixed"].tolist() == at1["unlabeled"].tolist()
-    monkeypatch.setattr(insights, "_models", lambda *a: pytest.fail("the cached decode loaded a model"))
-    pd.testing.assert_frame_equal(services.insights.decoded_pair(run_id, p, u, 1.0), at1)
+    monkeypatch.setattr(run_models, "models", lambda *a: pytest.fail("the cached decode loaded a model"))
+    pd.testing.assert_frame_equal(insights.decoded_pair(services.store, run_id, p, u, 1.0), at1)
 
 
 def test_shift_analysis_is_computed_once_and_cached(runs, monkeypatch):
     services, run_id, _ = runs
-    assert services.insights.cached_shift(run_id) is None
-    result = services.insights.shift_analysis(run_id)
+    assert insights.cached_shift(services.store, run_id) is None
+    result = insights.shift_analysis(services.store, run_id)
     meta, arrays = result.meta, result.arrays
     assert (meta["source"], meta["target"], meta["sampled_source"], meta["sampled_target"]) == (40, 40, 40, 40)
     assert arrays["coords_before"].shape == arrays["coords_after"].shape == (80, 2)
@@ -171,10 +172,10 @@ def test_shift_analysis_is_computed_once_and_cached(runs, monkeypatch):
         assert 0 <= model["a_distance"] <= 2 and 0 < model["mmd_p"] <= 1
     assert list(result.prior["label"]) == LABELS and "target tagged" in result.prior
     assert result.groups()[:1] == ["source"] and set(result.groups("login")) <= {"login", "not login"}
-    monkeypatch.setattr(insights, "_models", lambda *a: pytest.fail("the cached analysis loaded a model"))
-    tsne = services.insights.shift_analysis(run_id, projection="tsne")  # embeddings cached: no model either
+    monkeypatch.setattr(run_models, "models", lambda *a: pytest.fail("the cached analysis loaded a model"))
+    tsne = insights.shift_analysis(services.store, run_id, projection="tsne")  # embeddings cached: no model either
     assert tsne.meta["models"] == meta["models"] and tsne.arrays["coords_after"].shape == (80, 2)
-    again = services.insights.shift_analysis(run_id)
+    again = insights.shift_analysis(services.store, run_id)
     assert again.meta == json.loads(json.dumps(meta)) and np.array_equal(
         again.arrays["coords_after"], arrays["coords_after"]
     )

@@ -32,7 +32,7 @@ IDLE_EXIT = 3.0
 APP = textwrap.dedent("""
     import sys, time
     from dallmi_core.app.services import open_services
-    svc = open_services(sys.argv[1], app_heartbeat=True)  # what ui.services() does, once per server
+    svc = open_services(sys.argv[1], app_heartbeat=True)  # what ui.session.services() does, once per server
     config = {"max_length": 32, "batch_size": 8, "seed": 3, "positives_per_label": 2, "val_unlabeled": 8,
               "eval_every": 100000, "max_steps": 100000}
     print(svc.start_run(int(sys.argv[2]), "adapt", config, checkpoint_every=100000), flush=True)

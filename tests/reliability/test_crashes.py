@@ -130,7 +130,7 @@ TAGGER = textwrap.dedent(
     import sys, threading
     from dallmi_core.app.services import open_services
 
-    services = open_services(sys.argv[1], autostart_worker=False)  # one handle, as ui.services() keeps
+    services = open_services(sys.argv[1], autostart_worker=False)  # one handle, as ui.session.services() keeps
     project_id = int(sys.argv[2])
     docs = services.store.document_ids(project_id)
     lock = threading.Lock()

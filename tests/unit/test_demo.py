@@ -136,7 +136,7 @@ def test_presets_are_valid_configs():
     assert paper.variational == "log" and paper.lambda_mix == 1.0 and paper.method == "dallmi"
     source = SourceConfig.from_dict(dict(SOURCE_DEMO))
     assert (source.max_length, source.epochs, source.batch_size) == (64, 2.0, 16)
-    assert all(isinstance(p, dict) for p in (QUICK_CPU_DEMO, PAPER_SETTINGS, SOURCE_DEMO))  # what ui.py expects
+    assert all(isinstance(p, dict) for p in (QUICK_CPU_DEMO, PAPER_SETTINGS, SOURCE_DEMO))  # what ui/session.py expects
 
 
 def test_ensure_demo_project_imports_once_and_queues_one_source_run(svc):
@@ -148,7 +148,7 @@ def test_ensure_demo_project_imports_once_and_queues_one_source_run(svc):
     assert [(c.label, c.positives) for c in svc.coverage(project_id)] == [(label, 4) for label in DEMO_LABELS]
     tagged_elsewhere = svc.store.tags_by_label(project_id)
     assert tagged_elsewhere == svc.store.tags_by_label(project_id, domain="target")  # gold labels are not tags
-    evaluation = svc.documents(project_id, domain="eval", limit=400)
+    evaluation = svc.store.get_documents(project_id, domain="eval", limit=400)
     assert sum(doc.gold_labels is not None for doc in evaluation) == 400
     runs = svc.run_history(project_id)
     assert [(r.kind, r.status) for r in runs] == [("finetune-source", "queued")]

@@ -2,6 +2,7 @@
 
 import json
 import math
+import warnings
 
 import numpy as np
 import pytest
@@ -116,6 +117,19 @@ def test_pr_curve_agrees_with_sklearn():
         np.testing.assert_allclose(a, b)
 
 
+def test_label_without_positive_is_none_without_warnings():
+    y, s = _data(seed=4)
+    s = np.round(s, 1)  # ties
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # sklearn would warn about math.ST: it must never be asked
+        report = ap_report(y, s, LABELS)
+        _, recall, _ = pr_curve(y[:, 2], s[:, 2])
+    assert report.per_label_ap()["math.ST"] is None
+    for j in (0, 1):
+        assert report.per_label_ap()[LABELS[j]] == pytest.approx(average_precision_score(y[:, j], s[:, j]))
+    assert np.all(recall[:-1] == 1.0)
+
+
 def test_f1_at_threshold_hand_example():
     y = [1, 1, 0, 1, 0, 0]
     s = [0.9, 0.6, 0.55, 0.3, 0.2, 0.7]
@@ -155,9 +169,7 @@ def test_pu_estimated_ap_perfect_and_reversed():
     assert pu_estimated_ap(pos, unl) == pytest.approx(1.0)
     reversed_ap = pu_estimated_ap([0.01, 0.02, 0.03], unl)
     assert reversed_ap < 0.5
-    assert reversed_ap == pytest.approx(
-        average_precision_score([1] * 3 + [0] * 5, [0.01, 0.02, 0.03] + unl)
-    )
+    assert reversed_ap == pytest.approx(average_precision_score([1] * 3 + [0] * 5, [0.01, 0.02, 0.03] + unl))
     assert pu_estimated_ap([], unl) is None
 
 

@@ -14,6 +14,7 @@ import pandas as pd
 import pytest
 from conftest import LABELS, make_texts
 
+from dallmi_core.app.candidates import candidates, latest_predictions_run
 from dallmi_core.app.services import RECOMMENDED_TAGS, ensure_worker, open_services
 from dallmi_core.app.worker import LOG_FILE, worker_running
 from dallmi_core.config import AdaptConfig
@@ -60,7 +61,7 @@ def test_tag_untag_undo_and_coverage(svc, project):
     docs = project.target
     assert svc.tag(project.id, docs[0], "billing") and not svc.tag(project.id, docs[0], "billing")
     assert svc.tag_many(project.id, docs[1:4], "login") == 3
-    assert svc.untag(project.id, docs[0], "billing")
+    assert svc.store.untag(project.id, docs[0], "billing")
     assert {c.label: c.positives for c in svc.coverage(project.id)} == {"billing": 0, "login": 3, "shipping": 0}
     assert svc.undo(project.id) == [(docs[0], "billing")]  # the untag is reverted
     assert sorted(svc.undo(project.id)) == [(d, "login") for d in docs[1:4]]  # one bulk action, one undo
@@ -71,7 +72,7 @@ def test_tag_untag_undo_and_coverage(svc, project):
         ("shipping", 0, False),
     ]
     assert svc.coverage(project.id)[0].minimum == RECOMMENDED_TAGS
-    assert svc.tags_for([docs[0]]) == {docs[0]: ["billing"]}
+    assert svc.store.tags_for([docs[0]]) == {docs[0]: ["billing"]}
     with pytest.raises(DataError, match="unknown label"):
         svc.tag(project.id, docs[0], "nope")
 
@@ -87,30 +88,30 @@ def test_coverage_counts_only_tags_on_target_documents(svc, project):
 def test_candidates_from_the_latest_predictions_exclude_tagged_documents(svc, project):
     docs, store = project.target, svc.store
     with pytest.raises(RunStateError, match="no predictions yet"):
-        svc.candidates(project.id, "billing", "likely")
+        candidates(svc.store, project.id, "billing", "likely")
     scores = np.zeros((30, 3), dtype=np.float32)
     scores[:, 0] = np.linspace(0.0, 0.99, 30)  # billing: the later a document, the likelier
     run_id = _finished_run(store, project.id, docs, scores)
     _finished_run(store, project.id, docs, 1 - scores, status="failed")  # a newer failed run is ignored
     svc.tag(project.id, docs[29], "billing")
     svc.tag(project.id, docs[28], "login")  # tagged with another label: still a billing candidate
-    likely = svc.candidates(project.id, "billing", "likely", limit=3)
+    likely = candidates(svc.store, project.id, "billing", "likely", limit=3)
     assert [c.document.id for c in likely] == [docs[28], docs[27], docs[26]]
     assert all(c.run_id == run_id for c in likely) and likely[0].score == pytest.approx(scores[28, 0])
-    uncertain = svc.candidates(project.id, "billing", "uncertain", limit=2)
+    uncertain = candidates(svc.store, project.id, "billing", "uncertain", limit=2)
     assert [c.document.id for c in uncertain] == [docs[15], docs[14]]  # 0.512 and 0.478: closest to 0.5
-    assert svc.latest_predictions_run(project.id).id == run_id
+    assert latest_predictions_run(svc.store, project.id).id == run_id
     with pytest.raises(ConfigError, match="strategy"):
-        svc.candidates(project.id, "billing", "random")
+        candidates(svc.store, project.id, "billing", "random")
 
 
 def test_similar_candidates_rank_documents_like_the_tagged_ones(svc, project):
     docs, gold = project.target, project.gold
     with pytest.raises(DataError, match="tag one"):
-        svc.candidates(project.id, "shipping", "similar")
+        candidates(svc.store, project.id, "shipping", "similar")
     shipping = [d for d, row in zip(docs, gold, strict=True) if row[2]]
     svc.tag_many(project.id, shipping[:3], "shipping")
-    similar = svc.candidates(project.id, "shipping", "similar", limit=5)  # works before any run
+    similar = candidates(svc.store, project.id, "shipping", "similar", limit=5)  # works before any run
     assert len(similar) == 5 and not {c.document.id for c in similar} & set(shipping[:3])
     hits = sum(gold[docs.index(c.document.id), 2] for c in similar)
     assert hits >= 4, [c.document.text for c in similar]
@@ -163,7 +164,7 @@ def test_projects_with_a_source_model_folder(svc, tmp_path):
         svc.create_project("bad labels", ["a", "c"], source_model=str(folder))
     with pytest.raises(ConfigError, match="not both"):
         svc.create_project("both", ["a"], source_model=str(folder), backbone="bert-base-uncased")
-    renamed = svc.rename_project(project.id, "renamed")
+    renamed = svc.store.rename_project(project.id, "renamed")
     assert [p.name for p in svc.list_projects()] == ["renamed"]
     run_id = _finished_run(svc.store, renamed.id, [], np.zeros((0, 2)))
     (svc.store.models_dir / f"run-{run_id}").mkdir()

@@ -1,5 +1,5 @@
 """What every page run needs before it draws: the password gate, the services handle, the current
-project. Split from ui.py (which holds the widgets) so each page can be safe on its own.
+project. Kept apart from the widgets so each page can be safe on its own.
 
 A `pages/` folder beside app.py puts Streamlit in its legacy multipage mode until st.navigation first
 runs in the process: the first request after a server start that lands on a page URL runs that page
@@ -19,11 +19,9 @@ from contextlib import contextmanager
 
 import streamlit as st
 
-import ui
+from dallmi_core import ConfigError, DallmiError, Project, Services
 from dallmi_core.app import auth
-from dallmi_core.app.services import Services
-from dallmi_core.errors import ConfigError, DallmiError
-from dallmi_core.store import Project
+from ui import session, widgets
 
 PROJECT_KEY = "project_id"
 QUERY_KEY = "project"
@@ -48,7 +46,7 @@ def prepare() -> Services:
     """The gate, then the services handle (an unusable data folder stops the run with its fix)."""
     password_gate()
     try:
-        return ui.services()
+        return session.services()
     except DallmiError as exc:
         st.error(str(exc))
         st.stop()
@@ -58,11 +56,11 @@ def start() -> Services:
     """A page's first call: inside app.py, its services; run on its own (the first request after a
     server start on a page URL), the same gate, services and sidebar project picker app.py draws."""
     if getattr(_run, "inside_app", False):
-        return ui.services()
+        return session.services()
     svc = prepare()
     with st.sidebar:
-        project_picker(prefer=ui.ensure_demo())
-    ui.show_flash()
+        project_picker(prefer=session.ensure_demo())
+    widgets.show_flash()
     return svc
 
 
@@ -130,7 +128,7 @@ def select_project(project_id: int | None) -> None:
 def project_picker(prefer: int | None = None) -> Project | None:
     """The sidebar's project selector. The URL's project wins (a reload, a new tab, a shared link),
     then this session's, then `prefer`; an unknown id in the URL is said, not silently replaced."""
-    projects = ui.services().list_projects()
+    projects = session.services().list_projects()
     if not projects:
         select_project(None)
         st.sidebar.caption("No project yet: create one on the Projects page.")
@@ -163,7 +161,7 @@ def current_project() -> Project:
     project = None
     if project_id is not None:
         try:
-            project = ui.services().get_project(project_id)
+            project = session.services().get_project(project_id)
         except DallmiError:
             select_project(None)
     if project is None:
