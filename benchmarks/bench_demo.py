@@ -27,7 +27,7 @@ from pathlib import Path
 
 from playwright.sync_api import sync_playwright
 
-from dallmi_core.app.worker import worker_pid
+from dallmi_core.app.process import worker_pid
 from dallmi_core.store import open_store
 
 REPO = Path(__file__).resolve().parents[1]

@@ -45,7 +45,8 @@ def one_size(n: int, backbone: str) -> dict:
     torch.set_num_threads(1)  # a small model on shared cores runs far faster on one thread
 
     from dallmi_core.app.importer import import_file
-    from dallmi_core.app.jobs import Job, run_score
+    from dallmi_core.app.jobs.job import Job
+    from dallmi_core.app.jobs.score import run_score
     from dallmi_core.modeling.model import default_backbone_dir, new_classifier, save_classifier
     from dallmi_core.store import Store
 

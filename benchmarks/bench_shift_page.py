@@ -29,6 +29,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import numpy as np  # noqa: E402
 from random_backbone import random_backbone  # noqa: E402
 
+from dallmi_core.app import insights  # noqa: E402
+
 LABELS = ["billing", "login", "shipping", "returns", "product"]
 COMMON = "the my please help today again order thanks hello issue account app update".split()
 SOURCE = "invoice refund charge payment password locked signin parcel delivery courier tracking".split()
@@ -98,7 +100,7 @@ def main() -> None:
 
         with open_services(root / "data", autostart_worker=False) as svc:
             start = time.perf_counter()
-            analysis = svc.insights.shift_analysis(run_id)
+            analysis = insights.shift_analysis(svc.store, run_id)
             compute = time.perf_counter() - start
         meta = analysis.meta
         print(

@@ -26,9 +26,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from dallmi_core.app.demo import ensure_demo_project  # noqa: E402
-from dallmi_core.app.process import rss_bytes  # noqa: E402
+from dallmi_core.app.process import rss_bytes, worker_running  # noqa: E402
 from dallmi_core.app.services import open_services  # noqa: E402
-from dallmi_core.app.worker import worker_running  # noqa: E402
 
 MB = 2**20
 

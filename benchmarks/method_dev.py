@@ -27,9 +27,9 @@ from dallmi_core.evaluation.metrics import ap_report
 from dallmi_core.modeling.model import load_classifier
 from dallmi_core.modeling.scoring import logits_for
 from dallmi_core.modeling.tokens import TokenizedCorpus
+from dallmi_core.training.adapt import adapt, interpolate_weights
 from dallmi_core.training.callbacks import Callback
 from dallmi_core.training.prototype import features_and_logits, fold_prototypes
-from dallmi_core.training.train import adapt, interpolate_weights
 
 DATASETS = ("arxiv_shift", "movies_shift", "pubmed_shift")
 CANDIDATES = {

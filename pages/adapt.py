@@ -2,8 +2,8 @@
 
 import streamlit as st
 
-from dallmi_core.app import system
 from dallmi_core.app.services import PENDING
+from dallmi_core.app.system import system_info
 from ui import gate, run_views, session, widgets
 
 svc = gate.start()
@@ -11,8 +11,8 @@ project = gate.current_project()
 st.title("Adapt")
 
 with st.spinner("Checking this machine's devices…"):
-    system = system.system_info()
-st.caption(f"This machine: {system.summary}." + (f" ({system.note})" if system.note else ""))
+    machine = system_info()
+st.caption(f"This machine: {machine.summary}." + (f" ({machine.note})" if machine.note else ""))
 
 
 @st.fragment(run_every=5)
@@ -146,7 +146,7 @@ def field(name: str):
     label, help = LABELS.get(name, (name, None))
     value, key = values.get(name), f"{preset}-{name}"
     if name == "device":
-        options = [d for d in choices["device"] if d in system.devices]
+        options = [d for d in choices["device"] if d in machine.devices]
         return st.selectbox(label, options, index=options.index(value) if value in options else 0, key=key, help=help)
     if name in choices:
         options = list(choices[name])

@@ -72,7 +72,7 @@ def _stop_worker(data_dir) -> None:
     """End a worker some test left serving `data_dir` (it runs in its own session, so it outlives us)."""
     import signal
 
-    from dallmi_core.app.worker import worker_running
+    from dallmi_core.app.process import worker_running
 
     lock = data_dir / "worker.lock"
     if not worker_running(data_dir):  # a stale pid in the lock file may belong to anyone now

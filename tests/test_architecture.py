@@ -102,13 +102,13 @@ def test_imports_follow_the_allowed_arrows():
     ("module", "line", "allowed"),
     [
         ("dallmi_core.method.losses", "from dallmi_core.app.services import Services", False),
-        ("dallmi_core.modeling.model", "from dallmi_core.training import train", False),
+        ("dallmi_core.modeling.model", "from dallmi_core.training import adapt", False),
         ("dallmi_core.modeling.model", "from dallmi_core import bench", False),
-        ("dallmi_core.store.db", "from ..training.train import adapt", False),
-        ("dallmi_core.training.train", "def f():\n    import dallmi_core.app.jobs", False),
+        ("dallmi_core.store.db", "from ..training.adapt import adapt", False),
+        ("dallmi_core.training.adapt", "def f():\n    import dallmi_core.app.jobs", False),
         ("dallmi_core.data.corpus", "import streamlit as st", False),
-        ("dallmi_core.app.jobs", "from dallmi_core.training.train import adapt", True),
-        ("dallmi_core.bench.quality", "from dallmi_core.training.train import adapt", True),
+        ("dallmi_core.app.jobs", "from dallmi_core.training.adapt import adapt", True),
+        ("dallmi_core.bench.quality", "from dallmi_core.training.adapt import adapt", True),
         ("dallmi_core.store.documents", "from dallmi_core.data.corpus import Corpus", True),
     ],
 )

@@ -179,6 +179,9 @@ def run_details(status: RunStatus, *, live: bool) -> None:
         )
     if status.error:
         st.error(status.error)
+        if status.traceback:
+            with st.expander("Traceback (for a bug report)"):
+                st.code(status.traceback, language="text")
 
 
 @st.fragment(run_every=2)

@@ -170,8 +170,8 @@ def slug(name: str) -> str:
 
 
 def exported(export: Callable[..., Path], *args: Any, file_name: str, **options: Any) -> Callable[[], bytes]:
-    """A st.download_button callable: runs services.export_*(..., path=<temp dir>/file_name) on click and
-    returns the file's bytes, so nothing is built on page load and nothing piles up under exports/."""
+    """A st.download_button callable: runs an exporter.export_*(store, ..., path=<temp dir>/file_name) on
+    click and returns the file's bytes, so nothing is built on page load and nothing piles up under exports/."""
 
     def build() -> bytes:
         with tempfile.TemporaryDirectory(prefix="dallmi-export-") as tmp:
@@ -183,7 +183,7 @@ def exported(export: Callable[..., Path], *args: Any, file_name: str, **options:
 def download(
     label: str, export: Callable[..., Path], *args: Any, file_name: str, mime: str, key: str, **options: Any
 ) -> None:
-    """A download button whose file services.export_* writes when it is clicked."""
+    """A download button whose file an exporter.export_* function writes when it is clicked."""
     st.download_button(
         label,
         data=exported(export, *args, file_name=file_name, **options),

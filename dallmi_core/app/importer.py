@@ -7,9 +7,9 @@ that document its gold labels (counted as attached), so gold is never lost. The 
 text is an error naming both rows. Columns beyond text/id/labels/domain are kept as the document's
 metadata and registered in the project's metadata columns, which every export writes back.
 
-Files are read in chunks (CSV/TSV by pandas `chunksize`, JSONL by line, Parquet by record
-batches) and every chunk goes through data.py's decoding policy and row validation, so an import
-and `read_corpus` accept and reject exactly the same rows with the same messages. The whole import
+Files are read in chunks by data.reader (the reader read_corpus uses too), decoded by textfile's
+policy and validated by data.corpus.validate_rows, so an import and `read_corpus` accept and reject
+exactly the same rows with the same messages. The whole import
 is one transaction: any error rolls it back, leaving the project exactly as before.
 
 Labels, by `label_policy`:
@@ -23,25 +23,16 @@ Labels, by `label_policy`:
 
 from __future__ import annotations
 
-import csv
-import json
 import os
 import re
-import warnings
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NamedTuple
 
 import pandas as pd
 
-from dallmi_core.data.corpus import (
-    DOMAINS,
-    SUPPORTED_SUFFIXES,
-    _check_text_column,
-    _read_json,
-    validate_rows,
-)
+from dallmi_core.data.corpus import DOMAINS, validate_rows
+from dallmi_core.data.reader import check_file, read_chunks
 from dallmi_core.data.textfile import file_delimiter, sniff_encoding
 from dallmi_core.errors import DataError
 from dallmi_core.store import Project, Store, content_hash
@@ -159,128 +150,18 @@ def numeric_text_warning(texts, column: str) -> str | None:
     return None
 
 
-def _check_path(path) -> tuple[Path, str]:
-    path = Path(path)
-    suffix = path.suffix.lower()
-    if not path.is_file():
-        what = "is a directory, not a file" if path.is_dir() else f"not found at {path}"
-        raise DataError(f"{path.name or path}: {what}. Check the path.")
-    if suffix not in SUPPORTED_SUFFIXES:
-        raise DataError(
-            f"{path.name}: unsupported file type {suffix or '(no suffix)'!r}; supported: "
-            f"{', '.join(SUPPORTED_SUFFIXES)}. Save it in one of these formats."
-        )
-    size, limit = path.stat().st_size, max_import_bytes()
-    if size == 0:
-        raise DataError(f"{path.name}: is empty (0 bytes). Add at least one document.")
-    if size > limit:
-        raise DataError(
-            f"{path.name}: is {size:,} bytes, over the import limit of {limit:,} bytes "
-            f"(${MAX_IMPORT_ENV}). Split it into smaller files, or raise the limit."
-        )
-    return path, suffix[1:]
-
-
-def _read_chunks(
-    path: Path, fmt: str, encoding: str, mapping: ColumnMapping, size: int, *, require_text: bool = True
-) -> Iterator[tuple[list, list[str] | None]]:
-    """(rows, columns or None) chunks of at most `size` rows; parsing errors become DataErrors."""
-    name = path.name
-    if fmt in ("csv", "tsv"):
-        sep = file_delimiter(path, encoding, f".{fmt}")
-        with open(path, encoding=encoding, newline="") as handle:
-            try:  # the header first: a wrong delimiter otherwise shows as a confusing parse error
-                header = [c.strip() for c in next(csv.reader(handle, delimiter=sep), [])]
-            except csv.Error:
-                header = None
-        if header is not None and not any(header):
-            raise DataError(f"{name}: is empty. Add a header row and at least one document.")
-        if header is not None and require_text:
-            _check_text_column(header, mapping.text, name)
-        with open(path, encoding=encoding, newline="") as handle:
-            reader = None
-            while True:
-                try:
-                    with warnings.catch_warnings():  # only around pandas: the generator yields below
-                        warnings.simplefilter("error", pd.errors.ParserWarning)
-                        if reader is None:
-                            reader = pd.read_csv(
-                                handle, sep=sep, dtype=str, keep_default_na=False, index_col=False, chunksize=size
-                            )
-                        frame = next(reader)
-                except StopIteration:
-                    return
-                except (pd.errors.ParserError, pd.errors.EmptyDataError, ValueError, pd.errors.ParserWarning) as exc:
-                    raise DataError(
-                        f"{name}: could not parse as {fmt.upper()}: {exc}. Check the delimiter and quoting "
-                        "(a field with the delimiter, quotes or line breaks must be in double quotes; rows "
-                        "need as many fields as the header)."
-                    ) from exc
-                frame.columns = [str(c).strip() for c in frame.columns]
-                if not frame.empty:
-                    yield frame.to_dict("records"), list(frame.columns)
-    elif fmt == "parquet":
-        yield from _parquet_chunks(path, mapping, size, require_text)
-    elif fmt == "json":  # a JSON array cannot be streamed without a streaming parser: use JSONL for big files
-        rows, _ = _read_json(path.read_text(encoding=encoding), name, allow_array=True)
-        for start in range(0, len(rows), size):
-            yield rows[start : start + size], None
-    else:  # jsonl, txt: one record per line
-        rows: list = []
-        with open(path, encoding=encoding, newline="") as handle:
-            for lineno, line in enumerate(handle, start=1):
-                if not line.strip():
-                    continue
-                if fmt == "txt":
-                    rows.append({mapping.id or "id": f"line-{lineno}", mapping.text: line.strip()})
-                else:
-                    try:
-                        rows.append(json.loads(line))
-                    except json.JSONDecodeError as exc:
-                        raise DataError(
-                            f"{name}: invalid JSON on line {lineno} (column {exc.colno}): "
-                            f"{exc.msg}. Each line must be one JSON object."
-                        ) from exc
-                if len(rows) >= size:
-                    yield rows, None
-                    rows = []
-        if rows:
-            yield rows, None
-
-
-def _parquet_chunks(path: Path, mapping: ColumnMapping, size: int, require_text: bool):
-    import pyarrow.parquet as pq
-
-    name = path.name
-    with open(path, "rb") as handle:
-        head = handle.read(4)
-        handle.seek(max(path.stat().st_size - 4, 0))  # a file shorter than 4 bytes has no footer
-        if not (head == b"PAR1" and handle.read(4) == b"PAR1"):
-            raise DataError(
-                f"{name}: is not a Parquet file (no PAR1 magic bytes). Export it again as "
-                "Parquet, or give it the suffix of its real format."
-            )
-    try:
-        parquet = pq.ParquetFile(path)
-        columns = [str(c) for c in parquet.schema_arrow.names]
-        if require_text:
-            _check_text_column(columns, mapping.text, name)
-        for batch in parquet.iter_batches(batch_size=size):  # row group by row group
-            yield batch.to_pylist(), columns
-    except DataError:
-        raise
-    except Exception as exc:  # pyarrow raises many types for corrupt files
-        raise DataError(f"{name}: is not a readable Parquet file ({exc}). Export it again.") from exc
-
-
 def preview_import(path, mapping: ColumnMapping | None = None, n: int = 20) -> ImportPreview:
     """The first `n` rows as read (no validation), to choose the column mapping; the encoding is
     sniffed from the first MiB only (the import checks the whole file)."""
     mapping = mapping or ColumnMapping()
-    path, fmt = _check_path(path)
+    path = Path(path)
+    fmt = check_file(path, max_import_bytes(), MAX_IMPORT_ENV)
     encoding, warning = ("binary", None) if fmt == "parquet" else sniff_encoding(path, limit=1 << 20)
     notes = [warning] if warning else []
-    rows, columns = next(_read_chunks(path, fmt, encoding, mapping, n, require_text=False), ([], None))
+    chunks = read_chunks(
+        path, fmt, encoding, n, text_column=mapping.text, id_column=mapping.id or "id", require_text=False
+    )
+    rows, columns = next(chunks, ([], None))
     rows = rows[:n]
     columns = columns or list(dict.fromkeys(k for row in rows if isinstance(row, dict) for k in row))
     if mapping.text not in columns:
@@ -332,14 +213,16 @@ def import_file(
     if domain is not None and domain not in DOMAINS:
         raise DataError(f"domain {domain!r} is not one of {', '.join(DOMAINS)}.")
     project = store.get_project(project_id)
-    path, fmt = _check_path(path)
+    path = Path(path)
+    fmt = check_file(path, max_import_bytes(), MAX_IMPORT_ENV)
     encoding, warning = ("binary", None) if fmt == "parquet" else sniff_encoding(path)
     delimiter = file_delimiter(path, encoding, f".{fmt}") if fmt in ("csv", "tsv") else None
     report = ImportReport(str(path), encoding, delimiter, warnings=[warning] if warning else [])
     with store.transaction(), store.deferred_search_index():
         store.forget_keys()
         state: dict = {"action": None}
-        for rows, columns in _read_chunks(path, fmt, encoding, mapping, chunk_rows):
+        chunks = read_chunks(path, fmt, encoding, chunk_rows, text_column=mapping.text, id_column=mapping.id or "id")
+        for rows, columns in chunks:
             _import_chunk(store, project, path.name, fmt, rows, columns, mapping, domain, label_policy, report, state)
         if report.rows_read == 0:
             raise DataError(f"{path.name}: has no data rows. Add at least one document.")

@@ -168,7 +168,8 @@ def fresh_mixup(store: Store, run_id: int, label: str, *, n: int = MIXUP_FRESH, 
     cached = store.load_analysis(run.id, "mixup", params)
     if cached is not None:
         return pd.DataFrame(cached[1])
-    from dallmi_core.method.mixup import draw_pairs, mixup_target, score_pairs
+    from dallmi_core.app.mixup_view import draw_pairs
+    from dallmi_core.method.mixup import mixup_target, score_pairs
     from dallmi_core.modeling.tokens import TokenizedCorpus
 
     labels = list(run.prediction_labels or ())
@@ -214,7 +215,7 @@ def decoded_pair(store: Store, run_id: int, positive_doc: int, unlabeled_doc: in
     cached = store.load_analysis(run.id, "mixup_decode", params)
     if cached is not None:
         return pd.DataFrame(cached[0]["rows"])
-    from dallmi_core.method.mixup import decode_pair
+    from dallmi_core.app.mixup_view import decode_pair
 
     docs = {d.id: d.text for d in store.get_documents(run.project_id, ids=[int(positive_doc), int(unlabeled_doc)])}
     if len(docs) < len({int(positive_doc), int(unlabeled_doc)}):

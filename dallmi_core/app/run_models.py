@@ -25,7 +25,7 @@ def _stamp(folder: str) -> int:
 @lru_cache(maxsize=4)
 def _load(source: str, backbone: str, labels: tuple[str, ...], seed: int, stamp: int):
     """A classifier in eval mode on the best device: a model folder, or (no source model: pure PU) the
-    run's seeded fresh head on its backbone, as jobs._fresh_classifier built it."""
+    run's seeded fresh head on its backbone, as jobs.common.fresh_classifier built it."""
     import torch
 
     from dallmi_core.modeling.model import load_classifier, new_classifier, resolve_device

@@ -19,10 +19,11 @@ from pathlib import Path
 import numpy as np
 
 from dallmi_core.app import candidates, exporter, importer
+from dallmi_core.app.jobs import RUN_KINDS
 from dallmi_core.app.presence import AppHeartbeat, WorkerStatus, ensure_worker, worker_status
-from dallmi_core.app.worker import RUN_KINDS, worker_running
+from dallmi_core.app.process import worker_running
 from dallmi_core.config import AdaptConfig, SourceConfig, precision_words
-from dallmi_core.errors import ConfigError, DataError, RunStateError
+from dallmi_core.errors import ConfigError, DataError, RunStateError, StoreError
 from dallmi_core.store import Project, Run, Store, open_store
 
 RECOMMENDED_TAGS = 8  # positives per label below which the coverage meter warns
@@ -50,6 +51,7 @@ class RunStatus:
     progress: dict
     metrics: dict
     error: str | None
+    traceback: str | None  # the full traceback of a failed run (the error is its last line)
     attempts: int
     heartbeat_age_s: float | None  # seconds since the worker last reported (running runs only)
     worker_alive: bool
@@ -171,13 +173,25 @@ class Services:
         return self.store.get_project(project_id)
 
     def delete_project(self, project_id: int) -> None:
-        """Rows go by cascade (a running run sees that and stops); finished runs' folders go too."""
+        """Rows go by cascade (a running run sees that and stops); finished runs' folders go too. A
+        folder that cannot be removed is named in a StoreError (the rows are gone either way)."""
         runs = self.store.list_runs(project_id)
         self.store.delete_project(project_id)
+        stuck = []
         for run in runs:
             if run.status != "running":
                 for folder in (self.store.models_dir / f"run-{run.id}", self.data_dir / "runs" / str(run.id)):
-                    shutil.rmtree(folder, ignore_errors=True)
+                    try:
+                        shutil.rmtree(folder)
+                    except FileNotFoundError:
+                        pass
+                    except OSError as exc:
+                        stuck.append(f"{folder} ({exc.strerror or exc})")
+        if stuck:
+            raise StoreError(
+                f"project {project_id} is deleted, but these folders could not be removed: {'; '.join(stuck)}. "
+                "Remove them by hand to free the disk space."
+            )
 
     # ---- data -------------------------------------------------------------------------------------
 
@@ -322,6 +336,7 @@ class Services:
             run.progress,
             run.metrics,
             run.error,
+            run.traceback,
             run.attempts,
             age,
             alive,

@@ -3,7 +3,7 @@
 Always a fresh interpreter (`python -m dallmi_core.app.worker`), never a thread or fork of the app
 server: Streamlit reruns pages on every click, and CUDA cannot re-initialise in a forked child.
 One worker per data directory (an exclusive flock on `worker.lock`). This module is the process:
-the queue loop, the heartbeats, signals, its life; what each run kind does is in `jobs.py`, the lock,
+the queue loop, the heartbeats, signals, its life; what each run kind does is in `jobs/`, the lock,
 memory and exec mechanics in `process.py`. torch is imported only when a run executes, so the lock
 check is instant and the services import the lock helpers cheaply.
 
@@ -25,21 +25,13 @@ import socket
 import sys
 import threading
 import time
+import traceback
 from pathlib import Path
 from typing import IO
 
-from dallmi_core.app.jobs import EXECUTORS, RUN_KINDS, Job, Stopped
-from dallmi_core.app.process import (  # noqa: F401 - the lock helpers, re-exported for services, tests, benchmarks
-    LOCK_FILE,
-    LOG_FILE,
-    acquire_lock,
-    exec_fresh,
-    inherited_lock,
-    release_memory,
-    rss_bytes,
-    worker_pid,
-    worker_running,
-)
+from dallmi_core.app.jobs import EXECUTORS, RUN_KINDS
+from dallmi_core.app.jobs.job import Job, Stopped
+from dallmi_core.app.process import acquire_lock, exec_fresh, inherited_lock, release_memory, rss_bytes
 from dallmi_core.errors import ConfigError, DallmiError
 from dallmi_core.store import Run, Store, data_dir, open_store
 
@@ -60,7 +52,7 @@ def report_interval() -> float:
     return float(os.environ.get("DALLMI_WORKER_REPORT_INTERVAL") or 5.0)
 
 
-# ---- one run's heartbeat (what a run does is in jobs.py) -----------------------------------------
+# ---- one run's heartbeat (what a run does is in jobs/) -------------------------------------------
 
 
 class Heartbeat:
@@ -215,7 +207,8 @@ class Worker:
                 status, outcome = "failed", {"error": str(exc)}
             except Exception as exc:  # a bug or a crash in a library: record it and serve the next run
                 log.exception("run %d crashed", run.id)
-                status, outcome = "failed", {"error": f"{type(exc).__name__}: {exc}"}
+                error, trace = f"{type(exc).__name__}: {exc}", traceback.format_exc()
+                status, outcome = "failed", {"error": error, "traceback": trace}
         if job.lost.is_set():
             log.warning("run %d is no longer ours (deleted or declared dead); its result is dropped", run.id)
             return None

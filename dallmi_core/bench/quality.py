@@ -26,8 +26,9 @@ from dallmi_core.evaluation.metrics import ap_report, f1_macro, f1_macro_best, t
 from dallmi_core.modeling.model import Classifier, load_classifier, new_classifier, save_classifier
 from dallmi_core.modeling.scoring import logits_for, sigmoid
 from dallmi_core.modeling.tokens import TokenizedCorpus
+from dallmi_core.training.adapt import adapt, calibrate_source_on_target
 from dallmi_core.training.callbacks import Callback, TqdmProgress
-from dallmi_core.training.train import adapt, calibrate_source_on_target, finetune_source
+from dallmi_core.training.source import finetune_source
 
 METHODS = ("tfidf-source", "source-only", "bce-partial", "aad", "dallmi", DEFAULT_METHOD, "target-oracle")
 # Per-method settings on top of the shared AdaptConfig (whose defaults are the default method's). The

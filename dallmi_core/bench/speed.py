@@ -36,8 +36,9 @@ from dallmi_core.bench.speed_reference import CountingTokenizer, PaddedCorpus, c
 from dallmi_core.config import AdaptConfig
 from dallmi_core.data.corpus import Corpus
 from dallmi_core.evaluation.metrics import ap_report
+from dallmi_core.method.mixup import draw_mixup
 from dallmi_core.method.sampling import LabelBalancedSampler
-from dallmi_core.method.step import draw_mixup, reference_dallmi_step, vectorised_dallmi_step
+from dallmi_core.method.step import reference_dallmi_step, vectorised_dallmi_step
 from dallmi_core.modeling import fast_inference
 from dallmi_core.modeling.model import eager_attention, load_classifier, new_classifier
 from dallmi_core.modeling.precision import cpu_bf16, resolve_precision

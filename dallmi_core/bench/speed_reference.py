@@ -27,9 +27,9 @@ import torch
 
 from dallmi_core.config import AdaptConfig
 from dallmi_core.method.losses import dallmi_objective, mixup_term, variational_term
+from dallmi_core.method.mixup import MixupDraws, mix_sequences
 from dallmi_core.method.sampling import BalancedBatch
-from dallmi_core.method.step import MixupDraws, _base_embeddings, _logits_from_base, _mix
-from dallmi_core.modeling.model import forward_logits
+from dallmi_core.modeling.model import base_embeddings, forward_logits, logits_from_base
 
 OFFICIAL_MAX_LENGTH = 128
 
@@ -94,12 +94,12 @@ def cycle_reference_step(
             continue
         u_rows = rows_u[mix.pair_u[label]]
         p_rows = rows_p[i][mix.pair_p[label]]
-        base = _base_embeddings(model, ids[np.concatenate([u_rows, p_rows])], cfg.mixup_at)
+        base = base_embeddings(model, ids[np.concatenate([u_rows, p_rows])], cfg.mixup_at)
         pair_mask = mask[np.concatenate([u_rows, p_rows])]
         m = len(u_rows)
         mu = torch.as_tensor(mix.mu[label], device=device)
-        mixed, mixed_mask = _mix(base[:m], base[m:], pair_mask[:m], pair_mask[m:], mu)
-        z_mixed = _logits_from_base(model, mixed, mixed_mask, cfg.mixup_at)[:, label]
+        mixed, mixed_mask = mix_sequences(base[:m], base[m:], pair_mask[:m], pair_mask[m:], mu)
+        z_mixed = logits_from_base(model, mixed, mixed_mask, cfg.mixup_at)[:, label]
         z_u_pair = forward_logits(model, input_ids=ids[u_rows], attention_mask=mask[u_rows])[:, label]
         r_terms.append(mixup_term(z_u_pair[None, :], z_mixed[None, :], mu[None, :], cfg.variational, cfg.detach_target))
     variational = torch.cat(v_terms)

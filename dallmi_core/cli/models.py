@@ -73,7 +73,7 @@ def cmd_finetune_source(args) -> None:
     from dallmi_core.modeling.model import new_classifier, save_classifier
     from dallmi_core.training.callbacks import TqdmProgress
     from dallmi_core.training.distributed import is_main
-    from dallmi_core.training.train import finetune_source
+    from dallmi_core.training.source import finetune_source
 
     corpus = read_corpus(args.data).where_domain("source")
     if len(corpus) == 0:
@@ -96,9 +96,9 @@ def cmd_adapt(args) -> None:
     from dallmi_core.config import AdaptConfig
     from dallmi_core.data.corpus import read_corpus
     from dallmi_core.modeling.model import load_classifier, save_classifier
+    from dallmi_core.training.adapt import adapt
     from dallmi_core.training.callbacks import CheckpointEvery, TqdmProgress
     from dallmi_core.training.distributed import gather, is_main
-    from dallmi_core.training.train import adapt
 
     clf = load_classifier(args.model)
     corpus = read_corpus(args.target).where_domain("target")

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from dallmi_core.data.reader import SUPPORTED_SUFFIXES, check_text_column, read_chunks
+from dallmi_core.data.reader import check_file, check_text_column, read_chunks
 from dallmi_core.data.textfile import EncodingFallbackWarning, sniff_encoding
 from dallmi_core.errors import DataError
 
@@ -230,41 +230,21 @@ def read_corpus(
     """Read a corpus file by its suffix; pure (reads only), every bad input a DataError."""
     path = Path(path)
     name = path.name or str(path)
-    suffix = path.suffix.lower()
-    if not path.exists():
-        raise _fail(name, f"file not found at {path}. Check the path.")
-    if path.is_dir():
-        raise _fail(name, "is a directory, not a file. Choose a data file inside it.")
-    if suffix not in SUPPORTED_SUFFIXES:
-        raise _fail(
-            name,
-            f"unsupported file type {suffix or '(no suffix)'!r}; supported: "
-            f"{', '.join(SUPPORTED_SUFFIXES)}. Save it in one of these formats.",
-        )
     try:
-        size = path.stat().st_size
-        if max_bytes is not None and size > max_bytes:
-            raise _fail(
-                name,
-                f"is {size:,} bytes, over the limit of {max_bytes:,}. Split it into smaller files or raise the limit.",
-            )
-        if suffix == ".parquet" and size == 0:
-            raise _fail(name, "is empty (0 bytes). Export the data again.")
+        fmt = check_file(path, max_bytes)
         rows: list = []
         columns = None
-        encoding, warning = ("binary", None) if suffix == ".parquet" else sniff_encoding(path)
+        encoding, warning = ("binary", None) if fmt == "parquet" else sniff_encoding(path)
         if warning:
             warnings.warn(warning, EncodingFallbackWarning, stacklevel=2)
         for chunk, chunk_columns in read_chunks(
-            path, suffix[1:], encoding, 10_000, text_column=text_column, id_column=id_column
+            path, fmt, encoding, 10_000, text_column=text_column, id_column=id_column
         ):
             rows += chunk
             columns = columns or chunk_columns
     except OSError as exc:
         raise _fail(name, f"cannot be read ({exc.strerror or exc}). Check permissions.") from exc
-    if not rows and suffix in (".csv", ".tsv"):
-        raise _fail(name, "has a header but no data rows. Add at least one document.")
-    if not rows and suffix != ".parquet":
+    if not rows and fmt not in ("csv", "tsv", "parquet"):  # blank; a header alone has "no data rows"
         raise _fail(name, "is empty. Add at least one document.")
     return validate_rows(
         rows,

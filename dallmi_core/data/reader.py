@@ -21,6 +21,33 @@ from dallmi_core.errors import DataError
 SUPPORTED_SUFFIXES = (".csv", ".tsv", ".jsonl", ".json", ".parquet", ".txt")
 
 
+def check_file(path: Path, max_bytes: int | None, limit_env: str | None = None) -> str:
+    """The checks every read starts with (a file, supported, not empty, not too big); its format.
+
+    `limit_env` names the variable that sets the import's size limit, so the message says how to raise it.
+    """
+    name = path.name or str(path)
+    suffix = path.suffix.lower()
+    if not path.is_file():
+        what = "is a directory, not a file. Choose a data file inside it" if path.is_dir() else f"not found at {path}"
+        raise DataError(f"{name}: {what}. Check the path.")
+    if suffix not in SUPPORTED_SUFFIXES:
+        raise DataError(
+            f"{name}: unsupported file type {suffix or '(no suffix)'!r}; supported: "
+            f"{', '.join(SUPPORTED_SUFFIXES)}. Save it in one of these formats."
+        )
+    size = path.stat().st_size
+    if size == 0:
+        raise DataError(f"{name}: is empty (0 bytes). Add at least one document.")
+    if max_bytes is not None and size > max_bytes:
+        raise DataError(
+            f"{name}: is {size:,} bytes, over the {'import ' if limit_env else ''}limit of {max_bytes:,} bytes"
+            f"{f' (${limit_env})' if limit_env else ''}. "
+            "Split it into smaller files, or raise the limit."
+        )
+    return suffix[1:]
+
+
 def _delimiter_hint(columns: Sequence[str]) -> str:
     if len(columns) != 1:
         return ""

@@ -1,6 +1,6 @@
 """How a text file is read: its encoding and, for delimited files, its delimiter.
 
-One policy for a whole-file read (data.read_corpus) and a streamed import (importer): UTF-8 (with
+One policy for every read (read_corpus and the streamed import both call sniff_encoding): UTF-8 (with
 or without a BOM) and UTF-16 by its BOM are taken as they are; any other file is a legacy
 8-bit export, most often from Windows or Excel, so Windows-1252 is tried before Latin-1 (Latin-1
 decodes every byte, so it would turn smart quotes, dashes and the euro sign into control
@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import codecs
 import csv
-import warnings
 from pathlib import Path
 
 from dallmi_core.errors import DataError
@@ -109,26 +108,6 @@ def sniff_encoding(path, *, limit: int | None = None, block: int = 1 << 20) -> t
             if not chunk or (limit is not None and offset >= limit):
                 return codec, None
             chunk = handle.read(block)
-
-
-def decode_bytes(data: bytes, name: str) -> str:
-    """A whole file's text by the same policy as sniff_encoding; a legacy encoding warns."""
-    utf16 = data.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE))
-    if not utf16 and b"\x00" in data:
-        raise _nul_error(name)
-    bom = codecs.BOM_UTF8 if data.startswith(codecs.BOM_UTF8) else b""
-    try:
-        return data.decode("utf-16") if utf16 else data[len(bom) :].decode("utf-8")
-    except UnicodeDecodeError as exc:
-        if utf16 or bom:
-            raise _bom_error(name, exc) from exc
-        codec = legacy_codec(data[:SAMPLE_BYTES])
-        try:
-            text = data.decode(codec)
-        except UnicodeDecodeError:
-            codec, text = "latin-1", data.decode("latin-1")
-        warnings.warn(fallback_message(name, exc.reason, exc.start, codec), EncodingFallbackWarning, stacklevel=3)
-        return text
 
 
 def sniff_delimiter(sample: str, default: str = ",") -> str:

@@ -1,9 +1,9 @@
-"""MixUp samples for display: fresh pairs, their scores under a model, and the mixed input "decoded".
+"""MixUp on word embeddings, as training does it: the draws, the mix, its target, scoring pairs.
 
-The same mixing as training (step.py): x~ = mu * W[u] + (1 - mu) * W[p] over word embeddings, mu
-weighting the UNLABELED document u, the attention mask the elementwise max of both; the target is
-t = mu * phi(u) + (1 - mu) (DESIGN.md section 4). Decoding maps every mixed word embedding to its
-nearest vocabulary token by cosine similarity, so a person sees what the model was trained on.
+x~ = mu * W[u] + (1 - mu) * W[p] over word embeddings (or the embeddings module's output, `mixup_at`),
+mu weighting the UNLABELED document u, the attention mask the elementwise max of both; the target is
+t = mu * phi(u) + (1 - mu) (DESIGN.md section 4). The display of a mix (decoding it into tokens)
+is app/mixup_view.py's.
 """
 
 from __future__ import annotations
@@ -14,36 +14,34 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from dallmi_core.errors import DataError
-from dallmi_core.method.step import _base_embeddings, _logits_from_base, _mix
-from dallmi_core.modeling.model import word_embedding_matrix
+from dallmi_core.method.sampling import BalancedBatch
+from dallmi_core.modeling.model import base_embeddings, logits_from_base
 from dallmi_core.modeling.scoring import sigmoid
 from dallmi_core.modeling.tokens import TokenizedCorpus
 
 
 @dataclass(frozen=True)
-class Pairs:
-    """Document ids of (tagged positive, unlabeled) pairs and their mu ~ Beta(alpha, alpha)."""
+class MixupDraws:
+    """For each label and pair: a position in the unlabeled batch, one in the label's positives, mu."""
 
-    positive: np.ndarray  # int64 [n]
-    unlabeled: np.ndarray  # int64 [n]
-    mu: np.ndarray  # float32 [n], weights the unlabeled document
+    pair_u: np.ndarray  # [L, m]
+    pair_p: np.ndarray  # [L, m]
+    mu: np.ndarray  # [L, m] float32, mu ~ Beta(alpha, alpha), weights the unlabeled document
 
 
-def draw_pairs(
-    positives: Sequence[int], unlabeled: Sequence[int], n: int, *, alpha: float = 0.3, seed: int = 0
-) -> Pairs:
-    """n fresh pairs as training draws them: a tagged positive, an unlabeled document, mu ~ Beta(alpha, alpha)."""
-    if not len(positives):
-        raise DataError("no document is tagged with this label, so there is nothing to mix: tag a few positives.")
-    if not len(unlabeled):
-        raise DataError("there are no target documents to mix with: import the target text first.")
-    rng = np.random.default_rng(seed)
-    return Pairs(
-        positive=rng.choice(np.asarray(positives, dtype=np.int64), size=n),
-        unlabeled=rng.choice(np.asarray(unlabeled, dtype=np.int64), size=n),
-        mu=rng.beta(alpha, alpha, size=n).astype(np.float32),
+def draw_mixup(rng: np.random.Generator, batch: BalancedBatch, pairs: int, alpha: float) -> MixupDraws:
+    labels, k = batch.positives.shape
+    return MixupDraws(
+        pair_u=rng.integers(0, len(batch.unlabeled), size=(labels, pairs)),
+        pair_p=rng.integers(0, k, size=(labels, pairs)),
+        mu=rng.beta(alpha, alpha, size=(labels, pairs)).astype(np.float32),
     )
+
+
+def mix_sequences(base_u: torch.Tensor, base_p: torch.Tensor, mask_u, mask_p, mu: torch.Tensor):
+    """x~ = mu * E(u) + (1 - mu) * E(p); attention mask = elementwise max of both."""
+    mu = mu.to(base_u.dtype).view(-1, 1, 1)
+    return mu * base_u + (1 - mu) * base_p, torch.maximum(mask_u, mask_p)
 
 
 def mixup_target(phi_u, mu) -> np.ndarray:
@@ -78,11 +76,11 @@ def score_pairs(
                 part = slice(start, start + batch_size)
                 m = len(rows_u[part])
                 ids, mask = (t.to(device) for t in tokens.collate(np.r_[rows_u[part], rows_p[part]]))
-                base = _base_embeddings(model, ids, mixup_at)
-                mixed, mixed_mask = _mix(
+                base = base_embeddings(model, ids, mixup_at)
+                mixed, mixed_mask = mix_sequences(
                     base[:m], base[m:], mask[:m], mask[m:], torch.as_tensor(mu[part], device=device)
                 )
-                logits = _logits_from_base(
+                logits = logits_from_base(
                     model, torch.cat([base[:m], mixed]), torch.cat([mask[:m], mixed_mask]), mixup_at
                 )
                 label = torch.as_tensor(np.r_[labels[part], labels[part]], device=device)
@@ -110,45 +108,3 @@ class MixupRecord:
         """(phi(u), prediction phi(x~), target t) per row."""
         phi_u, prediction = self.score(self.unlabeled, self.positive, self.mu, self.labels)
         return phi_u, prediction, mixup_target(phi_u, self.mu)
-
-
-def decode_mixed(
-    embeddings, ids_u: Sequence[int], ids_p: Sequence[int], mu: float, pad_id: int
-) -> tuple[np.ndarray, np.ndarray]:
-    """Nearest vocabulary token (cosine) to each mixed word embedding, and that cosine similarity.
-
-    `embeddings` is the word-embedding matrix [V, H]; the shorter document is padded with `pad_id`
-    (as a batch pads it), so there is one position per token of the longer one. mu = 0 gives the
-    positive document's tokens, mu = 1 the unlabeled one's."""
-    w = torch.as_tensor(embeddings).detach().float()
-    width = max(len(ids_u), len(ids_p))
-    if not width:
-        raise DataError("both documents are empty: nothing to decode.")
-
-    def padded(ids: Sequence[int]) -> torch.Tensor:
-        return torch.as_tensor(list(ids) + [pad_id] * (width - len(ids)), dtype=torch.long)
-
-    mixed = mu * w[padded(ids_u)] + (1.0 - mu) * w[padded(ids_p)]
-    unit = w / w.norm(dim=1, keepdim=True).clamp_min(1e-12)
-    similarity = (mixed / mixed.norm(dim=1, keepdim=True).clamp_min(1e-12)) @ unit.T
-    best = similarity.max(dim=1)
-    return best.indices.numpy().astype(np.int64), best.values.numpy().astype(np.float32)
-
-
-def decode_pair(model, tokenizer, text_u: str, text_p: str, mu: float, *, max_length: int = 128) -> list[dict]:
-    """Per position: the unlabeled and positive tokens, the decoded nearest token and its similarity."""
-    tokens = TokenizedCorpus.build(tokenizer, [text_u, text_p], max_length)
-    ids_u, ids_p = tokens.ids[0].tolist(), tokens.ids[1].tolist()
-    nearest, similarity = decode_mixed(word_embedding_matrix(model), ids_u, ids_p, float(mu), tokens.pad_id)
-    width = len(nearest)
-    names = tokenizer.convert_ids_to_tokens
-    pad = names([tokens.pad_id])[0]
-    return [
-        {
-            "unlabeled": names([ids_u[i]])[0] if i < len(ids_u) else pad,
-            "positive": names([ids_p[i]])[0] if i < len(ids_p) else pad,
-            "mixed": name,
-            "similarity": float(similarity[i]),
-        }
-        for i, name in zip(range(width), names(nearest.tolist()), strict=True)
-    ]

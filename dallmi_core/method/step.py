@@ -14,46 +14,15 @@ is a collective that all ranks must call alike), keeps the single forward.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 import torch
 
 from dallmi_core.config import AdaptConfig
 from dallmi_core.method.losses import anchor_term, bce_loss, dallmi_objective, mixup_term, variational_term
+from dallmi_core.method.mixup import MixupDraws, mix_sequences
 from dallmi_core.method.sampling import BalancedBatch
-from dallmi_core.modeling.model import (
-    embeddings_module,
-    forward_from_embedding_output,
-    forward_logits,
-    word_embedding_matrix,
-)
+from dallmi_core.modeling.model import base_embeddings, forward_logits, logits_from_base
 from dallmi_core.modeling.tokens import TokenizedCorpus
-
-
-@dataclass(frozen=True)
-class MixupDraws:
-    """For each label and pair: a position in the unlabeled batch, one in the label's positives, mu."""
-
-    pair_u: np.ndarray  # [L, m]
-    pair_p: np.ndarray  # [L, m]
-    mu: np.ndarray  # [L, m] float32, mu ~ Beta(alpha, alpha), weights the unlabeled document
-
-
-def draw_mixup(rng: np.random.Generator, batch: BalancedBatch, pairs: int, alpha: float) -> MixupDraws:
-    labels, k = batch.positives.shape
-    return MixupDraws(
-        pair_u=rng.integers(0, len(batch.unlabeled), size=(labels, pairs)),
-        pair_p=rng.integers(0, k, size=(labels, pairs)),
-        mu=rng.beta(alpha, alpha, size=(labels, pairs)).astype(np.float32),
-    )
-
-
-def _mix(base_u: torch.Tensor, base_p: torch.Tensor, mask_u, mask_p, mu: torch.Tensor):
-    """x~ = mu * E(u) + (1 - mu) * E(p); attention mask = elementwise max of both."""
-    mu = mu.to(base_u.dtype).view(-1, 1, 1)
-    return mu * base_u + (1 - mu) * base_p, torch.maximum(mask_u, mask_p)
-
 
 # A CPU forward's fixed cost, in padded tokens: MiniLM's forward + backward measured 0 to 50 on
 # the loaded reference machine (docs/BENCHMARKS.md); set higher so that only cuts that save many
@@ -110,19 +79,7 @@ def _grouped_logits(model, base: torch.Tensor, mask: torch.Tensor, mixup_at: str
 def _logits_of(model, base: torch.Tensor, mask: torch.Tensor, mixup_at: str | None) -> torch.Tensor:
     if mixup_at is None:  # token ids
         return forward_logits(model, input_ids=base, attention_mask=mask)
-    return _logits_from_base(model, base, mask, mixup_at)
-
-
-def _base_embeddings(model, ids: torch.Tensor, mixup_at: str) -> torch.Tensor:
-    if mixup_at == "word_embeddings":
-        return word_embedding_matrix(model)[ids]
-    return embeddings_module(model)(input_ids=ids)
-
-
-def _logits_from_base(model, base: torch.Tensor, mask: torch.Tensor, mixup_at: str) -> torch.Tensor:
-    if mixup_at == "word_embeddings":
-        return forward_logits(model, inputs_embeds=base, attention_mask=mask)
-    return forward_from_embedding_output(model, base, mask)
+    return logits_from_base(model, base, mask, mixup_at)
 
 
 def vectorised_dallmi_step(
@@ -155,8 +112,8 @@ def vectorised_dallmi_step(
         pair_p = torch.as_tensor(mix.pair_p[act], device=device)
         mix_u_rows = rows_u[pair_u].reshape(-1)
         mix_p_rows = torch.gather(rows_p, 1, pair_p).reshape(-1)
-        base = _base_embeddings(model, ids, cfg.mixup_at)
-        mixed, mixed_mask = _mix(
+        base = base_embeddings(model, ids, cfg.mixup_at)
+        mixed, mixed_mask = mix_sequences(
             base[mix_u_rows],
             base[mix_p_rows],
             mask[mix_u_rows],
@@ -210,11 +167,11 @@ def reference_dallmi_step(
         u_docs = batch.unlabeled[mix.pair_u[label]]
         p_docs = batch.positives[label][mix.pair_p[label]]
         ids, mask = (t.to(device) for t in tokens.collate(np.concatenate([u_docs, p_docs]), pad_to))
-        base = _base_embeddings(model, ids, cfg.mixup_at)
+        base = base_embeddings(model, ids, cfg.mixup_at)
         m = len(u_docs)
         mu = torch.as_tensor(mix.mu[label], device=device)
-        mixed, mixed_mask = _mix(base[:m], base[m:], mask[:m], mask[m:], mu)
-        z_mixed = _logits_from_base(model, mixed, mixed_mask, cfg.mixup_at)[:, label]
+        mixed, mixed_mask = mix_sequences(base[:m], base[m:], mask[:m], mask[m:], mu)
+        z_mixed = logits_from_base(model, mixed, mixed_mask, cfg.mixup_at)[:, label]
         z_u_pair = logits_of(u_docs)[:, label]  # the official code forwards the chosen doc again
         r_terms.append(mixup_term(z_u_pair[None, :], z_mixed[None, :], mu[None, :], cfg.variational, cfg.detach_target))
     variational = torch.cat(v_terms)

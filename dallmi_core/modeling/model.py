@@ -242,6 +242,20 @@ def forward_from_embedding_output(model: nn.Module, hidden: torch.Tensor, attent
         handle.remove()
 
 
+def base_embeddings(model: nn.Module, ids: torch.Tensor, mixup_at: str) -> torch.Tensor:
+    """What MixUp mixes: the word embeddings of `ids`, or the embeddings module's whole output."""
+    if mixup_at == "word_embeddings":
+        return word_embedding_matrix(model)[ids]
+    return embeddings_module(model)(input_ids=ids)
+
+
+def logits_from_base(model: nn.Module, base: torch.Tensor, attention_mask, mixup_at: str) -> torch.Tensor:
+    """Logits from (mixed) `base_embeddings` output, entering the model where `mixup_at` took it."""
+    if mixup_at == "word_embeddings":
+        return forward_logits(model, inputs_embeds=base, attention_mask=attention_mask)
+    return forward_from_embedding_output(model, base, attention_mask)
+
+
 @contextlib.contextmanager
 def eager_attention(model: nn.Module, enabled: bool = True) -> Iterator[None]:
     """Eager instead of SDPA attention inside the block (a training forward on a CPU under bf16).

@@ -34,6 +34,7 @@ class Run:
     worker_pid: int | None
     cancel_requested: bool
     error: str | None
+    traceback: str | None  # the full Python traceback of a crashed run; `error` keeps its one-line message
     model_path: str | None
     checkpoint_dir: str | None
     metrics: dict
@@ -118,8 +119,8 @@ class RunsMixin(StoreBase):
             progress = {"stage": "resuming" if row["status"] == "interrupted" else "starting"}
             self.conn.execute(
                 "UPDATE runs SET status = 'running', worker_pid = ?, heartbeat_at = ?, "
-                "started_at = coalesce(started_at, ?), attempts = attempts + 1, error = NULL, progress = ? "
-                "WHERE id = ?",
+                "started_at = coalesce(started_at, ?), attempts = attempts + 1, error = NULL, traceback = NULL, "
+                "progress = ? WHERE id = ?",
                 (worker_pid, now, now, _dumps(progress), row[0]),
             )
             return self.get_run(row[0])
@@ -207,7 +208,7 @@ class RunsMixin(StoreBase):
                 )
             self.conn.execute(
                 "UPDATE runs SET status = 'interrupted', cancel_requested = 0, finished_at = NULL, "
-                "error = NULL WHERE id = ?",
+                "error = NULL, traceback = NULL WHERE id = ?",
                 (run_id,),
             )
             return self.get_run(run_id)
@@ -223,6 +224,7 @@ class RunsMixin(StoreBase):
         status: str,
         *,
         error: str | None = None,
+        traceback: str | None = None,
         model_path: str | None = None,
         metrics: Mapping | None = None,
     ) -> Run:
@@ -236,11 +238,12 @@ class RunsMixin(StoreBase):
                 raise RunStateError(f"run {run_id} is {run.status}, not running, so it cannot become {status}.")
             now = time.time()
             self.conn.execute(
-                "UPDATE runs SET status = ?, error = ?, model_path = coalesce(?, model_path), "
+                "UPDATE runs SET status = ?, error = ?, traceback = ?, model_path = coalesce(?, model_path), "
                 "metrics = coalesce(?, metrics), heartbeat_at = ?, finished_at = ? WHERE id = ?",
                 (
                     status,
                     error,
+                    traceback,
                     None if model_path is None else str(model_path),
                     _dumps(None if metrics is None else dict(metrics)),
                     now,

@@ -124,5 +124,10 @@ def _m6_meta_columns(db: sqlite_utils.Database) -> None:
     """)
 
 
+def _m7_run_traceback(db: sqlite_utils.Database) -> None:
+    """A crashed run's full traceback beside its one-line error, so a bug can be found from the store."""
+    db.executescript("ALTER TABLE runs ADD COLUMN traceback TEXT;")
+
+
 # append only: the index + 1 is the schema version
-MIGRATIONS = (_m1_core, _m2_fts, _m3_runs, _m4_run_analysis, _m5_presence, _m6_meta_columns)
+MIGRATIONS = (_m1_core, _m2_fts, _m3_runs, _m4_run_analysis, _m5_presence, _m6_meta_columns, _m7_run_traceback)

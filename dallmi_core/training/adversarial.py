@@ -18,10 +18,11 @@ from dallmi_core.method.losses import anchor_term
 from dallmi_core.method.sampling import UnlabeledStream
 from dallmi_core.modeling.model import forward_logits, unwrap
 from dallmi_core.modeling.tokens import TokenizedCorpus
-from dallmi_core.training.train import _steps_for_epochs, _TargetTrainer
+from dallmi_core.training.target import TargetTrainer
+from dallmi_core.training.trainer import steps_for_epochs
 
 
-class AadTrainer(_TargetTrainer):
+class AadTrainer(TargetTrainer):
     """AAD, the paper's unsupervised baseline (Ryu & Lee 2020, arXiv 2010.11478): the target encoder,
     started from the source model, learns to fool a domain discriminator that sees the frozen source
     encoder's features of source text (domain 1) and its own features of target text (domain 0),
@@ -60,7 +61,7 @@ class AadTrainer(_TargetTrainer):
         if self.cfg.max_steps is not None:
             return self.cfg.max_steps
         if self.cfg.epochs is not None:
-            return _steps_for_epochs(self.cfg.epochs, len(self.split.train_pool), self.cfg.batch_size, self.world)
+            return steps_for_epochs(self.cfg.epochs, len(self.split.train_pool), self.cfg.batch_size, self.world)
         return self.cfg.min_steps
 
     def compute_loss(self):

@@ -25,7 +25,7 @@ class TrainState:
     history: list[dict] = field(default_factory=list)  # one dict per validation
     best_step: int | None = None
     best_score: float | None = None
-    mixup: object | None = None  # the step's MixUp draws (mixup.MixupRecord), for a callback that logs them
+    mixup: object | None = None  # the step's MixUp draws (method.mixup.MixupRecord), for a callback that logs them
     should_stop: bool = False
     stop_reason: str | None = None
 

@@ -2,8 +2,8 @@
 
 Both launchers describe the job in environment variables (RANK, WORLD_SIZE, LOCAL_RANK); a plain
 `dallmi` process is rank 0 of a world of 1, and then nothing here communicates. Training is
-sharded in `train.py` (each rank draws its own slice of the unlabeled stream, gradients are
-averaged by accelerate); scoring shards the documents here; only rank 0 writes files.
+sharded by the trainers (source.py, target.py: each rank draws its own slice of the unlabeled
+stream, gradients are averaged by accelerate); scoring shards the documents here; only rank 0 writes files.
 """
 
 from __future__ import annotations

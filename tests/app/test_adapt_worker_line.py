@@ -8,7 +8,7 @@ import time
 
 from test_pages import _app, env, seeded  # noqa: F401 - the fixtures of the page tests
 
-from dallmi_core.app.worker import acquire_lock
+from dallmi_core.app.process import acquire_lock
 
 
 def _worker_line(at) -> str:

@@ -556,6 +556,19 @@ def test_the_demo_project_is_prepared_once_and_offers_its_presets(env, monkeypat
     assert not at.exception and [r.status for r in env.svc.run_history(picker.value)] == ["queued"]
 
 
+def test_a_failed_run_shows_its_error_and_the_traceback_folded(seeded):
+    store = seeded.svc.store
+    run_id = store.enqueue_run(seeded.project.id, "adapt", {})
+    store.claim_next_run(1)
+    trace = 'Traceback (most recent call last):\n  File "jobs/adapt.py", line 9, in run_adapt\nValueError: boom\n'
+    store.finish_run(run_id, "failed", error="ValueError: boom", traceback=trace)
+    at = _app("Adapt")
+    assert not at.exception, at.exception
+    assert any("ValueError: boom" in e.value for e in at.error)
+    folded = [x for x in at.expander if x.label == "Traceback (for a bug report)"]
+    assert folded and trace.strip() in folded[0].code[0].value
+
+
 def test_a_finished_run_shows_its_macro_ap_before_and_after(seeded):
     store = seeded.svc.store
     run_id = store.enqueue_run(seeded.project.id, "adapt", {})

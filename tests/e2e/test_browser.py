@@ -27,7 +27,7 @@ import pandas as pd
 import pytest
 from conftest import LABELS, make_texts
 
-from dallmi_core.app.worker import LOG_FILE, worker_pid
+from dallmi_core.app.process import LOG_FILE, worker_pid
 
 CHROMIUM = shutil.which("chromium")
 try:

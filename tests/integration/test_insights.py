@@ -18,7 +18,8 @@ from sklearn.metrics import average_precision_score, precision_recall_curve
 import dallmi_core.app.insights as insights
 from dallmi_core.app import plots, run_models
 from dallmi_core.app.exporter import export_model, predictions_frame
-from dallmi_core.app.jobs import Job, run_adapt
+from dallmi_core.app.jobs.adapt import run_adapt
+from dallmi_core.app.jobs.job import Job
 from dallmi_core.app.services import open_services
 from dallmi_core.errors import DataError
 from dallmi_core.modeling.model import new_classifier, save_classifier

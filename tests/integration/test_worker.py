@@ -20,9 +20,10 @@ import pandas as pd
 import pytest
 from conftest import LABELS, make_texts
 
-from dallmi_core.app.jobs import Job
+from dallmi_core.app.jobs.job import Job
+from dallmi_core.app.process import worker_pid, worker_running
 from dallmi_core.app.services import open_services
-from dallmi_core.app.worker import Heartbeat, Worker, worker_pid, worker_running
+from dallmi_core.app.worker import Heartbeat, Worker
 from dallmi_core.modeling.model import load_classifier, save_classifier
 from dallmi_core.store import open_store
 from dallmi_core.training.callbacks import CallbackList, TrainState
@@ -360,4 +361,21 @@ def test_run_callbacks_log_loss_parts_only_and_drop_rows_past_the_resumed_checkp
     assert {name for _, name, _ in store.run_metrics(run_id)} == {"loss", "variational"}  # not epoch, eta_s...
     progress = store.get_run(run_id).progress
     assert (progress["step"], progress["max_steps"], progress["loss"]) == (6, 6, 0.5)  # the display keeps all
+    store.close()
+
+
+def test_a_crashed_run_keeps_its_one_line_error_and_stores_the_full_traceback(tmp_path, monkeypatch):
+    """A bug in a job (not a DallmiError) is recorded with the traceback that names where it happened."""
+    from dallmi_core.app import jobs
+
+    def score_with_a_bug(job):
+        return {}["missing key"]
+
+    monkeypatch.setitem(jobs.EXECUTORS, "score", score_with_a_bug)
+    store = open_store(tmp_path)
+    run_id = store.enqueue_run(store.create_project("p", LABELS).id, "score", {})
+    assert Worker(store, poll=0.05, idle_exit=0).serve() == 1
+    run = store.get_run(run_id)
+    assert run.status == "failed" and run.error == "KeyError: 'missing key'"
+    assert run.traceback.startswith("Traceback") and "in score_with_a_bug" in run.traceback
     store.close()

@@ -21,9 +21,9 @@ import pytest
 from test_worker import ADAPT, project_with_source_model, wait_for, wait_status
 
 from dallmi_core.app import worker as worker_module
-from dallmi_core.app.process import rss_bytes
+from dallmi_core.app.process import LOG_FILE, rss_bytes, worker_pid, worker_running
 from dallmi_core.app.services import open_services
-from dallmi_core.app.worker import LOG_FILE, main, worker_pid, worker_running
+from dallmi_core.app.worker import main
 from dallmi_core.store import open_store
 
 REPO = Path(__file__).resolve().parents[2]

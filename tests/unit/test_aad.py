@@ -12,7 +12,7 @@ import dallmi_core.training.adversarial as adversarial
 from dallmi_core.config import AdaptConfig
 from dallmi_core.errors import ConfigError
 from dallmi_core.modeling.tokens import TokenizedCorpus
-from dallmi_core.training.train import adapt
+from dallmi_core.training.adapt import adapt
 
 
 @pytest.fixture()

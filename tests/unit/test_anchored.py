@@ -10,12 +10,13 @@ from conftest import LABELS, make_texts
 
 from dallmi_core.config import AdaptConfig
 from dallmi_core.method.losses import anchor_term
+from dallmi_core.method.mixup import draw_mixup
 from dallmi_core.method.sampling import LabelBalancedSampler
-from dallmi_core.method.step import draw_mixup, vectorised_dallmi_step
+from dallmi_core.method.step import vectorised_dallmi_step
 from dallmi_core.modeling.model import load_classifier, save_classifier
 from dallmi_core.modeling.scoring import logits_for, sigmoid
 from dallmi_core.modeling.tokens import TokenizedCorpus
-from dallmi_core.training.train import adapt, anchor_targets, interpolate_weights
+from dallmi_core.training.adapt import adapt, anchor_targets, interpolate_weights
 
 CPU = torch.device("cpu")
 

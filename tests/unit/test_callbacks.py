@@ -21,6 +21,7 @@ from dallmi_core.method.losses import bce_loss, variational_term
 from dallmi_core.modeling.model import new_classifier
 from dallmi_core.modeling.scoring import logits_for
 from dallmi_core.modeling.tokens import TokenizedCorpus
+from dallmi_core.training.adapt import adapt
 from dallmi_core.training.callbacks import (
     Callback,
     CancelCallback,
@@ -28,7 +29,9 @@ from dallmi_core.training.callbacks import (
     EarlyStopping,
     TrainState,
 )
-from dallmi_core.training.train import CHECKPOINT_FILE, adapt, finetune_source, pu_split
+from dallmi_core.training.pu_split import pu_split
+from dallmi_core.training.source import finetune_source
+from dallmi_core.training.trainer import CHECKPOINT_FILE
 
 
 @pytest.fixture(scope="module")

@@ -33,8 +33,16 @@ def test_configs_are_frozen():
         SourceConfig(),
         SourceConfig(lr=1e-4, batch_size=8, epochs=None, max_steps=30, head_lr=1e-3, seed=7),
         AdaptConfig(),
-        AdaptConfig(method="bce-partial", variational="norm", max_steps=12, detach_target=True,
-                    mixup_at="embedding_output", patience=3, selection="last", device="cpu"),
+        AdaptConfig(
+            method="bce-partial",
+            variational="norm",
+            max_steps=12,
+            detach_target=True,
+            mixup_at="embedding_output",
+            patience=3,
+            selection="last",
+            device="cpu",
+        ),
         AdaptConfig(epochs=2.5, mixup_pairs=0, lambda_mix=0.0),
     ],
 )
@@ -124,6 +132,3 @@ def test_unknown_key_is_refused_and_named():
 def test_wrong_kind_is_refused(cls, data):
     with pytest.raises(ConfigError, match="config"):
         cls.from_dict(data)
-
-
-

@@ -15,11 +15,11 @@ from dallmi_core.data import corpus as data
 from dallmi_core.data.corpus import (
     DOMAINS,
     Corpus,
-    EncodingFallbackWarning,
-    corpus_from_records,
     read_corpus,
+    validate_rows,
     write_corpus,
 )
+from dallmi_core.data.textfile import EncodingFallbackWarning
 from dallmi_core.errors import DataError
 
 SAMPLE = Corpus(
@@ -123,13 +123,13 @@ def test_label_names_filter_accepts_known_labels(tmp_path):
     assert read_corpus(path, label_names=["a", "b", "c"]).labels == (("a", "b"),)
 
 
-def test_corpus_from_records_validates_like_files():
-    corpus = corpus_from_records([{"text": "x", "labels": "a"}, {"text": "y"}])
+def test_validate_rows_validates_records_like_files():
+    corpus = validate_rows([{"text": "x", "labels": "a"}, {"text": "y"}])
     assert corpus.ids == ("row-1", "row-2")
     with pytest.raises(DataError, match=r"mine: row 2 \(id 'row-1'\): duplicate id 'row-1'.*row 1"):
-        corpus_from_records([{"text": "x"}, {"id": "row-1", "text": "y"}], source="mine")
+        validate_rows([{"text": "x"}, {"id": "row-1", "text": "y"}], source="mine")
     with pytest.raises(DataError, match="<records>: has no data rows"):
-        corpus_from_records([])
+        validate_rows([])
 
 
 def test_write_is_atomic_when_the_writer_fails(tmp_path, monkeypatch):
@@ -232,6 +232,13 @@ def test_empty_file(tmp_path, content, suffix):
 def test_header_without_rows(tmp_path):
     msg = error_of(write_text(tmp_path / "head.csv", "id,text,labels\n"))
     assert "head.csv" in msg and "no data rows" in msg
+
+
+def test_a_file_of_many_chunks_is_read_whole_and_errors_name_the_file_line(tmp_path):
+    rows = "".join(f"{i},text {i}\n" for i in range(25_000))  # read_corpus reads 10,000 rows a chunk
+    assert len(read_corpus(write_text(tmp_path / "many.csv", "id,text\n" + rows))) == 25_000
+    msg = error_of(write_text(tmp_path / "late.csv", "id,text\n" + rows + "x,too,many\n"))
+    assert "late.csv" in msg and "line 25002" in msg
 
 
 def test_unparseable_csv(tmp_path):

@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 
 from dallmi_core.app.importer import ColumnMapping, guess_mapping, import_file, preview_import
-from dallmi_core.data.corpus import Corpus, write_corpus
+from dallmi_core.data.corpus import Corpus, read_corpus, write_corpus
 from dallmi_core.errors import DataError
 from dallmi_core.store import Store
 
@@ -315,6 +315,23 @@ def test_broken_files_give_clear_errors_and_leave_the_store_unchanged(store, pro
     assert name in str(info.value)
     assert snapshot(store) == before
     assert before[1] == "ok"
+
+
+# Not compared: checks of the file as a whole (its size, suffix, a blank file) and of the project.
+NOT_THE_READER = ("empty_file", "blank_file", "blank_jsonl", "duplicate_ids", "unsupported_suffix")
+SAME_AS_READ_CORPUS = [case for case in BROKEN if case not in NOT_THE_READER]
+
+
+@pytest.mark.parametrize("case", SAME_AS_READ_CORPUS)
+def test_import_and_read_corpus_share_one_reader_and_its_messages(store, project, tmp_path, case):
+    name, content, _ = BROKEN[case]
+    path = tmp_path / name
+    path.write_bytes(content)
+    with pytest.raises(DataError) as by_import:
+        import_file(store, project.id, path, chunk_rows=2)
+    with pytest.raises(DataError) as by_read:
+        read_corpus(path, label_names=LABELS)
+    assert str(by_import.value) == str(by_read.value)
 
 
 def test_an_error_in_a_late_chunk_rolls_back_the_earlier_chunks(store, project, tmp_path):

@@ -7,8 +7,9 @@ import pytest
 import torch
 from conftest import make_texts
 
+from dallmi_core.app.mixup_view import decode_mixed, decode_pair, draw_pairs
 from dallmi_core.errors import DataError
-from dallmi_core.method.mixup import decode_mixed, decode_pair, draw_pairs, mixup_target, score_pairs
+from dallmi_core.method.mixup import mixup_target, score_pairs
 from dallmi_core.modeling.model import word_embedding_matrix
 from dallmi_core.modeling.scoring import logits_for, sigmoid
 from dallmi_core.modeling.tokens import TokenizedCorpus

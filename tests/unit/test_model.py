@@ -84,8 +84,9 @@ def test_saved_folder_loads_with_plain_transformers(tiny_clf, tmp_path, batch):
     ids, mask = encode(tiny_clf, batch)
     tiny_clf.model.eval()
     with torch.no_grad():
-        assert torch.equal(model(input_ids=ids, attention_mask=mask).logits,
-                           tiny_clf.model(input_ids=ids, attention_mask=mask).logits)
+        assert torch.equal(
+            model(input_ids=ids, attention_mask=mask).logits, tiny_clf.model(input_ids=ids, attention_mask=mask).logits
+        )
 
 
 def test_thresholds_round_trip(tiny_clf, tmp_path):
@@ -140,9 +141,17 @@ class _Payload:
 
 
 def _bert_config() -> str:
-    return json.dumps({"model_type": "bert", "architectures": ["BertForSequenceClassification"],
-                       "vocab_size": 100, "hidden_size": 8, "num_hidden_layers": 1,
-                       "num_attention_heads": 1, "intermediate_size": 8})
+    return json.dumps(
+        {
+            "model_type": "bert",
+            "architectures": ["BertForSequenceClassification"],
+            "vocab_size": 100,
+            "hidden_size": 8,
+            "num_hidden_layers": 1,
+            "num_attention_heads": 1,
+            "intermediate_size": 8,
+        }
+    )
 
 
 @pytest.mark.parametrize(
@@ -166,7 +175,9 @@ def test_bad_model_folders_are_refused(tmp_path, setup, message):
         folder.mkdir()
     config = folder / "config.json"
     contents = {
-        "bad_json": "{not json", "json_list": "[1, 2]", "no_model_type": '{"hidden_size": 8}',
+        "bad_json": "{not json",
+        "json_list": "[1, 2]",
+        "no_model_type": '{"hidden_size": 8}',
         "no_weights": _bert_config(),
     }
     if setup in contents:
@@ -300,6 +311,7 @@ def test_mixed_word_embeddings_carry_gradient_to_the_embedding_matrix(tiny_clf, 
 
 def test_resolve_device_auto_and_refusals(monkeypatch):
     from dallmi_core.modeling import model as model_module
+
     monkeypatch.setattr(model_module.torch.cuda, "is_available", lambda: False)
     monkeypatch.setattr(model_module.torch.backends.mps, "is_available", lambda: False)
     assert model_module.resolve_device("auto") == "cpu"

@@ -14,8 +14,9 @@ from dallmi_core.config import AdaptConfig
 from dallmi_core.modeling.model import eager_attention
 from dallmi_core.modeling.precision import CPU_BF16_ENV, cpu_has_native_bf16, resolve_precision
 from dallmi_core.modeling.scoring import autocast_for
-from dallmi_core.training import train
-from dallmi_core.training.train import adapt, make_accelerator
+from dallmi_core.training import trainer
+from dallmi_core.training.adapt import adapt
+from dallmi_core.training.trainer import make_accelerator
 
 
 def test_auto_precision_is_float32_on_a_cpu_told_to_keep_it(monkeypatch):
@@ -111,7 +112,7 @@ def test_cpu_training_forwards_use_eager_attention_only_under_bf16(monkeypatch, 
         seen.append((enabled, model.training))
         return contextlib.nullcontext()
 
-    monkeypatch.setattr(train, "eager_attention", recording)
+    monkeypatch.setattr(trainer, "eager_attention", recording)
     texts, y = make_texts(24, seed=6)
     tags = [list(np.flatnonzero(y[:, j])[:3]) for j in range(len(LABELS))]
     cfg = AdaptConfig(max_steps=2, batch_size=4, max_length=32, device="cpu", precision=precision, eval_every=1)

@@ -24,7 +24,7 @@ from dallmi_core.modeling.scoring import logits_for
 from dallmi_core.modeling.tokens import TokenizedCorpus
 from dallmi_core.training.callbacks import Callback, CheckpointEvery
 from dallmi_core.training.probe import first_token_head, first_token_states, probe_head
-from dallmi_core.training.train import finetune_source
+from dallmi_core.training.source import finetune_source
 
 SMALL = {
     "vocab_size": 120,

@@ -108,8 +108,7 @@ def test_unlabeled_batch_is_capped_by_pool_size():
 
 
 def _batches(sampler, n):
-    return [(b.unlabeled.tolist(), b.positives.tolist(), b.active.tolist()) for b in
-            (sampler.next() for _ in range(n))]
+    return [(b.unlabeled.tolist(), b.positives.tolist(), b.active.tolist()) for b in (sampler.next() for _ in range(n))]
 
 
 def test_state_dict_resume_continues_the_identical_sequence():

@@ -15,10 +15,10 @@ import pytest
 from conftest import LABELS, make_texts
 
 from dallmi_core.app.candidates import candidates, latest_predictions_run
+from dallmi_core.app.process import LOG_FILE, worker_running
 from dallmi_core.app.services import RECOMMENDED_TAGS, ensure_worker, open_services
-from dallmi_core.app.worker import LOG_FILE, worker_running
 from dallmi_core.config import AdaptConfig
-from dallmi_core.errors import ConfigError, DataError, RunStateError
+from dallmi_core.errors import ConfigError, DataError, RunStateError, StoreError
 
 
 @pytest.fixture()
@@ -170,6 +170,17 @@ def test_projects_with_a_source_model_folder(svc, tmp_path):
     (svc.store.models_dir / f"run-{run_id}").mkdir()
     svc.delete_project(renamed.id)
     assert svc.list_projects() == [] and not (svc.store.models_dir / f"run-{run_id}").exists()
+
+
+def test_deleting_a_project_names_the_folders_it_could_not_remove(svc):
+    project = svc.create_project("stuck", ["a"])
+    run_id = _finished_run(svc.store, project.id, [], np.zeros((0, 1)))
+    svc.store.models_dir.mkdir(parents=True, exist_ok=True)
+    blocker = svc.store.models_dir / f"run-{run_id}"
+    blocker.write_text("not a folder: rmtree cannot remove it")
+    with pytest.raises(StoreError, match=f"could not be removed: .*run-{run_id}"):
+        svc.delete_project(project.id)
+    assert svc.list_projects() == []  # the rows are gone all the same
 
 
 def test_cancel_resume_status_and_results(svc, project, tmp_path):

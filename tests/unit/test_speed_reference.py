@@ -11,8 +11,9 @@ import dallmi_core.method.step as step_module
 from dallmi_core.bench.flops import ShapeRecorder
 from dallmi_core.bench.speed_reference import CountingTokenizer, PaddedCorpus, cycle_reference_step
 from dallmi_core.config import AdaptConfig
+from dallmi_core.method.mixup import draw_mixup
 from dallmi_core.method.sampling import LabelBalancedSampler
-from dallmi_core.method.step import draw_mixup, length_groups, reference_dallmi_step, vectorised_dallmi_step
+from dallmi_core.method.step import length_groups, reference_dallmi_step, vectorised_dallmi_step
 from dallmi_core.modeling.tokens import TokenizedCorpus
 
 CPU = torch.device("cpu")

@@ -11,15 +11,9 @@ from hypothesis import strategies as st
 
 import dallmi_core.method.step as step_module
 from dallmi_core.config import AdaptConfig
+from dallmi_core.method.mixup import MixupDraws, draw_mixup
 from dallmi_core.method.sampling import BalancedBatch, LabelBalancedSampler
-from dallmi_core.method.step import (
-    MixupDraws,
-    bce_step,
-    draw_mixup,
-    length_groups,
-    reference_dallmi_step,
-    vectorised_dallmi_step,
-)
+from dallmi_core.method.step import bce_step, length_groups, reference_dallmi_step, vectorised_dallmi_step
 from dallmi_core.modeling.model import word_embedding_matrix
 from dallmi_core.modeling.tokens import TokenizedCorpus
 
@@ -89,14 +83,26 @@ def test_labels_without_tags_are_skipped_identically(setup):
 
 
 @pytest.mark.parametrize("detach_target", [True, False])
-def test_mixup_regulariser_gradient_reaches_embeddings_and_encoder(setup, detach_target):
-    """The official code took the MixUp term with .item(): no gradient. Ours must train the model,
-    through the mixed forward itself: with the target detached, that is the only path left."""
+def test_mixup_regulariser_gradient_reaches_embeddings_and_encoder(setup, monkeypatch, detach_target):
+    """The official code took the MixUp term with .item(): no gradient. Ours must train the model
+    through the mixed forward phi(x~) itself, whether or not the target t carries a gradient too."""
     model, tokens, sampler = setup
     batch = sampler.next()
     mix = draw_mixup(np.random.default_rng(4), batch, 1, 0.3)
     with_mix = AdaptConfig(lambda_mix=1.0, detach_target=detach_target)
+    seen = {}
+    real_mix = step_module.mix_sequences
+
+    def keep_mixed(*args):
+        mixed, mixed_mask = real_mix(*args)
+        mixed.retain_grad()
+        seen["mixed"] = mixed
+        return mixed, mixed_mask
+
+    monkeypatch.setattr(step_module, "mix_sequences", keep_mixed)
     _, parts, grads_with = _loss_and_grads(vectorised_dallmi_step, model, tokens, batch, mix, with_mix)
+    mixed_grad = seen["mixed"].grad
+    assert mixed_grad is not None and mixed_grad.abs().max() > 1e-6, "no gradient flows through phi(x~)"
     _, _, grads_without = _loss_and_grads(vectorised_dallmi_step, model, tokens, batch, None, with_mix)
     assert parts["mixup"] > 0
     embedding = "bert.embeddings.word_embeddings.weight"
@@ -116,7 +122,7 @@ def test_mixed_input_interpolates_word_embeddings(setup, monkeypatch):
         seen["embeds"], seen["mask"] = inputs_embeds, attention_mask
         return torch.zeros(inputs_embeds.shape[0], len(LABELS), requires_grad=True)
 
-    monkeypatch.setattr("dallmi_core.method.step.forward_logits", spy)
+    monkeypatch.setattr("dallmi_core.modeling.model.forward_logits", spy)  # the forward of (mixed) embeddings
     W = word_embedding_matrix(model)
     for mu, doc_of in ((1.0, lambda lab: batch.unlabeled[0]), (0.0, lambda lab: batch.positives[lab, 0])):
         labels = batch.positives.shape[0]
@@ -138,9 +144,11 @@ def test_length_grouped_forwards_give_the_same_loss_and_gradients(setup, monkeyp
     ref, _, ref_grads = _loss_and_grads(reference_dallmi_step, model, tokens, batch, mix, cfg)
     monkeypatch.setattr("dallmi_core.method.step.CPU_FORWARD_COST_TOKENS", 0.0)
     calls = []
-    real = step_module.forward_logits
-    monkeypatch.setattr("dallmi_core.method.step.forward_logits", lambda *a, **kw: calls.append(1) or real(*a, **kw))
-    fast, _, fast_grads = _loss_and_grads(vectorised_dallmi_step, model, tokens, batch, mix, cfg)
+    hook = model.register_forward_pre_hook(lambda *_: calls.append(1))
+    try:
+        fast, _, fast_grads = _loss_and_grads(vectorised_dallmi_step, model, tokens, batch, mix, cfg)
+    finally:
+        hook.remove()
     assert len(calls) > 1, "the batch was not cut into length groups"
     assert fast == pytest.approx(ref, abs=1e-5)
     for name, grad in fast_grads.items():

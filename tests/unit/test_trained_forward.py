@@ -10,7 +10,8 @@ import pytest
 from dallmi_core.config import AdaptConfig, SourceConfig
 from dallmi_core.modeling.fast_inference import engine
 from dallmi_core.modeling.scoring import score_texts
-from dallmi_core.training.train import adapt, finetune_source
+from dallmi_core.training.adapt import adapt
+from dallmi_core.training.source import finetune_source
 
 TEXTS = [f"document {i} about {'cats' if i % 2 else 'dogs'} and a few more words" for i in range(24)]
 
