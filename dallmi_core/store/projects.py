@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import logging
-import shutil
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -12,8 +10,6 @@ from dataclasses import dataclass
 from dallmi_core.data.corpus import LABEL_SEPARATOR
 from dallmi_core.errors import DataError, StoreError
 from dallmi_core.store.db import StoreBase, _dumps
-
-log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -113,26 +109,7 @@ class ProjectsMixin(StoreBase):
         return self.get_project(project_id)
 
     def delete_project(self, project_id: int) -> None:
-        """Deletes its documents, annotations and runs (foreign-key cascade), then the model and
-        checkpoint folders of its runs (a running run's stay: its worker sees the cascade and stops).
-        The rows go first, whatever happens on disk; a folder that cannot be removed is logged and
-        named in the StoreError raised at the end, so nothing is left behind unsaid."""
+        """Deletes its documents, annotations and runs too (foreign-key cascade)."""
         with self.transaction():
             self.get_project(project_id)
-            runs = self._rows("SELECT id FROM runs WHERE project_id = ? AND status != 'running'", (project_id,))
             self.conn.execute("DELETE FROM projects WHERE id = ?", (project_id,))
-        left = []
-        for (run_id,) in runs:
-            for folder in (self.models_dir / f"run-{run_id}", self.data_dir / "runs" / str(run_id)):
-                try:
-                    shutil.rmtree(folder)
-                except FileNotFoundError:
-                    continue
-                except OSError as exc:
-                    log.warning("project %d deleted, but not its folder %s: %s", project_id, folder, exc)
-                    left.append(f"{folder} ({exc})")
-        if left:
-            raise StoreError(
-                f"the project is deleted, but these folders could not be removed: {'; '.join(left)}. "
-                "Remove them by hand."
-            )

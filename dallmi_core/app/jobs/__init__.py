@@ -3,7 +3,7 @@
 Each executor gets a `Job` (the claimed run, the store, stop checks, reporting) and returns the
 model folder and the metrics to record; the worker (`worker.py`) owns the process, the queue loop,
 the lock and the heartbeat. torch and the training libraries are imported inside the executors,
-so importing this module (the services do, through the worker) stays cheap.
+so importing this package (the worker and the services do) stays cheap.
 """
 
 from __future__ import annotations
