@@ -68,7 +68,7 @@ def seed_store(root: Path, n: int, backbone: str) -> int:
         project = svc.create_project("bench", LABELS, backbone=backbone)
         svc.import_file(project.id, root / "docs.csv")
         target = svc.store.document_ids(project.id, "target")
-        svc.tag_many(project.id, target[:10], "billing")
+        svc.store.tag_many(project.id, target[:10], "billing")
         torch.manual_seed(0)
         model = save_classifier(new_classifier(backbone, LABELS), svc.store.models_dir / "run-bench")
         store = svc.store

@@ -34,7 +34,7 @@ def _tagger(data_dir: str, project_id: int, doc_ids: list[int], ready, start, ou
     latencies, created = [], 0
     for doc in doc_ids:
         began = time.perf_counter()
-        created += services.tag(project_id, doc, LABEL)
+        created += services.store.tag(project_id, doc, LABEL)
         latencies.append(time.perf_counter() - began)
     services.close()
     out.put({"created": created, "calls": len(doc_ids), "latencies": latencies})

@@ -57,7 +57,7 @@ def main() -> None:
             time.sleep(0.1)
         idle = sample(proc.pid, 5.0)
         project_id = ensure_demo_project(svc)  # queues the demo's source fine-tuning, as on a first launch
-        run = next(r for r in svc.run_history(project_id) if r.kind == "finetune-source")
+        run = next(r for r in svc.store.list_runs(project_id) if r.kind == "finetune-source")
         started, during = time.time(), []
         while (status := svc.store.get_run(run.id).status) not in ("done", "failed", "cancelled"):
             rss = rss_bytes(proc.pid)

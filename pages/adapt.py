@@ -50,7 +50,7 @@ def worker_line() -> None:
 worker_line()
 
 coverage = svc.coverage(project.id)
-counts = svc.document_counts(project.id)
+counts = svc.store.count_documents(project.id)
 empty = [c.label for c in coverage if not c.positives]
 if not counts.get("target"):
     st.warning("No target documents yet: import the target text on the Data page first.")
@@ -67,7 +67,7 @@ start_from = (
     else f"the backbone `{project.settings.get('backbone', 'default')}` with a fresh head (pure positive-unlabeled)"
 )
 st.caption(f"Adaptation starts from {start_from}.")
-runs = svc.run_history(project.id)
+runs = svc.store.list_runs(project.id)
 finetuning = [r.id for r in runs if r.kind == "finetune-source" and r.status in PENDING]
 if finetuning:
     st.info(
@@ -195,7 +195,7 @@ if session.is_demo(project):
 
 # ---- progress and history ------------------------------------------------------------------------
 
-runs = svc.run_history(project.id)  # again: a run started above is in it
+runs = svc.store.list_runs(project.id)  # again: a run started above is in it
 if runs:
     st.divider()
     by_id = {run.id: run for run in runs}

@@ -73,14 +73,14 @@ with quick:
             accept, skip, undo, _ = st.columns([1, 1, 1, 3])
             if accept.button("Accept", type="primary", shortcut="A", key="accept", icon=":material/check:"):
                 with widgets.shown_errors():
-                    svc.tag(project.id, doc.id, label)
+                    svc.store.tag(project.id, doc.id, label)
                     st.rerun()
             if skip.button("Skip", shortcut="S", key="skip", icon=":material/skip_next:"):
                 st.session_state[SKIPPED] = sorted(skipped | {doc.id})
                 st.rerun()
             if undo.button("Undo", shortcut="U", key="undo", icon=":material/undo:"):
                 with widgets.shown_errors():
-                    reverted = svc.undo(project.id)
+                    reverted = svc.store.undo_last(project.id)
                     names = ", ".join(sorted({name for _, name in reverted}))
                     widgets.flash(
                         f"Undid {len(reverted)} tag change(s) ({names})." if reverted else "Nothing to undo.", "info"
@@ -141,13 +141,13 @@ with bulk:
             f"Save: tag {len(add)}, untag {len(remove)}", disabled=not (add or remove), type="primary", key="save_ticks"
         ):
             with widgets.shown_errors():
-                added = svc.tag_many(project.id, add, label) if add else 0
+                added = svc.store.tag_many(project.id, add, label) if add else 0
                 removed = sum(svc.store.untag(project.id, doc_id, label) for doc_id in remove)
                 widgets.flash(f"{widgets.md_escape(repr(label))}: tagged {added}, untagged {removed} document(s).")
                 st.rerun()
         if right.button(f"Tag all {len(docs)} rows as {widgets.md_escape(repr(label))}", key="tag_all"):
             with widgets.shown_errors():
-                added = svc.tag_many(project.id, [d.id for d in docs], label)
+                added = svc.store.tag_many(project.id, [d.id for d in docs], label)
                 widgets.flash(
                     f"Tagged {added} document(s) as {widgets.md_escape(repr(label))} (Undo reverts them as one action)."
                 )

@@ -131,7 +131,7 @@ if uploaded is not None:
 
 # ---- counts and the source model ----------------------------------------------------------------
 
-counts = svc.document_counts(project.id)
+counts = svc.store.count_documents(project.id)
 with counts_box:
     for col, domain in zip(st.columns(3), ("target", "source", "eval"), strict=True):
         col.metric(f"{domain} documents", f"{counts.get(domain, 0):,}")

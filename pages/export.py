@@ -14,7 +14,7 @@ st.title("Export")
 stem = widgets.slug(project.name)
 
 st.subheader("Annotations")
-counts = svc.document_counts(project.id)
+counts = svc.store.count_documents(project.id)
 if not sum(counts.values()):
     st.caption("No documents yet: import some on the Data page.")
 else:
@@ -50,7 +50,7 @@ else:
     )
 
 st.subheader("Runs")
-runs = [run for run in svc.run_history(project.id) if run.status == "done"]
+runs = [run for run in svc.store.list_runs(project.id) if run.status == "done"]
 if not runs:
     st.caption("No finished run yet: adapt on the Adapt page.")
 else:

@@ -18,11 +18,11 @@ SOURCES = {
 
 # ---- the projects ------------------------------------------------------------------------------
 
-projects = svc.list_projects()
+projects = svc.store.list_projects()
 current = st.session_state.get(gate.PROJECT_KEY)
 demo = next((p for p in projects if p.id == current and session.is_demo(p)), None)
 if demo is not None:  # a first-time viewer lands here: say what the demo is and what to do next
-    finetunes = [run for run in svc.run_history(demo.id) if run.kind == "finetune-source"]
+    finetunes = [run for run in svc.store.list_runs(demo.id) if run.kind == "finetune-source"]
     if demo.source_model:
         step1 = "done, the model is ready."
     elif finetunes and finetunes[0].status in PENDING:
@@ -32,7 +32,7 @@ if demo is not None:  # a first-time viewer lands here: say what the demo is and
         step1 = f"running now (run {run.id}{where}; a few CPU minutes, live progress on the Adapt page)."
     else:
         step1 = "not running: start it on the Data page (Fine-tune the source model)."
-    n = svc.document_counts(demo.id)
+    n = svc.store.count_documents(demo.id)
     st.info(
         f"**The demo project.** Support tickets of a coffee-machine maker: {n.get('source', 0):,} formal e-mails "
         f"about its old machine (the labelled *source* domain) and {n.get('target', 0):,} casual app-chat messages "
@@ -48,7 +48,7 @@ if demo is not None:  # a first-time viewer lands here: say what the demo is and
 if projects:
     rows = {"": [], "name": [], "labels": [], "target": [], "source": [], "eval": [], "source model": [], "created": []}
     for p in projects:
-        counts = svc.document_counts(p.id)
+        counts = svc.store.count_documents(p.id)
         rows[""].append("▶" if p.id == current else "")
         rows["name"].append(p.name)
         rows["labels"].append(f"{len(p.labels)}: {widgets.shorten(', '.join(p.labels), 80)}")
@@ -142,8 +142,8 @@ if project is not None:
         if st.button("Delete this project…", key="delete_project", icon=":material/delete:"):
             st.session_state["confirm_delete"] = project.id
         if st.session_state.get("confirm_delete") == project.id:
-            counts = svc.document_counts(project.id)
-            runs = svc.run_history(project.id)
+            counts = svc.store.count_documents(project.id)
+            runs = svc.store.list_runs(project.id)
             with st.container(border=True):
                 st.warning(
                     f"Delete **{widgets.md_escape(project.name)}** for good? Its {sum(counts.values()):,} documents, "

@@ -128,7 +128,7 @@ def select_project(project_id: int | None) -> None:
 def project_picker(prefer: int | None = None) -> Project | None:
     """The sidebar's project selector. The URL's project wins (a reload, a new tab, a shared link),
     then this session's, then `prefer`; an unknown id in the URL is said, not silently replaced."""
-    projects = session.services().list_projects()
+    projects = session.services().store.list_projects()
     if not projects:
         select_project(None)
         st.sidebar.caption("No project yet: create one on the Projects page.")
@@ -161,7 +161,7 @@ def current_project() -> Project:
     project = None
     if project_id is not None:
         try:
-            project = session.services().get_project(project_id)
+            project = session.services().store.get_project(project_id)
         except DallmiError:
             select_project(None)
     if project is None:

@@ -195,9 +195,8 @@ def live_run(run_id: int) -> None:
     run_details(status, live=True)
     if status.can_cancel and st.button("Cancel run", key=f"cancel-{run_id}", icon=":material/stop:"):
         with shown_errors():
-            flash(
-                f"Run {run_id}: {services().cancel_run(run_id)} (a running run stops after its current step).", "info"
-            )
+            outcome = services().store.request_cancel(run_id)
+            flash(f"Run {run_id}: {outcome} (a running run stops after its current step).", "info")
             st.rerun()
 
 

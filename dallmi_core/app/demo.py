@@ -97,14 +97,14 @@ def run_demo(services: Services, project_id: int) -> int:
     """Start a quick adaptation (QUICK_CPU_DEMO) of the project's source model; returns the run id.
 
     RunStateError while the source model is not there yet, saying what the fine-tuning is doing."""
-    project = services.get_project(project_id)
+    project = services.store.get_project(project_id)
     if not project.source_model:
         raise RunStateError(_source_not_ready(services, project_id))
     return services.start_run(project_id, "adapt", dict(QUICK_CPU_DEMO))
 
 
 def _source_not_ready(services: Services, project_id: int) -> str:
-    runs = [run for run in services.run_history(project_id) if run.kind == "finetune-source"]  # newest first
+    runs = [run for run in services.store.list_runs(project_id) if run.kind == "finetune-source"]  # newest first
     if not runs:
         return "there is no source model yet: start a finetune-source run first, then the demo adaptation."
     run = runs[0]

@@ -12,7 +12,7 @@ import os
 import shutil
 import subprocess
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -166,12 +166,6 @@ class Services:
             name, labels, source_model=source_model, settings={"backbone": backbone or "default"}
         )
 
-    def list_projects(self) -> list[Project]:
-        return self.store.list_projects()
-
-    def get_project(self, project_id: int) -> Project:
-        return self.store.get_project(project_id)
-
     def delete_project(self, project_id: int) -> None:
         """Rows go by cascade (a running run sees that and stops); finished runs' folders go too. A
         folder that cannot be removed is named in a StoreError (the rows are gone either way)."""
@@ -202,19 +196,7 @@ class Services:
         """See importer.import_file: mapping, domain, label_policy."""
         return importer.import_file(self.store, project_id, path, **options)
 
-    def document_counts(self, project_id: int) -> dict[str, int]:
-        return self.store.count_documents(project_id)
-
     # ---- annotation -------------------------------------------------------------------------------
-
-    def tag(self, project_id: int, document_id: int, label: str, annotator: str = "user") -> bool:
-        return self.store.tag(project_id, document_id, label, annotator)
-
-    def tag_many(self, project_id: int, document_ids: Iterable[int], label: str, annotator: str = "user") -> int:
-        return self.store.tag_many(project_id, document_ids, label, annotator)
-
-    def undo(self, project_id: int, annotator: str = "user") -> list[tuple[int, str]]:
-        return self.store.undo_last(project_id, annotator)
 
     def coverage(self, project_id: int, minimum: int = RECOMMENDED_TAGS) -> list[LabelCoverage]:
         """Tagged positives per label, in the project's label order, against a recommended minimum.
@@ -307,10 +289,6 @@ class Services:
         }
         return AdaptConfig().to_dict(), choices
 
-    def cancel_run(self, run_id: int) -> str:
-        """A queued run is cancelled at once; a running one stops after its current step."""
-        return self.store.request_cancel(run_id)
-
     def resume_run(self, run_id: int) -> None:
         """Re-queue a cancelled or interrupted run that has a checkpoint; it continues from there."""
         run = self.store.get_run(run_id)
@@ -343,9 +321,6 @@ class Services:
             can_cancel=run.status in PENDING,
             can_resume=run.status in ("cancelled", "interrupted") and _has_checkpoint(run),
         )
-
-    def run_history(self, project_id: int) -> list[Run]:
-        return self.store.list_runs(project_id)
 
     def pending_finetune(self, project_id: int) -> Run | None:
         """The project's source fine-tuning that is queued, running or interrupted (only one at a time)."""

@@ -21,7 +21,7 @@ def _services(args):
 
 
 def _project(svc, name_or_id: str):
-    projects = svc.list_projects()
+    projects = svc.store.list_projects()
     found = next((p for p in projects if p.name.casefold() == name_or_id.casefold()), None)
     if found is None and name_or_id.isdigit():
         found = next((p for p in projects if p.id == int(name_or_id)), None)
@@ -42,8 +42,8 @@ def cmd_projects_list(args) -> None:
     with _services(args) as svc:
         rows = [
             {"id": p.id, "name": p.name, "labels": list(p.labels), "source_model": p.source_model,
-             "documents": svc.document_counts(p.id)}
-            for p in svc.list_projects()
+             "documents": svc.store.count_documents(p.id)}
+            for p in svc.store.list_projects()
         ]  # fmt: skip
     if args.json:
         print(json.dumps(rows, ensure_ascii=False, indent=1))

@@ -215,8 +215,8 @@ def test_hostile_names_labels_and_documents_render_as_text(env):
     labels = [HOSTILE["script"], HOSTILE["img"], HOSTILE["link"]]
     pid = seed(env, HOSTILE_NAME, labels, [f"document {i}: {v}" for i, v in enumerate(HOSTILE.values())] * 3)
     docs = env.svc.store.document_ids(pid)
-    env.svc.tag(pid, docs[0], HOSTILE["script"])
-    env.svc.tag(pid, docs[1], HOSTILE["link"])
+    env.svc.store.tag(pid, docs[0], HOSTILE["script"])
+    env.svc.store.tag(pid, docs[1], HOSTILE["link"])
     unsafe = []
     for page in PAGES:
         at = app(page)

@@ -131,8 +131,8 @@ def adapted(seeded, tiny_backbone):
     from dallmi_core.modeling.model import new_classifier, save_classifier
 
     svc, docs = seeded.svc, seeded.target
-    svc.tag_many(seeded.project.id, docs[:4], "billing")
-    svc.tag_many(seeded.project.id, docs[4:7], "login")
+    svc.store.tag_many(seeded.project.id, docs[:4], "billing")
+    svc.store.tag_many(seeded.project.id, docs[4:7], "login")
     torch.manual_seed(0)
     model = save_classifier(new_classifier(tiny_backbone, LABELS), svc.store.models_dir / "run-adapted")
     scores = np.random.default_rng(1).random((30, 3)).astype(np.float32)
@@ -315,13 +315,13 @@ def test_create_rename_and_delete_a_project(env, tiny_backbone):
 
     at.text_input(key=f"rename-{project.id}").input("tickets 2024").run()  # the button enables on the rerun
     at.button(key="rename_project").click().run()
-    assert env.svc.get_project(project.id).name == "tickets 2024"
+    assert env.svc.store.get_project(project.id).name == "tickets 2024"
 
     at.button(key="delete_project").click().run()
     assert "cannot be undone" in at.warning[0].value
     at.button(key="delete_confirm").click().run()
     assert not at.exception
-    assert env.svc.list_projects() == []
+    assert env.svc.store.list_projects() == []
 
 
 def test_accept_skip_and_undo_in_the_quick_pass(seeded):
@@ -388,7 +388,7 @@ def test_data_page_queues_source_finetuning_with_the_default_epochs(seeded):
     assert at.number_input(key="source_epochs").value == SourceConfig.default_epochs
     at.button(key="finetune").click().run()
     assert not at.exception
-    [run] = seeded.svc.run_history(seeded.project.id)
+    [run] = seeded.svc.store.list_runs(seeded.project.id)
     assert run.kind == "finetune-source" and run.config["config"]["epochs"] == SourceConfig.default_epochs
 
 
@@ -402,36 +402,36 @@ def test_data_page_previews_and_imports_a_file(seeded):
     at.button(key="import").click().run()
     assert not at.exception, at.exception
     assert "Read 2 rows: 2 new documents (2 target). Tags added: 1." in at.success[0].value
-    assert seeded.svc.document_counts(seeded.project.id)["target"] == 32
+    assert seeded.svc.store.count_documents(seeded.project.id)["target"] == 32
     assert at.metric[0].value == "32"  # the counts shown are the ones after the import
 
 
 def test_starting_a_run_from_the_adapt_page_queues_it(seeded):
     svc = seeded.svc
-    svc.tag_many(seeded.project.id, seeded.target[:3], "billing")
+    svc.store.tag_many(seeded.project.id, seeded.target[:3], "billing")
     at = _app("Adapt")
     assert "no GPU: CPU only, 2 cores" in _texts(at)
     at.number_input(key="Defaults-max_steps").set_value(5)
     at.button(key="start_adapt").click().run()
     assert not at.exception, at.exception
-    runs = svc.run_history(seeded.project.id)
+    runs = svc.store.list_runs(seeded.project.id)
     assert [(r.kind, r.status) for r in runs] == [("adapt", "queued")]
     config = runs[0].config
     assert config["config"]["max_steps"] == 5 and config["config"]["epochs"] is None
-    assert config["backbone"] == svc.get_project(seeded.project.id).settings["backbone"]
+    assert config["backbone"] == svc.store.get_project(seeded.project.id).settings["backbone"]
     assert f"Run {runs[0].id} is queued" in at.success[0].value
     assert any("No worker process" in w.value for w in at.warning)  # DALLMI_NO_WORKER: said, not hidden
 
 
 def test_adapt_form_errors_are_messages(seeded):
-    seeded.svc.tag(seeded.project.id, seeded.target[0], "billing")
+    seeded.svc.store.tag(seeded.project.id, seeded.target[0], "billing")
     at = _app("Adapt")
     at.number_input(key="Defaults-max_steps").set_value(5)
     at.number_input(key="Defaults-epochs").set_value(2.0)
     at.button(key="start_adapt").click().run()
     assert not at.exception
     assert "either epochs or max_steps" in at.error[0].value
-    assert seeded.svc.run_history(seeded.project.id) == []
+    assert seeded.svc.store.list_runs(seeded.project.id) == []
 
 
 def test_progress_renders_for_a_run_with_stored_progress(seeded):
@@ -478,7 +478,7 @@ def test_the_source_head_warm_up_is_named_in_words(seeded):
 
 def test_export_offers_downloads_for_a_done_run(seeded, tiny_backbone):
     svc = seeded.svc
-    svc.tag(seeded.project.id, seeded.target[0], "login")
+    svc.store.tag(seeded.project.id, seeded.target[0], "login")
     model = svc.store.models_dir / "run-x"
     shutil.copytree(tiny_backbone, model)
     scores = np.random.default_rng(0).random((30, 3)).astype(np.float32)
@@ -553,7 +553,7 @@ def test_the_demo_project_is_prepared_once_and_offers_its_presets(env, monkeypat
     at.selectbox(key="preset").select("Paper settings").run()
     assert at.selectbox(key="Paper settings-device").value == "auto"  # no GPU here: cuda is not offered
     at.button(key="run_demo").click().run()
-    assert not at.exception and [r.status for r in env.svc.run_history(picker.value)] == ["queued"]
+    assert not at.exception and [r.status for r in env.svc.store.list_runs(picker.value)] == ["queued"]
 
 
 def test_a_failed_run_shows_its_error_and_the_traceback_folded(seeded):
@@ -645,7 +645,7 @@ def test_open_a_project_shows_the_project_just_created(seeded):
     at.text_area(key="new_labels").input("x, y")
     at.button(key="create_project").click().run()
     assert not at.exception, at.exception
-    fresh = next(p for p in seeded.svc.list_projects() if p.name == "fresh")
+    fresh = next(p for p in seeded.svc.store.list_projects() if p.name == "fresh")
     assert at.query_params["project"] == str(fresh.id)
     assert next(s for s in at.selectbox if s.label == "Open a project").value == fresh.id
 
@@ -658,5 +658,5 @@ def test_a_second_source_fine_tuning_is_refused_while_one_runs(seeded):
     at = _app("Data")
     assert "A fine-tuning is queued" in " ".join(i.value for i in at.info)
     assert not [b for b in at.button if b.key == "finetune"]
-    svc.cancel_run(first)
+    svc.store.request_cancel(first)
     assert svc.start_run(seeded.project.id, "finetune-source", {"epochs": 1.0}) > first

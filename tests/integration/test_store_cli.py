@@ -47,4 +47,4 @@ def test_store_commands_script_a_project_end_to_end(tmp_path, capsys):
     assert main(["export", "--project", "Nope", "--what", "documents", "--out", str(out), "--data-dir", data]) == 2
     assert "no project 'Nope'" in capsys.readouterr().err
     with open_services(data, autostart_worker=False) as svc:  # the app's store: the same rows
-        assert svc.document_counts(1)["target"] == 3
+        assert svc.store.count_documents(1)["target"] == 3

@@ -113,7 +113,7 @@ def served(tmp_path_factory, tiny_backbone):
     run_id = services.start_run(project.id, "finetune-source", {**TRAIN, "max_steps": 4})
     run = wait_status(services, run_id, "done", "failed")
     assert run.status == "done", run.error
-    assert services.get_project(project.id).source_model == run.model_path
+    assert services.store.get_project(project.id).source_model == run.model_path
     yield services, project.id, proc
     stop_worker(proc)
     services.close()
@@ -168,7 +168,7 @@ def test_a_score_run_re_estimates_the_source_calibration_on_the_target(served):
     from dallmi_core.app.decisions import run_calibration
 
     on_target = run_calibration(store, run_id)
-    source = load_classifier(services.get_project(project_id).source_model)
+    source = load_classifier(services.store.get_project(project_id).source_model)
     assert on_target is not None and set(on_target.labels) == set(LABELS)
     tags = store.tags_by_label(project_id)
     for label, item in on_target.labels.items():
@@ -181,7 +181,7 @@ def test_cancel_mid_run_ends_cancelled_before_its_budget(served):
     services, project_id, proc = served
     run_id = services.start_run(project_id, "adapt", {**ADAPT, "max_steps": 400}, checkpoint_every=1000)
     wait_for(lambda: (services.store.get_run(run_id).progress.get("step") or 0) >= 2, "two steps", services.data_dir)
-    assert services.cancel_run(run_id) == "running"
+    assert services.store.request_cancel(run_id) == "running"
     run = wait_status(services, run_id, "cancelled", "done", "failed")
     assert run.status == "cancelled" and run.progress["step"] < 400 and run.model_path is None
     status = services.run_status(run_id)

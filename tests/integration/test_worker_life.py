@@ -101,7 +101,7 @@ def test_an_app_started_worker_outlives_its_run_not_the_app_and_gives_its_memory
     wait_for(lambda: (store.get_run(run_id).progress.get("step") or 0) >= 1, "the first step", tmp_path)
     assert store.get_run(run_id).status == "running" and worker_running(tmp_path) and alive(first)
     # ... and once it has ended (cancelled here, to keep the test short) the worker leaves at once.
-    services.cancel_run(run_id)
+    services.store.request_cancel(run_id)
     ended = wait_status(services, run_id, "cancelled").finished_at
     wait_for(lambda: not worker_running(tmp_path), "the worker to exit", tmp_path, timeout=IDLE_EXIT + 10)
     exited = time.time()

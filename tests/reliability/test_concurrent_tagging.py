@@ -20,7 +20,7 @@ services = open_services(data_dir, autostart_worker=False)
 print("ready", flush=True)
 while not go.exists():
     time.sleep(0.01)
-created = sum(services.tag(project_id, doc, "billing") for doc in docs)
+created = sum(services.store.tag(project_id, doc, "billing") for doc in docs)
 services.close()
 print(json.dumps({"created": created, "calls": len(docs)}), flush=True)
 """

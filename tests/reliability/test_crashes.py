@@ -137,7 +137,7 @@ TAGGER = textwrap.dedent(
 
     def session(label, order):  # a browser session: Streamlit runs each on its own thread
         for doc in order:
-            services.tag(project_id, doc, label)
+            services.store.tag(project_id, doc, label)
             with lock:  # acknowledged = the call returned, as a page would then show it
                 print(f"ack {doc} {label}", flush=True)
 
@@ -198,7 +198,7 @@ def filled(tmp_path):
     project = services.create_project("p", LABELS)
     (tmp_path / "small.csv").write_text("id,text\n1,first\n2,second\n")
     services.import_file(project.id, tmp_path / "small.csv")
-    services.tag(project.id, services.store.document_ids(project.id)[0], "billing")
+    services.store.tag(project.id, services.store.document_ids(project.id)[0], "billing")
     yield services, project.id
     services.close()
 
@@ -231,19 +231,19 @@ def test_a_read_only_store_is_a_clear_error_and_leaves_it_as_it_was(filled):
     before = store.table_counts(), store.content_digest()
     store.conn.execute("PRAGMA query_only = ON")
     for write in (
-        lambda: services.tag(project_id, doc, "login"),
+        lambda: services.store.tag(project_id, doc, "login"),
         lambda: services.create_project("other", ["x"]),
-        lambda: services.undo(project_id),
+        lambda: services.store.undo_last(project_id),
         lambda: services.start_run(project_id, "finetune-source"),
     ):
         with pytest.raises(DallmiError) as info:
             write()
         if isinstance(info.value, StoreError):
             assert "cannot write the store" in str(info.value) and "writable" in str(info.value)
-    assert services.list_projects()[0].name == "p"  # reads still work
+    assert services.store.list_projects()[0].name == "p"  # reads still work
     store.conn.execute("PRAGMA query_only = OFF")
     assert (store.table_counts(), store.content_digest()) == before and store.integrity_check() == "ok"
-    assert services.tag(project_id, doc, "login")
+    assert services.store.tag(project_id, doc, "login")
 
 
 def test_a_data_folder_that_is_a_file_is_a_clear_error(tmp_path):

@@ -141,23 +141,23 @@ def test_presets_are_valid_configs():
 
 def test_ensure_demo_project_imports_once_and_queues_one_source_run(svc):
     project_id = ensure_demo_project(svc)
-    project = svc.get_project(project_id)
+    project = svc.store.get_project(project_id)
     assert (project.name, project.labels, project.source_model) == (DEMO_PROJECT, DEMO_LABELS, None)
     assert project.settings["backbone"] == "default"
-    assert svc.document_counts(project_id) == {"source": 600, "target": 900, "eval": 400}
+    assert svc.store.count_documents(project_id) == {"source": 600, "target": 900, "eval": 400}
     assert [(c.label, c.positives) for c in svc.coverage(project_id)] == [(label, 4) for label in DEMO_LABELS]
     tagged_elsewhere = svc.store.tags_by_label(project_id)
     assert tagged_elsewhere == svc.store.tags_by_label(project_id, domain="target")  # gold labels are not tags
     evaluation = svc.store.get_documents(project_id, domain="eval", limit=400)
     assert sum(doc.gold_labels is not None for doc in evaluation) == 400
-    runs = svc.run_history(project_id)
+    runs = svc.store.list_runs(project_id)
     assert [(r.kind, r.status) for r in runs] == [("finetune-source", "queued")]
     assert SourceConfig.from_dict(runs[0].config["config"]) == SourceConfig.from_dict(dict(SOURCE_DEMO))
 
     assert ensure_demo_project(svc) == project_id  # idempotent: nothing new
-    assert len(svc.run_history(project_id)) == 1
-    assert svc.document_counts(project_id)["target"] == 900
-    assert [p.name for p in svc.list_projects()] == [DEMO_PROJECT]
+    assert len(svc.store.list_runs(project_id)) == 1
+    assert svc.store.count_documents(project_id)["target"] == 900
+    assert [p.name for p in svc.store.list_projects()] == [DEMO_PROJECT]
 
 
 def test_a_failed_import_leaves_no_half_project(svc, monkeypatch, tmp_path):
@@ -169,7 +169,7 @@ def test_a_failed_import_leaves_no_half_project(svc, monkeypatch, tmp_path):
     monkeypatch.setattr("dallmi_core.app.demo.DEMO_DIR", tmp_path / "data")
     with pytest.raises(DataError, match="unknown label 'urgent'"):
         ensure_demo_project(svc)
-    assert svc.list_projects() == [] and svc.store.list_runs() == []
+    assert svc.store.list_projects() == [] and svc.store.list_runs() == []
 
 
 def test_missing_demo_files_say_how_to_make_them(monkeypatch, tmp_path):
@@ -182,12 +182,12 @@ def test_run_demo_waits_for_the_source_model(svc, tmp_path):
     project_id = ensure_demo_project(svc)
     with pytest.raises(RunStateError, match=r"not ready yet: fine-tuning run \d+ is queued"):
         run_demo(svc, project_id)
-    (source_run,) = svc.run_history(project_id)
+    (source_run,) = svc.store.list_runs(project_id)
     assert svc.store.claim_next_run(1).id == source_run.id
     svc.store.finish_run(source_run.id, "failed", error="out of memory")
     with pytest.raises(RunStateError, match="ended failed: out of memory"):
         run_demo(svc, project_id)
-    assert [r.kind for r in svc.run_history(project_id)] == ["finetune-source"]  # nothing was queued
+    assert [r.kind for r in svc.store.list_runs(project_id)] == ["finetune-source"]  # nothing was queued
 
     model = tmp_path / "source-model"  # what a finished finetune-source run leaves: a labelled model folder
     model.mkdir()

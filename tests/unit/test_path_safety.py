@@ -54,7 +54,7 @@ def test_model_and_export_paths_with_nul_bytes_are_refused(svc, tmp_path):
         svc.start_run(project.id, "score", model=str(tmp_path / "m\x00"))
     with pytest.raises(DataError, match="cannot be written"):
         svc.export_annotations(project.id, tmp_path / "out\x00.csv")
-    assert svc.run_history(project.id) == [] and [p.name for p in svc.list_projects()] == ["p"]
+    assert svc.store.list_runs(project.id) == [] and [p.name for p in svc.store.list_projects()] == ["p"]
 
 
 def test_files_over_the_import_cap_are_refused_before_reading(svc, tmp_path, monkeypatch):

@@ -59,12 +59,12 @@ def _finished_run(store, project_id: int, doc_ids, scores, kind: str = "score", 
 
 def test_tag_untag_undo_and_coverage(svc, project):
     docs = project.target
-    assert svc.tag(project.id, docs[0], "billing") and not svc.tag(project.id, docs[0], "billing")
-    assert svc.tag_many(project.id, docs[1:4], "login") == 3
+    assert svc.store.tag(project.id, docs[0], "billing") and not svc.store.tag(project.id, docs[0], "billing")
+    assert svc.store.tag_many(project.id, docs[1:4], "login") == 3
     assert svc.store.untag(project.id, docs[0], "billing")
     assert {c.label: c.positives for c in svc.coverage(project.id)} == {"billing": 0, "login": 3, "shipping": 0}
-    assert svc.undo(project.id) == [(docs[0], "billing")]  # the untag is reverted
-    assert sorted(svc.undo(project.id)) == [(d, "login") for d in docs[1:4]]  # one bulk action, one undo
+    assert svc.store.undo_last(project.id) == [(docs[0], "billing")]  # the untag is reverted
+    assert sorted(svc.store.undo_last(project.id)) == [(d, "login") for d in docs[1:4]]  # one bulk action, one undo
     coverage = svc.coverage(project.id, minimum=1)
     assert [(c.label, c.positives, c.enough) for c in coverage] == [
         ("billing", 1, True),
@@ -74,14 +74,14 @@ def test_tag_untag_undo_and_coverage(svc, project):
     assert svc.coverage(project.id)[0].minimum == RECOMMENDED_TAGS
     assert svc.store.tags_for([docs[0]]) == {docs[0]: ["billing"]}
     with pytest.raises(DataError, match="unknown label"):
-        svc.tag(project.id, docs[0], "nope")
+        svc.store.tag(project.id, docs[0], "nope")
 
 
 def test_coverage_counts_only_tags_on_target_documents(svc, project):
     """Adaptation trains on target tags alone: a tagged source document is no training positive."""
     source = svc.store.document_ids(project.id, "source")
-    svc.tag_many(project.id, source[:3], "billing")
-    svc.tag(project.id, project.target[0], "billing")
+    svc.store.tag_many(project.id, source[:3], "billing")
+    svc.store.tag(project.id, project.target[0], "billing")
     assert {c.label: c.positives for c in svc.coverage(project.id)} == {"billing": 1, "login": 0, "shipping": 0}
 
 
@@ -93,8 +93,8 @@ def test_candidates_from_the_latest_predictions_exclude_tagged_documents(svc, pr
     scores[:, 0] = np.linspace(0.0, 0.99, 30)  # billing: the later a document, the likelier
     run_id = _finished_run(store, project.id, docs, scores)
     _finished_run(store, project.id, docs, 1 - scores, status="failed")  # a newer failed run is ignored
-    svc.tag(project.id, docs[29], "billing")
-    svc.tag(project.id, docs[28], "login")  # tagged with another label: still a billing candidate
+    svc.store.tag(project.id, docs[29], "billing")
+    svc.store.tag(project.id, docs[28], "login")  # tagged with another label: still a billing candidate
     likely = candidates(svc.store, project.id, "billing", "likely", limit=3)
     assert [c.document.id for c in likely] == [docs[28], docs[27], docs[26]]
     assert all(c.run_id == run_id for c in likely) and likely[0].score == pytest.approx(scores[28, 0])
@@ -110,7 +110,7 @@ def test_similar_candidates_rank_documents_like_the_tagged_ones(svc, project):
     with pytest.raises(DataError, match="tag one"):
         candidates(svc.store, project.id, "shipping", "similar")
     shipping = [d for d, row in zip(docs, gold, strict=True) if row[2]]
-    svc.tag_many(project.id, shipping[:3], "shipping")
+    svc.store.tag_many(project.id, shipping[:3], "shipping")
     similar = candidates(svc.store, project.id, "shipping", "similar", limit=5)  # works before any run
     assert len(similar) == 5 and not {c.document.id for c in similar} & set(shipping[:3])
     hits = sum(gold[docs.index(c.document.id), 2] for c in similar)
@@ -132,16 +132,16 @@ def test_start_run_validates_before_queueing(svc, project, tmp_path):
         svc.start_run(pid, "score")
     with pytest.raises(ConfigError, match="not a model folder"):
         svc.start_run(pid, "score", model=str(tmp_path))
-    assert svc.run_history(pid) == []  # nothing was queued
+    assert svc.store.list_runs(pid) == []  # nothing was queued
 
-    svc.tag(pid, project.target[0], "billing")
+    svc.store.tag(pid, project.target[0], "billing")
     run_id = svc.start_run(pid, "adapt", AdaptConfig(max_steps=3), checkpoint_every=2)
     source_id = svc.start_run(pid, "finetune-source", {"max_steps": 2})
     run = svc.store.get_run(run_id)
     assert run.status == "queued" and run.config["config"] == AdaptConfig(max_steps=3).to_dict()
     assert run.config["checkpoint_every"] == 2 and run.config["source_model"] is None  # pinned: backbone only
     assert svc.store.get_run(source_id).config["config"]["kind"] == "finetune-source"
-    assert [r.id for r in svc.run_history(pid)] == [source_id, run_id]
+    assert [r.id for r in svc.store.list_runs(pid)] == [source_id, run_id]
     assert not worker_running(svc.data_dir)  # autostart_worker=False
 
 
@@ -165,11 +165,11 @@ def test_projects_with_a_source_model_folder(svc, tmp_path):
     with pytest.raises(ConfigError, match="not both"):
         svc.create_project("both", ["a"], source_model=str(folder), backbone="bert-base-uncased")
     renamed = svc.store.rename_project(project.id, "renamed")
-    assert [p.name for p in svc.list_projects()] == ["renamed"]
+    assert [p.name for p in svc.store.list_projects()] == ["renamed"]
     run_id = _finished_run(svc.store, renamed.id, [], np.zeros((0, 2)))
     (svc.store.models_dir / f"run-{run_id}").mkdir()
     svc.delete_project(renamed.id)
-    assert svc.list_projects() == [] and not (svc.store.models_dir / f"run-{run_id}").exists()
+    assert svc.store.list_projects() == [] and not (svc.store.models_dir / f"run-{run_id}").exists()
 
 
 def test_deleting_a_project_names_the_folders_it_could_not_remove(svc):
@@ -180,13 +180,13 @@ def test_deleting_a_project_names_the_folders_it_could_not_remove(svc):
     blocker.write_text("not a folder: rmtree cannot remove it")
     with pytest.raises(StoreError, match=f"could not be removed: .*run-{run_id}"):
         svc.delete_project(project.id)
-    assert svc.list_projects() == []  # the rows are gone all the same
+    assert svc.store.list_projects() == []  # the rows are gone all the same
 
 
 def test_cancel_resume_status_and_results(svc, project, tmp_path):
     store, pid = svc.store, project.id
     queued = store.enqueue_run(pid, "score", {})
-    assert svc.cancel_run(queued) == "cancelled"
+    assert svc.store.request_cancel(queued) == "cancelled"
     with pytest.raises(RunStateError, match="no checkpoint"):
         svc.resume_run(queued)
     run_id = store.enqueue_run(pid, "adapt", {})
@@ -202,7 +202,7 @@ def test_cancel_resume_status_and_results(svc, project, tmp_path):
     assert svc.results(run_id).series["loss"] == [(1, 0.7), (2, 0.8)]
     with pytest.raises(RunStateError, match="is running"):
         svc.resume_run(run_id)
-    assert svc.cancel_run(run_id) == "running"
+    assert svc.store.request_cancel(run_id) == "running"
     store.finish_run(run_id, "cancelled")
     assert svc.run_status(run_id).can_resume
     svc.resume_run(run_id)
