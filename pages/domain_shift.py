@@ -96,9 +96,10 @@ right.dataframe(
 
 st.subheader("Label prior shift")
 st.caption(
-    "Share of documents per label: gold labels of the source, tags and predictions (at the thresholds saved on "
-    "the Per-label AP page, else 0.5) on the target; the source model's predictions are those of the embedded "
-    "documents. Tags cover only what was tagged, so they understate."
+    "Share of documents per label: gold labels of the source, tags and predictions on the target (at each "
+    "label's threshold in use, as the exports: saved on the Per-label AP page, else the run's calibrated "
+    "default); the source model's predictions are those of the embedded documents. Tags cover only what was "
+    "tagged, so they understate."
 )
 prior = analysis.prior
 st.plotly_chart(plots.prior_figure(prior), key="prior", width="stretch")

@@ -12,6 +12,23 @@ svc = gate.start()
 project = gate.current_project()
 st.title("Export")
 stem = widgets.slug(project.name)
+PREDICTION_FORMATS = (("csv", "CSV", "text/csv"), ("parquet", "Parquet", "application/vnd.apache.parquet"))
+REPORT_FORMATS = (("md", "Markdown", "text/markdown"), ("json", "JSON", "application/json"))
+
+
+def run_downloads(title: str, export, kind: str, formats, run_id: int) -> None:
+    """One download button per format of a run's export, built when clicked."""
+    for fmt, name, mime in formats:
+        widgets.download(
+            f"{title} ({name})",
+            export,
+            svc.store,
+            run_id,
+            file_name=f"{stem}-run{run_id}-{kind}.{fmt}",
+            mime=mime,
+            key=f"{kind}-{fmt}",
+        )
+
 
 st.subheader("Annotations")
 counts = svc.store.count_documents(project.id)
@@ -86,34 +103,14 @@ else:
         st.markdown("**Predictions**")
         if run.prediction_labels:
             st.caption(
-                "id, then score_<label> and pred_<label> per label (0/1 at the threshold saved on the "
-                "Per-label AP page, else 0.5)."
+                "id, then score_<label> and pred_<label> per label: 0/1 at the label's threshold, the one "
+                "saved on the Per-label AP page, else the run's calibrated default (the run report lists each "
+                "and where it came from)."
             )
-            for fmt, name, mime in (
-                ("csv", "CSV", "text/csv"),
-                ("parquet", "Parquet", "application/vnd.apache.parquet"),
-            ):
-                widgets.download(
-                    f"Predictions ({name})",
-                    exporter.export_predictions,
-                    svc.store,
-                    run.id,
-                    file_name=f"{stem}-run{run.id}-predictions.{fmt}",
-                    mime=mime,
-                    key=f"predictions-{fmt}",
-                )
+            run_downloads("Predictions", exporter.export_predictions, "predictions", PREDICTION_FORMATS, run.id)
         else:
             st.caption("This run stored no predictions.")
     with report:
         st.markdown("**Run report**")
         st.caption("Configuration, timings and metrics: enough to reproduce the run.")
-        for fmt, name, mime in (("md", "Markdown", "text/markdown"), ("json", "JSON", "application/json")):
-            widgets.download(
-                f"Report ({name})",
-                exporter.export_run_report,
-                svc.store,
-                run.id,
-                file_name=f"{stem}-run{run.id}-report.{fmt}",
-                mime=mime,
-                key=f"report-{fmt}",
-            )
+        run_downloads("Report", exporter.export_run_report, "report", REPORT_FORMATS, run.id)
