@@ -29,7 +29,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import numpy as np  # noqa: E402
 from random_backbone import random_backbone  # noqa: E402
 
-from dallmi_core.app import insights  # noqa: E402
+from dallmi_core.app import importer, insights  # noqa: E402
 
 LABELS = ["billing", "login", "shipping", "returns", "product"]
 COMMON = "the my please help today again order thanks hello issue account app update".split()
@@ -66,7 +66,7 @@ def seed_store(root: Path, n: int, backbone: str) -> int:
     frame.to_csv(root / "docs.csv", index=False)
     with open_services(root / "data", autostart_worker=False) as svc:
         project = svc.create_project("bench", LABELS, backbone=backbone)
-        svc.import_file(project.id, root / "docs.csv")
+        importer.import_file(svc.store, project.id, root / "docs.csv")
         target = svc.store.document_ids(project.id, "target")
         svc.store.tag_many(project.id, target[:10], "billing")
         torch.manual_seed(0)

@@ -22,6 +22,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from dallmi_core.app import importer  # noqa: E402
 from dallmi_core.app.services import open_services  # noqa: E402
 
 LABEL = "billing"
@@ -49,7 +50,7 @@ def run(data_dir: str | Path, processes: int = 4, per_process: int = 1000) -> di
     project = services.create_project(f"bench-{time.time_ns()}", [LABEL, "login"])
     path = Path(data_dir) / "bench-docs.csv"
     path.write_text("id,text\n" + "".join(f"d{i},ticket number {i} about an invoice\n" for i in range(n_docs)))
-    services.import_file(project.id, path)
+    importer.import_file(services.store, project.id, path)
     docs = services.store.document_ids(project.id, "target")
     slices = [docs[(i // 2) * per_process : (i // 2 + 1) * per_process] for i in range(processes)]
     ctx = mp.get_context("spawn")  # fresh interpreters, like separate servers

@@ -25,6 +25,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from dallmi_core.app import presence  # noqa: E402
 from dallmi_core.app.demo import ensure_demo_project  # noqa: E402
 from dallmi_core.app.process import rss_bytes, worker_running  # noqa: E402
 from dallmi_core.app.services import open_services  # noqa: E402
@@ -52,8 +53,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="bench-worker-mem-") as tmp:
         data = Path(tmp)
         svc = open_services(data, autostart_worker=True, app_heartbeat=True)
-        proc = svc.ensure_worker()
-        while svc.worker_status().report is None:
+        proc = presence.ensure_worker(svc.data_dir)
+        while presence.worker_status(svc.store).report is None:
             time.sleep(0.1)
         idle = sample(proc.pid, 5.0)
         project_id = ensure_demo_project(svc)  # queues the demo's source fine-tuning, as on a first launch

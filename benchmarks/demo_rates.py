@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from dallmi_core.app import demo
+from dallmi_core.app import demo, exporter
 from dallmi_core.app.services import open_services
 
 
@@ -37,7 +37,8 @@ def main() -> None:
         subprocess.run(worker, check=True)  # the demo adaptation
         run = svc.store.get_run(run_id)
         assert run.status == "done", (run.status, run.error)
-        frame = pd.read_csv(svc.export_predictions(run_id, data_dir / "predictions.csv"), dtype={"id": str})
+        exported = exporter.export_predictions(svc.store, run_id, data_dir / "predictions.csv")
+        frame = pd.read_csv(exported, dtype={"id": str})
     gold = pd.read_csv(demo.DEMO_DIR / "demo_eval.csv", dtype={"id": str})
     gold_rows = gold["labels"].fillna("").str.split("|")
     eval_frame = frame[frame["id"].isin(set(gold["id"]))]

@@ -2,6 +2,7 @@
 
 import streamlit as st
 
+from dallmi_core.app import presence
 from dallmi_core.app.services import PENDING
 from dallmi_core.app.system import system_info
 from ui import gate, run_views, session, widgets
@@ -18,7 +19,7 @@ st.caption(f"This machine: {machine.summary}." + (f" ({machine.note})" if machin
 @st.fragment(run_every=5)
 def worker_line() -> None:
     """Whether a worker serves this data folder and when it last reported, refreshed every 5 s."""
-    status = widgets.attempt(svc.worker_status)
+    status = widgets.attempt(presence.worker_status, svc.store)
     if status is None:
         return
     report = status.report

@@ -28,7 +28,7 @@ NONE = "(none)"
 def upload_form(uploaded, kind: str) -> None:
     """Preview, column mapping and the Import button for one uploaded file."""
     path = widgets.uploaded_path(uploaded)
-    preview = widgets.attempt(svc.preview_import, path)
+    preview = widgets.attempt(importer.preview_import, path)
     if preview is None:
         return
     sep = {",": "comma", ";": "semicolon", "\t": "tab", "|": "pipe"}.get(preview.delimiter or "")
@@ -107,8 +107,8 @@ def upload_form(uploaded, kind: str) -> None:
     mapping = importer.ColumnMapping(text=text_col, id=id_col, labels=labels_col, domain=domain_col)
     if st.button(f"Import into {widgets.md_escape(project.name)}", type="primary", key="import"):
         with st.spinner("Importing…"), widgets.shown_errors():
-            report = svc.import_file(
-                project.id, path, mapping=mapping, domain=None if domain_col else kind, label_policy=policy
+            report = importer.import_file(
+                svc.store, project.id, path, mapping=mapping, domain=None if domain_col else kind, label_policy=policy
             )
             widgets.forget_upload(path)
             st.success(widgets.plain(f"{uploaded.name}: {report.summary()}"))

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from dallmi_core.app import importer, presence
 from dallmi_core.app.services import Services
 from dallmi_core.errors import DataError, RunStateError
 
@@ -86,10 +87,10 @@ def ensure_demo_project(services: Services) -> int:
             return existing.id
         project = quiet.create_project(DEMO_PROJECT, DEMO_LABELS, backbone="default")
         for (domain, _), path in zip(DEMO_FILES, paths, strict=True):
-            quiet.import_file(project.id, path, domain=domain, label_policy="auto")
+            importer.import_file(quiet.store, project.id, path, domain=domain, label_policy="auto")
         quiet.start_run(project.id, "finetune-source", dict(SOURCE_DEMO))
     if services.autostart_worker:
-        services.ensure_worker()
+        presence.ensure_worker(services.data_dir)
     return project.id
 
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import subprocess
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -18,9 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
-from dallmi_core.app import candidates, exporter, importer
 from dallmi_core.app.jobs import RUN_KINDS
-from dallmi_core.app.presence import AppHeartbeat, WorkerStatus, ensure_worker, worker_status
+from dallmi_core.app.presence import AppHeartbeat, ensure_worker
 from dallmi_core.app.process import worker_running
 from dallmi_core.config import AdaptConfig, SourceConfig, precision_words
 from dallmi_core.errors import ConfigError, DataError, RunStateError, StoreError
@@ -130,18 +128,11 @@ class Services:
     def __exit__(self, *exc) -> None:
         self.close()
 
-    def ensure_worker(self) -> subprocess.Popen | None:
-        return ensure_worker(self.data_dir)
-
     def start_app_heartbeat(self) -> AppHeartbeat:
         """Beat into the store as a live app process (once per handle; stopped by close)."""
         if self.app_heartbeat is None:
             self.app_heartbeat = AppHeartbeat(self.store.path).start()
         return self.app_heartbeat
-
-    def worker_status(self) -> WorkerStatus:
-        """Whether a worker serves this data folder, and its last report (state, run, memory)."""
-        return worker_status(self.store)
 
     # ---- projects -------------------------------------------------------------------------------
 
@@ -189,13 +180,6 @@ class Services:
 
     # ---- data -------------------------------------------------------------------------------------
 
-    def preview_import(self, path, mapping: importer.ColumnMapping | None = None, n: int = 20):
-        return importer.preview_import(path, mapping, n)
-
-    def import_file(self, project_id: int, path, **options) -> importer.ImportReport:
-        """See importer.import_file: mapping, domain, label_policy."""
-        return importer.import_file(self.store, project_id, path, **options)
-
     # ---- annotation -------------------------------------------------------------------------------
 
     def coverage(self, project_id: int, minimum: int = RECOMMENDED_TAGS) -> list[LabelCoverage]:
@@ -205,10 +189,6 @@ class Services:
         or eval document would make the meter say "enough" for a label that has no training positive."""
         tags = self.store.tags_by_label(project_id, domain="target")
         return [LabelCoverage(label, len(docs), minimum) for label, docs in tags.items()]
-
-    def candidates(self, project_id: int, label: str, strategy: str = "likely", limit: int = 20, **options):
-        """See candidates.candidates (kept for tests/integration/test_worker.py, not this helper's file)."""
-        return candidates.candidates(self.store, project_id, label, strategy, limit, **options)
 
     # ---- runs -------------------------------------------------------------------------------------
 
@@ -341,12 +321,3 @@ class Services:
         return {name: sorted(values.items()) for name, values in latest.items()}
 
     # ---- exports ----------------------------------------------------------------------------------
-
-    def export_annotations(self, project_id: int, path=None, **options) -> Path:
-        return exporter.export_annotations(self.store, project_id, path, **options)
-
-    def export_predictions(self, run_id: int, path=None, **options) -> Path:
-        return exporter.export_predictions(self.store, run_id, path, **options)
-
-    def export_run_report(self, run_id: int, path=None, **options) -> Path:
-        return exporter.export_run_report(self.store, run_id, path, **options)

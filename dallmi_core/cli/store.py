@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import re
 
+from dallmi_core.app import exporter
 from dallmi_core.errors import DataError
 
 _DATA_DIR_HELP = "data directory (default: $DALLMI_DATA_DIR or ./dallmi_data), shared with the app"
@@ -58,11 +59,11 @@ def cmd_import(args) -> None:
 
     with _services(args) as svc:
         project = _project(svc, args.project)
-        preview = svc.preview_import(args.file)
+        preview = importer.preview_import(args.file)
         guess = importer.guess_mapping(preview.columns, preview.frame)
         text = args.text_column or guess.text
         mapping = importer.ColumnMapping(text=text, id=args.id_column or guess.id, labels=guess.labels, domain=None)
-        report = svc.import_file(project.id, args.file, mapping=mapping, domain=args.domain)
+        report = importer.import_file(svc.store, project.id, args.file, mapping=mapping, domain=args.domain)
     if args.json:
         print(json.dumps(report.to_dict(), ensure_ascii=False))
         return
@@ -73,19 +74,19 @@ def cmd_import(args) -> None:
 
 
 def cmd_export(args) -> None:
-    from dallmi_core.app import candidates, exporter
+    from dallmi_core.app import candidates
 
     with _services(args) as svc:
         project = _project(svc, args.project)
         if args.what == "documents":
             path = exporter.export_documents(svc.store, project.id, args.out)
         elif args.what == "annotations":
-            path = svc.export_annotations(project.id, args.out)
+            path = exporter.export_annotations(svc.store, project.id, args.out)
         else:
             run = candidates.latest_predictions_run(svc.store, project.id)
             if run is None:
                 raise DataError(f"project {project.name!r} has no predictions yet: adapt or score first.")
-            path = svc.export_predictions(run.id, args.out)
+            path = exporter.export_predictions(svc.store, run.id, args.out)
     print(f"wrote {path}")
 
 

@@ -17,6 +17,7 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 import dallmi_core.app.system as system_module
+from dallmi_core.app import importer
 from dallmi_core.app.auth import hash_password
 from dallmi_core.app.services import open_services
 from dallmi_core.app.system import SystemInfo
@@ -62,7 +63,7 @@ def seed(env, name: str, labels, texts) -> int:
     project = env.svc.create_project(name, labels)
     frame = pd.DataFrame({"id": [f"d{i}" for i in range(len(texts))], "text": texts, "domain": "target"})
     frame.to_csv(env.tmp / "docs.csv", index=False)
-    env.svc.import_file(project.id, env.tmp / "docs.csv")
+    importer.import_file(env.svc.store, project.id, env.tmp / "docs.csv")
     return project.id
 
 

@@ -22,7 +22,7 @@ from conftest import LABELS, make_texts
 from streamlit.testing.v1 import AppTest
 
 import dallmi_core.app.system as system_module
-from dallmi_core.app import exporter
+from dallmi_core.app import exporter, importer
 from dallmi_core.app.exporter import predictions_frame
 from dallmi_core.app.services import open_services
 from dallmi_core.app.system import SystemInfo
@@ -73,7 +73,7 @@ def seeded(env, tiny_backbone):
     )
     frame.to_csv(env.tmp / "docs.csv", index=False)
     project = env.svc.create_project("helpdesk", LABELS, backbone=tiny_backbone)
-    env.svc.import_file(project.id, env.tmp / "docs.csv")
+    importer.import_file(env.svc.store, project.id, env.tmp / "docs.csv")
     env.project = project
     env.target = env.svc.store.document_ids(project.id, "target")
     return env
@@ -212,7 +212,7 @@ def _gold_run(seeded, tiny_backbone, name: str) -> int:
     pd.DataFrame({"id": [f"e{i}" for i in range(12)], "text": eval_texts, "labels": labels, "domain": "eval"}).to_csv(
         seeded.tmp / "eval.csv", index=False
     )
-    svc.import_file(seeded.project.id, seeded.tmp / "eval.csv")
+    importer.import_file(svc.store, seeded.project.id, seeded.tmp / "eval.csv")
     docs = svc.store.document_ids(seeded.project.id, "eval")
     metrics = {"estimate": False, "after": {"per_label_ap": dict.fromkeys(LABELS, 1.0), "map_macro": 1.0}}
     model = shutil.copytree(tiny_backbone, svc.store.models_dir / name)

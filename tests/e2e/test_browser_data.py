@@ -16,6 +16,7 @@ import pandas as pd
 import pytest
 from test_browser import CHROMIUM, CHROMIUM_ARGS, REPO, SERVER_ARGS, _free_port, _wait_healthy, settled, sync_api
 
+from dallmi_core.app import importer
 from dallmi_core.app.auth import hash_password
 from dallmi_core.app.services import open_services
 
@@ -47,7 +48,7 @@ def server(tmp_path):
                 "domain": "source",
             }
         ).to_csv(source, index=False)
-        svc.import_file(tickets.id, source)
+        importer.import_file(svc.store, tickets.id, source)
         svc.start_run(tickets.id, "finetune-source", {"epochs": 1.0})  # queued: no worker in this test
     procs = []
 

@@ -16,7 +16,7 @@ from conftest import LABELS, make_texts
 from sklearn.metrics import average_precision_score, precision_recall_curve
 
 import dallmi_core.app.insights as insights
-from dallmi_core.app import plots, run_models
+from dallmi_core.app import importer, plots, run_models
 from dallmi_core.app.exporter import export_model, predictions_frame
 from dallmi_core.app.jobs.adapt import run_adapt
 from dallmi_core.app.jobs.job import Job
@@ -42,7 +42,7 @@ def _project(services, tmp, backbone, name: str, *, with_eval: bool) -> int:
             pd.DataFrame({"id": [f"{domain}-{i}" for i in range(n)], "text": texts, "labels": labels, "domain": domain})
         )
     pd.concat(frames).to_csv(tmp / f"{name}.csv", index=False)
-    services.import_file(project.id, tmp / f"{name}.csv")
+    importer.import_file(services.store, project.id, tmp / f"{name}.csv")
     return project.id
 
 

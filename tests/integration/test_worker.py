@@ -20,6 +20,8 @@ import pandas as pd
 import pytest
 from conftest import LABELS, make_texts
 
+from dallmi_core.app import candidates as ranking
+from dallmi_core.app import exporter, importer
 from dallmi_core.app.jobs.job import Job
 from dallmi_core.app.process import worker_pid, worker_running
 from dallmi_core.app.services import open_services
@@ -99,7 +101,7 @@ def seed(services, project_id: int, tmp: Path, *, with_eval: bool = True) -> Non
             pd.DataFrame({"id": [f"{domain}-{i}" for i in range(n)], "text": texts, "labels": labels, "domain": domain})
         )
     pd.concat(frames).to_csv(tmp / "docs.csv", index=False)
-    services.import_file(project_id, tmp / "docs.csv")
+    importer.import_file(services.store, project_id, tmp / "docs.csv")
 
 
 @pytest.fixture(scope="module")
@@ -142,10 +144,10 @@ def test_adapt_runs_to_done_with_progress_model_predictions_and_metrics(served):
     status = services.run_status(run_id)
     assert status.status == "done" and status.worker_alive and not status.can_cancel
     assert [step for step, _ in services.results(run_id).series["loss"]] == [1, 2, 3, 4]
-    likely = services.candidates(project_id, "billing", "likely", limit=5)
+    likely = ranking.candidates(services.store, project_id, "billing", "likely", limit=5)
     assert len(likely) == 5 and all(c.run_id == run_id for c in likely)
     assert [c.score for c in likely] == sorted((c.score for c in likely), reverse=True)
-    assert services.export_predictions(run_id, fmt="csv").is_file()
+    assert exporter.export_predictions(services.store, run_id, fmt="csv").is_file()
     # the run is calibrated: its map in the store and the model folder, its thresholds in every export
     from dallmi_core.app.decisions import decisions, run_calibration
 
@@ -153,7 +155,7 @@ def test_adapt_runs_to_done_with_progress_model_predictions_and_metrics(served):
     assert run_calibration(store, run_id) == adapted.calibration() is not None
     chosen = decisions(store, run_id)
     assert {d.source for d in chosen.values()} <= {"estimate", "default"}
-    frame = pd.read_csv(services.export_predictions(run_id, fmt="csv"), dtype={"id": str})
+    frame = pd.read_csv(exporter.export_predictions(services.store, run_id, fmt="csv"), dtype={"id": str})
     for label in LABELS:
         cut = np.float32(chosen[label].threshold)  # stored scores are float32, and so is the cut
         assert (frame[f"pred_{label}"] == (frame[f"score_{label}"].astype(np.float32) >= cut)).all()

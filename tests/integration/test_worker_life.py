@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 from test_worker import ADAPT, project_with_source_model, wait_for, wait_status
 
+from dallmi_core.app import presence
 from dallmi_core.app import worker as worker_module
 from dallmi_core.app.process import LOG_FILE, rss_bytes, worker_pid, worker_running
 from dallmi_core.app.services import open_services
@@ -113,9 +114,9 @@ def test_an_app_started_worker_outlives_its_run_not_the_app_and_gives_its_memory
     # A new app: its worker starts fresh, idles at its baseline, runs a tiny job, and comes back down.
     app2 = open_services(tmp_path, autostart_worker=True, app_heartbeat=True)
     try:
-        proc = app2.ensure_worker()
+        proc = presence.ensure_worker(app2.data_dir)
         assert proc is not None and proc.pid != first
-        wait_for(lambda: app2.worker_status().report.pid == proc.pid, "the new worker's report", tmp_path)
+        wait_for(lambda: presence.worker_status(app2.store).report.pid == proc.pid, "the new worker's report", tmp_path)
         time.sleep(0.5)
         baseline = rss_bytes(proc.pid)
         run2 = app2.start_run(project_id, "adapt", {**ADAPT, "max_steps": 2})
@@ -124,7 +125,9 @@ def test_an_app_started_worker_outlives_its_run_not_the_app_and_gives_its_memory
             peak = max(peak, rss_bytes(proc.pid) or 0)
             time.sleep(0.05)
         assert store.get_run(run2).status == "done", store.get_run(run2).error
-        wait_for(lambda: app2.worker_status().report.runs_done == 1, "the worker's report of the run", tmp_path)
+        wait_for(
+            lambda: presence.worker_status(app2.store).report.runs_done == 1, "the worker's report of the run", tmp_path
+        )
         # The image is replaced at execve; measure once the new interpreter has imported and logged.
         wait_for(
             lambda: "fresh interpreter: serving on (1 run(s) so far)" in log_text(tmp_path),
@@ -138,7 +141,7 @@ def test_an_app_started_worker_outlives_its_run_not_the_app_and_gives_its_memory
         assert after <= 1.5 * baseline, (baseline / 2**20, peak / 2**20, after / 2**20)
         # A live app keeps its (idle) worker past the timeout; once its heartbeat stops, the worker goes.
         time.sleep(IDLE_EXIT + 0.5)
-        assert proc.poll() is None and app2.worker_status().alive
+        assert proc.poll() is None and presence.worker_status(app2.store).alive
     finally:
         app2.close()  # stops the heartbeat thread
     stopped = store.last_app_heartbeat()

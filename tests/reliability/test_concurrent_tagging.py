@@ -7,6 +7,7 @@ import json
 import subprocess
 import sys
 
+from dallmi_core.app import importer
 from dallmi_core.app.services import open_services
 
 LABEL = "billing"
@@ -31,7 +32,7 @@ def test_four_processes_racing_on_the_same_tags_lose_and_duplicate_nothing(tmp_p
     project = services.create_project("race", [LABEL, "login"])
     path = tmp_path / "docs.csv"
     path.write_text("id,text\n" + "".join(f"d{i},ticket number {i} about an invoice\n" for i in range(300)))
-    services.import_file(project.id, path)
+    importer.import_file(services.store, project.id, path)
     docs = services.store.document_ids(project.id, "target")
     halves = [docs[:150], docs[150:]]
     go = tmp_path / "go"

@@ -32,6 +32,7 @@ from test_worker import (  # noqa: E402
     wait_status,
 )
 
+from dallmi_core.app import importer  # noqa: E402
 from dallmi_core.app.services import open_services  # noqa: E402
 from dallmi_core.errors import DallmiError, StoreError  # noqa: E402
 
@@ -159,7 +160,7 @@ def test_tags_acknowledged_before_a_sigkill_of_the_app_process_are_all_kept(tmp_
     services = open_services(tmp_path, autostart_worker=False)
     project = services.create_project("kill", ["billing", "login"])
     (tmp_path / "docs.csv").write_text("id,text\n" + "".join(f"{i},ticket {i}\n" for i in range(3000)))
-    services.import_file(project.id, tmp_path / "docs.csv")
+    importer.import_file(services.store, project.id, tmp_path / "docs.csv")
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p))
     acknowledged: set[tuple[int, str]] = set()
     for kill_after in (50, 400, 1500):
@@ -197,7 +198,7 @@ def filled(tmp_path):
     services = open_services(tmp_path / "data", autostart_worker=False)
     project = services.create_project("p", LABELS)
     (tmp_path / "small.csv").write_text("id,text\n1,first\n2,second\n")
-    services.import_file(project.id, tmp_path / "small.csv")
+    importer.import_file(services.store, project.id, tmp_path / "small.csv")
     services.store.tag(project.id, services.store.document_ids(project.id)[0], "billing")
     yield services, project.id
     services.close()
@@ -215,11 +216,11 @@ def test_a_full_disk_is_a_clear_error_and_leaves_the_store_as_it_was(filled, tmp
     before = store.table_counts(), store.content_digest()
     store.conn.execute(f"PRAGMA max_page_count = {pages}")
     with pytest.raises(StoreError, match="full") as info:
-        services.import_file(project_id, big)
+        importer.import_file(services.store, project_id, big)
     assert "free" in str(info.value).lower() and str(store.path) in str(info.value)
     assert (store.table_counts(), store.content_digest()) == before and store.integrity_check() == "ok"
     store.conn.execute("PRAGMA max_page_count = 1073741823")  # space again: the same import works
-    assert services.import_file(project_id, big).imported == 3000 and store.integrity_check() == "ok"
+    assert importer.import_file(services.store, project_id, big).imported == 3000 and store.integrity_check() == "ok"
 
 
 def test_a_read_only_store_is_a_clear_error_and_leaves_it_as_it_was(filled):

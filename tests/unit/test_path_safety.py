@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from dallmi_core.app import exporter, importer
 from dallmi_core.app.services import open_services
 from dallmi_core.errors import ConfigError, DataError
 
@@ -27,7 +28,7 @@ def test_project_names_are_never_paths(svc, name):
     run_id = svc.store.enqueue_run(project.id, "score", {})
     svc.store.claim_next_run(1)
     svc.store.finish_run(run_id, "done", metrics={})
-    for path in (svc.export_annotations(project.id), svc.export_run_report(run_id)):
+    for path in (exporter.export_annotations(svc.store, project.id), exporter.export_run_report(svc.store, run_id)):
         assert path.parent == svc.store.exports_dir and path.is_file()
         assert "\x00" not in path.name and not path.name.startswith((".", "-"))
     sys.path.insert(0, str(REPO))
@@ -41,9 +42,9 @@ def test_project_names_are_never_paths(svc, name):
 def test_import_paths_that_do_not_name_a_file_are_data_errors(svc, path):
     project = svc.create_project("p", ["a"])
     with pytest.raises(DataError, match="not found"):
-        svc.import_file(project.id, path)
+        importer.import_file(svc.store, project.id, path)
     with pytest.raises(DataError):
-        svc.preview_import(path)
+        importer.preview_import(path)
 
 
 def test_model_and_export_paths_with_nul_bytes_are_refused(svc, tmp_path):
@@ -53,7 +54,7 @@ def test_model_and_export_paths_with_nul_bytes_are_refused(svc, tmp_path):
     with pytest.raises(ConfigError, match="NUL"):
         svc.start_run(project.id, "score", model=str(tmp_path / "m\x00"))
     with pytest.raises(DataError, match="cannot be written"):
-        svc.export_annotations(project.id, tmp_path / "out\x00.csv")
+        exporter.export_annotations(svc.store, project.id, tmp_path / "out\x00.csv")
     assert svc.store.list_runs(project.id) == [] and [p.name for p in svc.store.list_projects()] == ["p"]
 
 
@@ -63,9 +64,9 @@ def test_files_over_the_import_cap_are_refused_before_reading(svc, tmp_path, mon
     path.write_text("text\n" + "a document\n" * 20_000)  # 220 kB
     monkeypatch.setenv("DALLMI_MAX_IMPORT_MB", "0.1")
     before = svc.store.content_digest()
-    for read in (svc.import_file, lambda _, p: svc.preview_import(p)):
+    for read in (lambda pid, p: importer.import_file(svc.store, pid, p), lambda _, p: importer.preview_import(p)):
         with pytest.raises(DataError, match=r"big\.csv: is 220,005 bytes, over the import limit of 100,000 bytes"):
             read(project.id, path)
     assert svc.store.content_digest() == before
     monkeypatch.setenv("DALLMI_MAX_IMPORT_MB", "1")
-    assert svc.import_file(project.id, path).rows_read == 20_000
+    assert importer.import_file(svc.store, project.id, path).rows_read == 20_000

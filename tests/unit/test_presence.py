@@ -155,17 +155,18 @@ def test_a_beating_app_keeps_its_worker_and_the_timeout_counts_from_the_last_bea
 
 def test_worker_status_says_whether_a_worker_holds_the_lock_and_its_last_report(tmp_path):
     with open_services(tmp_path, autostart_worker=False) as svc:
-        status = svc.worker_status()
+        status = presence.worker_status(svc.store)
         assert not status.alive and status.pid is None and status.report is None and status.rss_mb is None
         lock = acquire_lock(tmp_path)
         try:
             svc.store.report_worker(os.getpid(), "h", started_at=time.time(), state="idle", rss_bytes=3 * 2**20)
-            status = svc.worker_status()
+            status = presence.worker_status(svc.store)
             assert status.alive and status.pid == os.getpid() and status.rss_mb == 3.0
             assert 0 <= status.report_age_s < 5
         finally:
             lock.close()
-        assert not svc.worker_status().alive and svc.worker_status().report.pid == os.getpid()
+        status = presence.worker_status(svc.store)
+        assert not status.alive and status.report.pid == os.getpid()
 
 
 def test_open_services_beats_for_the_app_until_closed(tmp_path):

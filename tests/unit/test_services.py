@@ -14,6 +14,7 @@ import pandas as pd
 import pytest
 from conftest import LABELS, make_texts
 
+from dallmi_core.app import importer
 from dallmi_core.app.candidates import candidates, latest_predictions_run
 from dallmi_core.app.process import LOG_FILE, worker_running
 from dallmi_core.app.services import RECOMMENDED_TAGS, ensure_worker, open_services
@@ -43,7 +44,7 @@ def project(svc, tmp_path):
     )
     frame.to_csv(tmp_path / "docs.csv", index=False)
     created = svc.create_project("helpdesk", LABELS)
-    report = svc.import_file(created.id, tmp_path / "docs.csv")
+    report = importer.import_file(svc.store, created.id, tmp_path / "docs.csv")
     assert report.imported == 36 and report.tags_added == 0
     return SimpleNamespace(id=created.id, gold=y, target=svc.store.document_ids(created.id, "target"))
 
