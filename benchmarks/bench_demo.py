@@ -17,37 +17,19 @@ import os
 import re
 import shutil
 import signal
-import socket
-import subprocess
-import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 
 from playwright.sync_api import sync_playwright
 
 from dallmi_core.app.process import worker_pid
+from dallmi_core.app.server import CHROMIUM_ARGS, AppServer, app_env
 from dallmi_core.store import open_store
 
 REPO = Path(__file__).resolve().parents[1]
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--disable-quic",
-]
+START_TIMEOUT = 120  # s until the server answers its health check
 PAGES = ["Projects", "Data", "Annotate", "Adapt", "Export", "Per-label AP", "MixUp samples", "Domain shift"]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def settled(page) -> None:
@@ -147,31 +129,17 @@ def main() -> None:
     if data.exists() and any(data.iterdir()):
         raise SystemExit(f"{data} is not empty: the demo must start on a fresh data folder")
     args.shots.mkdir(parents=True, exist_ok=True)
-    port = free_port()
-    env = {**os.environ, "DALLMI_DATA_DIR": str(data), "HF_HUB_OFFLINE": "1"}
-    for name in ("DALLMI_NO_DEMO", "DALLMI_NO_WORKER"):
-        env.pop(name, None)
-    log = open(args.shots / "streamlit.log", "wb")
-    command = [sys.executable, "-m", "streamlit", "run", "app.py", "--server.port", str(port)]
-    server = subprocess.Popen(
-        [*command, "--server.fileWatcherType", "none"],
-        cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-    )  # fmt: skip
-    url = f"http://127.0.0.1:{port}"
+    env = app_env(data, demo=True, worker=True) | {"HF_HUB_OFFLINE": "1"}
+    server = AppServer.start(REPO, env, args.shots / "streamlit.log")
     result: dict = {"data_dir": str(data), "cpu_cores": os.cpu_count()}
     try:
-        for _ in range(240):
-            try:
-                urllib.request.urlopen(f"{url}/_stcore/health", timeout=5)
-                break
-            except OSError:
-                time.sleep(0.5)
+        server.wait_healthy(START_TIMEOUT)
         with sync_playwright() as pw:
             browser = pw.chromium.launch(executable_path=shutil.which("chromium"), headless=True, args=CHROMIUM_ARGS)
             page = browser.new_page(viewport={"width": 1400, "height": 1000})
             page.set_default_timeout(180_000)
             start = time.time()
-            page.goto(url)
+            page.goto(server.url)
             settled(page)
             result["first_page_s"] = round(time.time() - start, 1)
             print("first page", result["first_page_s"], flush=True)
@@ -179,8 +147,7 @@ def main() -> None:
             screenshots(page, args.shots)
             browser.close()
     finally:
-        os.killpg(server.pid, signal.SIGTERM)
-        server.wait(timeout=30)
+        server.stop()
         pid = worker_pid(data)
         if pid is not None:
             os.kill(pid, signal.SIGTERM)

@@ -70,6 +70,25 @@ def _t(text: str, *extra: str, **maybe: float) -> T:
     return T(text, extra, tuple(maybe.items()))
 
 
+def _templates(block: str) -> list[T]:
+    """Short templates written compactly, one a line: `text`, or `text => label, label=p` for
+    _t(text, label, label=p) (a label always added, a label added with probability p)."""
+    templates = []
+    for line in filter(None, map(str.strip, block.splitlines())):
+        text, _, labels = line.partition(" => ")
+        extra, maybe = [], {}
+        for label in labels.split(", ") if labels else ():
+            name, _, p = label.partition("=")
+            if name not in LABELS:
+                raise ValueError(f"template {text!r}: unknown label {name!r}")
+            if p:
+                maybe[name] = float(p)
+            else:
+                extra.append(name)
+        templates.append(_t(text, *extra, **maybe))
+    return templates
+
+
 def _money(rng: random.Random) -> str:
     return f"${rng.randint(6, 149)}.{rng.choice(('00', '49', '50', '90', '95', '99'))}"
 
@@ -428,95 +447,107 @@ SOURCE_DISTRACTORS = {
 }
 
 TARGET: dict[str, list[T]] = {
-    "billing": [
-        _t("[charged|billed] twice for [brew club|my sub|the pods] [lol|this month|wtf|again|??]"),
-        _t("why did i get charged {amount} [when i cancelled|after cancelling|i cancelled last week]"),
-        _t("{pay} keeps [getting declined|failing] at checkout", bug=0.3),
-        _t("promo code [didnt|did not|wont] apply [and i still got charged full price|at checkout]"),
-        _t("price went up from {amount} to {amount2} [without telling anyone|no warning|??]"),
-        _t("free trial ended and it took {amount} [without any reminder|straight away|smh]"),
-        _t("pending charge of {amount} on my bank app [what is this|from brewster??|?]"),
-        _t("how do i cancel brew club, cant find it [anywhere|in the app]"),
-        _t("got billed for pods i skipped", shipping=0.25),
-        _t("where do i get a receipt for [my sub|brew club|my last order]"),
-        _t("double charged [on|for] order {order}"),
-        _t("[sub|brew club] renewed [early|twice] [this month|again]"),
-        _t("[need|want] my money back for the [annual|yearly] plan i didnt [mean to|want to] buy"),
-        _t("in app purchase went thru but no pods credit [showing|on my account]", bug=0.3),
-        _t("why is there a {amount} fee on my statement"),
-    ],
-    "login": [
-        _t("[cant|cannot|unable to] [log in|login|sign in] [on {device}|anymore|since this morning|]"),
-        _t("[2fa|two factor] code never [arrives|comes|shows up]"),
-        _t("[verification|login|sms] code [never comes|takes forever|expired before it arrived]"),
-        _t("sign in with [google|apple] just [spins|loops back to the start|does nothing]", bug=0.4),
-        _t("app keeps logging me out [every day|every time i close it|constantly]", bug=0.4),
-        _t("says wrong password but i [literally|just] reset it"),
-        _t("locked out of my account [after the update|for no reason|help]"),
-        _t("face id login [stopped working|doesnt work anymore]", bug=0.5),
-        _t("magic link email [never shows up|goes to spam|expired]"),
-        _t("[changed|new] phone and now i cant get the [otp|code]"),
-        _t("account says email already in use but i cant sign in [with it|lol]"),
-        _t("forgot which email i signed up with, how do i get back in"),
-        _t("stuck on the login screen [on {device}|]", bug=0.5),
-        _t("my account got hacked?? [password changed|cant get in]"),
-    ],
-    "shipping": [
-        _t("[wheres|where is] my [order|stuff|machine] [lol|??|its been {days} days]"),
-        _t("tracking [stuck|hasnt moved] on [label created|in transit] for {days} days"),
-        _t("says delivered but [nothing at my door|no package anywhere|my porch is empty]"),
-        _t("preorder said ships in {month}, [still nothing|any update?]"),
-        _t("can i change the address on order {order}"),
-        _t("driver [left it at the wrong house|never showed up|marked it as failed]"),
-        _t("eta keeps [changing|getting pushed back]"),
-        _t("only got the machine, no pods in the box"),
-        _t("paid for express and it still took {days} days", "billing"),
-        _t("do you ship to {country}"),
-        _t("pod box [late again|didnt come this month]"),
-        _t("package [went|got sent] to my old address"),
-        _t("how long does [shipping|delivery] take to {country}"),
-    ],
-    "returns": [
-        _t("how do i [return|send back] the {item}"),
-        _t("want to send it back, [too loud|doesnt fit under my cabinets|not for me]"),
-        _t("need a return label [for order {order}|pls]"),
-        _t("got the wrong color, can i swap it", shipping=0.3),
-        _t("returned it {days} days ago, still no refund", "billing"),
-        _t("box was [smashed|crushed|soaked] when it came, want a replacement", "shipping"),
-        _t("is the 30 day return thing still a thing"),
-        _t("exchange [the white one for black|my go for the go mini]?"),
-        _t("dropped it off at the {place} for return, now what"),
-        _t("machine [leaks|stopped heating] after {days} days, want a new one", "bug"),
-        _t("refund for the return [only|just] came back [partial|half]", "billing"),
-        _t("can i return opened pods"),
-    ],
-    "bug": [
-        _t("app [crashes|closes itself|freezes] when i [open {screen}|{action}]"),
-        _t("[wont|cant] pair with the machine over bluetooth"),
-        _t("stuck on [loading|the splash screen|connecting] forever"),
-        _t("update [broke|killed] [the timer|scheduling|the app|wifi setup]"),
-        _t("black screen after the [latest|new] update on {device}"),
-        _t("notification spam, got {days} descale alerts [today|in an hour]"),
-        _t("brew schedule just [doesnt fire|resets|ignores my time]"),
-        _t("machine shows e{nn} and [blinks red|stops mid brew]"),
-        _t("[wifi|bluetooth] keeps dropping [lol|every few min|]"),
-        _t("[buttons|the slider] dont respond on {device}"),
-        _t("app says tank empty but its full"),
-        _t("[cup size|strength] setting [doesnt save|resets every time]"),
-        _t("[shop|checkout] page just shows an error", "billing"),
-        _t("widget shows the wrong pod count"),
-    ],
-    "feature_request": [
-        _t("[pls|please|plz] add {feature}"),
-        _t("would be cool if [i could schedule brews from the lock screen|it had {feature}|we could save favorites]"),
-        _t("need {feature} asap"),
-        _t("any plans for {feature}"),
-        _t("wish [the app|it] had {feature}"),
-        _t("feature idea: {feature}"),
-        _t("can you add {feature}"),
-        _t("[really|kinda] missing {feature} tbh"),
-        _t("5 stars if you add {feature}"),
-    ],
+    "billing": _templates(
+        """
+        [charged|billed] twice for [brew club|my sub|the pods] [lol|this month|wtf|again|??]
+        why did i get charged {amount} [when i cancelled|after cancelling|i cancelled last week]
+        {pay} keeps [getting declined|failing] at checkout => bug=0.3
+        promo code [didnt|did not|wont] apply [and i still got charged full price|at checkout]
+        price went up from {amount} to {amount2} [without telling anyone|no warning|??]
+        free trial ended and it took {amount} [without any reminder|straight away|smh]
+        pending charge of {amount} on my bank app [what is this|from brewster??|?]
+        how do i cancel brew club, cant find it [anywhere|in the app]
+        got billed for pods i skipped => shipping=0.25
+        where do i get a receipt for [my sub|brew club|my last order]
+        double charged [on|for] order {order}
+        [sub|brew club] renewed [early|twice] [this month|again]
+        [need|want] my money back for the [annual|yearly] plan i didnt [mean to|want to] buy
+        in app purchase went thru but no pods credit [showing|on my account] => bug=0.3
+        why is there a {amount} fee on my statement
+        """
+    ),
+    "login": _templates(
+        """
+        [cant|cannot|unable to] [log in|login|sign in] [on {device}|anymore|since this morning|]
+        [2fa|two factor] code never [arrives|comes|shows up]
+        [verification|login|sms] code [never comes|takes forever|expired before it arrived]
+        sign in with [google|apple] just [spins|loops back to the start|does nothing] => bug=0.4
+        app keeps logging me out [every day|every time i close it|constantly] => bug=0.4
+        says wrong password but i [literally|just] reset it
+        locked out of my account [after the update|for no reason|help]
+        face id login [stopped working|doesnt work anymore] => bug=0.5
+        magic link email [never shows up|goes to spam|expired]
+        [changed|new] phone and now i cant get the [otp|code]
+        account says email already in use but i cant sign in [with it|lol]
+        forgot which email i signed up with, how do i get back in
+        stuck on the login screen [on {device}|] => bug=0.5
+        my account got hacked?? [password changed|cant get in]
+        """
+    ),
+    "shipping": _templates(
+        """
+        [wheres|where is] my [order|stuff|machine] [lol|??|its been {days} days]
+        tracking [stuck|hasnt moved] on [label created|in transit] for {days} days
+        says delivered but [nothing at my door|no package anywhere|my porch is empty]
+        preorder said ships in {month}, [still nothing|any update?]
+        can i change the address on order {order}
+        driver [left it at the wrong house|never showed up|marked it as failed]
+        eta keeps [changing|getting pushed back]
+        only got the machine, no pods in the box
+        paid for express and it still took {days} days => billing
+        do you ship to {country}
+        pod box [late again|didnt come this month]
+        package [went|got sent] to my old address
+        how long does [shipping|delivery] take to {country}
+        """
+    ),
+    "returns": _templates(
+        """
+        how do i [return|send back] the {item}
+        want to send it back, [too loud|doesnt fit under my cabinets|not for me]
+        need a return label [for order {order}|pls]
+        got the wrong color, can i swap it => shipping=0.3
+        returned it {days} days ago, still no refund => billing
+        box was [smashed|crushed|soaked] when it came, want a replacement => shipping
+        is the 30 day return thing still a thing
+        exchange [the white one for black|my go for the go mini]?
+        dropped it off at the {place} for return, now what
+        machine [leaks|stopped heating] after {days} days, want a new one => bug
+        refund for the return [only|just] came back [partial|half] => billing
+        can i return opened pods
+        """
+    ),
+    "bug": _templates(
+        """
+        app [crashes|closes itself|freezes] when i [open {screen}|{action}]
+        [wont|cant] pair with the machine over bluetooth
+        stuck on [loading|the splash screen|connecting] forever
+        update [broke|killed] [the timer|scheduling|the app|wifi setup]
+        black screen after the [latest|new] update on {device}
+        notification spam, got {days} descale alerts [today|in an hour]
+        brew schedule just [doesnt fire|resets|ignores my time]
+        machine shows e{nn} and [blinks red|stops mid brew]
+        [wifi|bluetooth] keeps dropping [lol|every few min|]
+        [buttons|the slider] dont respond on {device}
+        app says tank empty but its full
+        [cup size|strength] setting [doesnt save|resets every time]
+        [shop|checkout] page just shows an error => billing
+        widget shows the wrong pod count
+        """
+    ),
+    "feature_request": _templates(
+        """
+        [pls|please|plz] add {feature}
+        would be cool if [i could schedule brews from the lock screen|it had {feature}|we could save favorites]
+        need {feature} asap
+        any plans for {feature}
+        wish [the app|it] had {feature}
+        feature idea: {feature}
+        can you add {feature}
+        [really|kinda] missing {feature} tbh
+        5 stars if you add {feature}
+        """
+    ),
 }
 
 TARGET_NONE = (

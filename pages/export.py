@@ -3,6 +3,8 @@
 Files are built when a button is clicked (st.download_button with a callable), never on page load.
 """
 
+import contextlib
+
 import streamlit as st
 
 from dallmi_core.app import exporter
@@ -12,22 +14,29 @@ svc = gate.start()
 project = gate.current_project()
 st.title("Export")
 stem = widgets.slug(project.name)
-PREDICTION_FORMATS = (("csv", "CSV", "text/csv"), ("parquet", "Parquet", "application/vnd.apache.parquet"))
+CSV = ("csv", "CSV", "text/csv")  # (file suffix, button name, MIME type)
+ANNOTATION_FORMATS = (CSV, ("jsonl", "JSONL", "application/jsonl"))
+PREDICTION_FORMATS = (CSV, ("parquet", "Parquet", "application/vnd.apache.parquet"))
 REPORT_FORMATS = (("md", "Markdown", "text/markdown"), ("json", "JSON", "application/json"))
+MODEL_FORMATS = (("zip", "zip", "application/zip"),)
 
 
-def run_downloads(title: str, export, kind: str, formats, run_id: int) -> None:
-    """One download button per format of a run's export, built when clicked."""
-    for fmt, name, mime in formats:
-        widgets.download(
-            f"{title} ({name})",
-            export,
-            svc.store,
-            run_id,
-            file_name=f"{stem}-run{run_id}-{kind}.{fmt}",
-            mime=mime,
-            key=f"{kind}-{fmt}",
-        )
+def downloads(title: str, export, of: int, kind: str, formats, *, prefix: str = stem, columns: bool = False, **options):
+    """One download button per format of an export (of the project or a run), built when clicked:
+    `<prefix>-<kind>.<suffix>`, keyed `<kind>-<suffix>`; side by side in columns if asked."""
+    places = st.columns(len(formats)) if columns else [contextlib.nullcontext()] * len(formats)
+    for place, (suffix, name, mime) in zip(places, formats, strict=True):
+        with place:
+            widgets.download(
+                f"{title} ({name})",
+                export,
+                svc.store,
+                of,
+                file_name=f"{prefix}-{kind}.{suffix}",
+                mime=mime,
+                key=f"{kind}-{suffix}",
+                **options,
+            )
 
 
 st.subheader("Annotations")
@@ -44,27 +53,16 @@ else:
         "id, text, labels ('|'-separated), domain, then your metadata columns: the import format, so the file "
         "re-imports cleanly. Documents: every document with its gold labels, tags and metadata."
     )
-    for col, fmt, mime in zip(st.columns(2), ("csv", "jsonl"), ("text/csv", "application/jsonl"), strict=True):
-        with col:
-            widgets.download(
-                f"Annotations ({fmt.upper()})",
-                exporter.export_annotations,
-                svc.store,
-                project.id,
-                only_labelled=only,
-                file_name=f"{stem}-annotations.{fmt}",
-                mime=mime,
-                key=f"annotations-{fmt}",
-            )
-    widgets.download(
-        "Documents (CSV)",
-        exporter.export_documents,
-        svc.store,
+    downloads(
+        "Annotations",
+        exporter.export_annotations,
         project.id,
-        file_name=f"{stem}-documents.csv",
-        mime="text/csv",
-        key="documents-csv",
+        "annotations",
+        ANNOTATION_FORMATS,
+        columns=True,
+        only_labelled=only,
     )
+    downloads("Documents", exporter.export_documents, project.id, "documents", (CSV,))
 
 st.subheader("Runs")
 runs = [run for run in svc.store.list_runs(project.id) if run.status == "done"]
@@ -82,21 +80,14 @@ else:
         format_func=lambda rid: f"run {rid} · {by_id[rid].kind} · {run_views.when(by_id[rid].finished_at)}",
     )
     run = by_id[run_id]
+    run_stem = f"{stem}-run{run.id}"
     model, predictions, report = st.columns(3)
     with model:
         st.markdown("**Model**")
         if run_views.has_model(run):
             what = "scored with" if run.kind == "score" else "trained by"
             st.caption(f"The model folder {what} this run (Hugging Face format, id2label and thresholds).")
-            widgets.download(
-                "Model folder (zip)",
-                exporter.export_model,
-                svc.store,
-                run.id,
-                file_name=f"{stem}-run{run.id}-model.zip",
-                mime="application/zip",
-                key="model-zip",
-            )
+            downloads("Model folder", exporter.export_model, run.id, "model", MODEL_FORMATS, prefix=run_stem)
         else:
             st.caption("This run left no model folder.")
     with predictions:
@@ -107,10 +98,12 @@ else:
                 "saved on the Per-label AP page, else the run's calibrated default (the run report lists each "
                 "and where it came from)."
             )
-            run_downloads("Predictions", exporter.export_predictions, "predictions", PREDICTION_FORMATS, run.id)
+            downloads(
+                "Predictions", exporter.export_predictions, run.id, "predictions", PREDICTION_FORMATS, prefix=run_stem
+            )
         else:
             st.caption("This run stored no predictions.")
     with report:
         st.markdown("**Run report**")
         st.caption("Configuration, timings and metrics: enough to reproduce the run.")
-        run_downloads("Report", exporter.export_run_report, "report", REPORT_FORMATS, run.id)
+        downloads("Report", exporter.export_run_report, run.id, "report", REPORT_FORMATS, prefix=run_stem)

@@ -66,19 +66,26 @@ class ColumnMapping:
 
 @dataclass
 class ImportReport:
+    """Where every row of an import went: each row read became a new document (counted by domain),
+    an exact repeat (within the file or of the project) or an eval row attached to a target document."""
+
     path: str
     encoding: str
     delimiter: str | None = None
     rows_read: int = 0
-    imported: int = 0
+    by_domain: dict[str, int] = field(default_factory=lambda: dict.fromkeys(DOMAINS, 0))  # the new documents
     repeated_in_file: int = 0
     repeated_in_project: int = 0
     attached: int = 0
     tags_added: int = 0
     gold_rows: int = 0
-    by_domain: dict[str, int] = field(default_factory=lambda: dict.fromkeys(DOMAINS, 0))
     meta_columns: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+
+    @property
+    def imported(self) -> int:
+        """New documents, of every domain."""
+        return sum(self.by_domain.values())
 
     @property
     def repeated(self) -> int:
@@ -326,7 +333,6 @@ def _import_chunk(
         report.gold_rows += gold is not None
         report.by_domain[dom] += 1
     store.insert_documents(project.id, new_rows)
-    report.imported += len(new_rows)
     store.attach_gold(project.id, attach)
     docs = store.find_ext_docs(project.id, [ext for ext, _ in tag_ext])
     tag_ids += [(docs[ext][0], label) for ext, label in tag_ext if docs.get(ext, "??")[2] == "target"]

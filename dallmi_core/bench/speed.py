@@ -38,7 +38,7 @@ from dallmi_core.data.corpus import Corpus
 from dallmi_core.evaluation.metrics import ap_report
 from dallmi_core.method.mixup import draw_mixup
 from dallmi_core.method.sampling import LabelBalancedSampler
-from dallmi_core.method.step import reference_dallmi_step, vectorised_dallmi_step
+from dallmi_core.method.step import StepContext, reference_dallmi_step, vectorised_dallmi_step
 from dallmi_core.modeling import fast_inference
 from dallmi_core.modeling.model import eager_attention, load_classifier, new_classifier
 from dallmi_core.modeling.precision import cpu_bf16, resolve_precision
@@ -102,25 +102,26 @@ def _autocast(device: torch.device, precision: str):
 
 
 class _Path:
-    """One model copy with its optimizer and one step function; times each training step and
-    counts its forwards and FLOPs by a hook on the model."""
+    """One step function on its own model copy (the context's), with its optimizer; times each
+    training step and counts its forwards and FLOPs by a hook on the model."""
 
-    def __init__(self, model, step: Callable, tokens, device: torch.device, precision: str = "no"):
-        self.model, self.step, self.tokens, self.device, self.precision = model, step, tokens, device, precision
-        self.optimizer = torch.optim.AdamW(model.parameters(), lr=5e-5)
-        self.flop_model, self.shapes = flop_model(model), ShapeRecorder(model)
+    def __init__(self, step: Callable, context: StepContext, precision: str = "no"):
+        self.step, self.context, self.precision = step, context, precision
+        self.model, self.device = context.model, context.device
+        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=5e-5)
+        self.flop_model, self.shapes = flop_model(self.model), ShapeRecorder(self.model)
         self.times: list[float] = []
         self.forwards: list[int] = []
         self.hardware_flops: list[float] = []  # padded tokens, per timed step
         self.model_flops: list[float] = []  # real tokens, per timed step
 
-    def run(self, batch, mix, cfg: AdaptConfig, *, timed: bool = True) -> None:
+    def run(self, batch, mix, *, timed: bool = True) -> None:
         self.shapes.reset()
         _sync(self.device)
         start = time.perf_counter()
         eager = cpu_bf16(self.device.type, self.precision)  # as the trainer decides
         with _autocast(self.device, self.precision), eager_attention(self.model, enabled=eager):
-            loss, _ = self.step(self.model, self.tokens, batch, mix, cfg, self.device)
+            loss, _ = self.step(self.context, batch, mix)
         loss.backward()
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
@@ -162,7 +163,7 @@ def _interleaved(paths: dict[str, _Path], sampler, cfg: AdaptConfig, steps: int,
         active = int(batch.active.sum())
         sequences = len(batch.unlabeled) + active * (cfg.positives_per_label + cfg.mixup_pairs)
         for name in names[i % len(names) :] + names[: i % len(names)]:
-            paths[name].run(batch, mix, cfg, timed=i > 0)
+            paths[name].run(batch, mix, timed=i > 0)
     return sequences
 
 
@@ -183,12 +184,12 @@ def bench_step(backbone: str, texts: Sequence[str], gold: np.ndarray, n_labels: 
     clf = new_classifier(backbone, [f"label_{i}" for i in range(n_labels)])
     tokens = TokenizedCorpus.build(clf.tokenizer, texts, s.max_length)
     model = clf.model.to(device).train()
-    precision = resolve_precision(s.precision, device.type)
+    precision, cfg = resolve_precision(s.precision, device.type), _adapt_cfg(s)
     paths = {
-        "reference": _Path(copy.deepcopy(model), reference_dallmi_step, tokens, device, precision),
-        "ours": _Path(model, vectorised_dallmi_step, tokens, device, precision),
+        "reference": _Path(reference_dallmi_step, StepContext(copy.deepcopy(model), tokens, cfg, device), precision),
+        "ours": _Path(vectorised_dallmi_step, StepContext(model, tokens, cfg, device), precision),
     }
-    sequences = _interleaved(paths, _sampler(len(tokens), tags, s), _adapt_cfg(s), s.steps, s.seed)
+    sequences = _interleaved(paths, _sampler(len(tokens), tags, s), cfg, s.steps, s.seed)
     out = {"labels": n_labels, "synthesised_labels": synthesised, "sequences_per_step": sequences}
     out["precision"] = precision
     for name, path in paths.items():
@@ -214,16 +215,22 @@ def bench_pipeline(backbone: str, corpus: Corpus, gold: np.ndarray, labels: Sequ
     start = time.perf_counter()
     tokens = TokenizedCorpus.build(clf.tokenizer, corpus.texts, s.max_length)
     ours_tokenise_s = time.perf_counter() - start
+    cfg = _adapt_cfg(s)
+
+    def context(table, own_copy: bool = True) -> StepContext:
+        """The step context of one path: `table` (padded or ours) and a copy of the model of its own."""
+        return StepContext(copy.deepcopy(model) if own_copy else model, table, cfg, device)
+
     paths = {
-        "trainer": _Path(copy.deepcopy(model), reference_dallmi_step, padded, device),
-        "cycle": _Path(copy.deepcopy(model), cycle_reference_step, padded, device),
-        "ours": _Path(copy.deepcopy(model), vectorised_dallmi_step, tokens, device),
+        "trainer": _Path(reference_dallmi_step, context(padded)),
+        "cycle": _Path(cycle_reference_step, context(padded)),
+        "ours": _Path(vectorised_dallmi_step, context(tokens)),
     }
     low = resolve_precision(s.precision, device.type)
     if low != "no":
-        paths[f"ours_{low}"] = _Path(model, vectorised_dallmi_step, tokens, device, low)
+        paths[f"ours_{low}"] = _Path(vectorised_dallmi_step, context(tokens, own_copy=False), low)
     sampler = _sampler(len(tokens), tags, s)
-    _interleaved(paths, sampler, _adapt_cfg(s), s.steps, s.seed)
+    _interleaved(paths, sampler, cfg, s.steps, s.seed)
     documents = s.steps * sampler.unlabeled.batch_size
     rows = {}
     for name, path in paths.items():

@@ -25,10 +25,10 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from dallmi_core.config import AdaptConfig
 from dallmi_core.method.losses import dallmi_objective, mixup_term, variational_term
 from dallmi_core.method.mixup import MixupDraws, mix_sequences
 from dallmi_core.method.sampling import BalancedBatch
+from dallmi_core.method.step import StepContext
 from dallmi_core.modeling.model import base_embeddings, forward_logits, logits_from_base
 
 OFFICIAL_MAX_LENGTH = 128
@@ -70,15 +70,11 @@ class PaddedCorpus:
 
 
 def cycle_reference_step(
-    model,
-    tokens: PaddedCorpus,
-    batch: BalancedBatch,
-    mix: MixupDraws | None,
-    cfg: AdaptConfig,
-    device: torch.device,
+    context: StepContext, batch: BalancedBatch, mix: MixupDraws | None
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """`pu_bert_log.py`'s structure: the whole batch (unlabeled + every label's positives, each row
     once) in one forward, then per label its mixed pair(s) and the chosen unlabeled document(s)."""
+    model, tokens, cfg, device = context
     act = np.flatnonzero(batch.active)
     n_u = len(batch.unlabeled)
     docs, inverse = np.unique(np.concatenate([batch.unlabeled, batch.positives[act].ravel()]), return_inverse=True)

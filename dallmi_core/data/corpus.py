@@ -132,42 +132,52 @@ def _parse_labels(value, source: str, where: str, column: str) -> tuple[str, ...
     return tuple(dict.fromkeys(names))
 
 
+@dataclass(frozen=True)
+class RowRules:
+    """How a row is read, the keyword options of validate_rows and read_corpus: the columns that hold
+    the text, the id, the labels and the domain, the domain of a row that names none, and the label
+    names allowed (None: any)."""
+
+    text_column: str = "text"
+    id_column: str = "id"
+    labels_column: str = "labels"
+    domain_column: str = "domain"
+    default_domain: str = "target"
+    label_names: Sequence[str] | None = None
+
+
 def validate_rows(
     rows: Iterable,
     columns: Sequence[str] | None = None,
     source: str = "<records>",
     *,
-    text_column: str = "text",
-    id_column: str = "id",
-    labels_column: str = "labels",
-    domain_column: str = "domain",
-    default_domain: str = "target",
-    label_names: Sequence[str] | None = None,
     first_row: int = 1,
     unique_ids: bool = True,
+    **rules,
 ) -> Corpus:
     """The one validation path: every file format, every import chunk and in-memory records.
 
-    `columns` None (records, JSON) means the union of the rows' keys.
+    `columns` None (records, JSON) means the union of the rows' keys; `rules` are RowRules' fields.
     `first_row` numbers the rows of a chunk of a larger file (streaming imports), so messages
     and generated ids (`row-<n>`) use the row's position in the whole file. `unique_ids=False`
     leaves repeated ids to the caller (the importer skips exact repeats across the whole file).
     """
+    r = RowRules(**rules)
     rows = list(rows)
     if not rows:
         raise _fail(source, "has no data rows. Add at least one document.")
-    if default_domain not in DOMAINS:
-        raise _fail(source, f"default domain {default_domain!r} is not one of {', '.join(DOMAINS)}.")
+    if r.default_domain not in DOMAINS:
+        raise _fail(source, f"default domain {r.default_domain!r} is not one of {', '.join(DOMAINS)}.")
     for n, row in enumerate(rows, start=first_row):
         if not isinstance(row, Mapping):
             raise _fail(
                 source,
                 f"row {n} is a {type(row).__name__}, not an object with "
-                f"a {text_column!r} field. Give one object per document.",
+                f"a {r.text_column!r} field. Give one object per document.",
             )
     if columns is None:  # records and JSON: the union of keys, in first-seen order
         columns = list(dict.fromkeys(k for row in rows for k in row))
-    check_text_column(columns, text_column, source)
+    check_text_column(columns, r.text_column, source)
     twice = next((c for i, c in enumerate(columns) if c in columns[:i]), None)
     if twice is not None:  # one of them would be dropped without a word
         raise _fail(
@@ -175,16 +185,16 @@ def validate_rows(
             f"column {twice!r} appears more than once (after trimming spaces); columns "
             f"found: {list(columns)}. Rename or remove one of them.",
         )
-    allowed = None if label_names is None else set(label_names)
+    allowed = None if r.label_names is None else set(r.label_names)
     out: list[tuple] = []
     seen: dict[str, int] = {}
     for n, row in enumerate(rows, start=first_row):
-        given_id = _scalar_str(row.get(id_column), source, f"row {n}", id_column)
+        given_id = _scalar_str(row.get(r.id_column), source, f"row {n}", r.id_column)
         where = f"row {n} (id {given_id!r})" if given_id else f"row {n}"
         doc_id = given_id or f"row-{n}"
-        text = _scalar_str(row.get(text_column), source, where, text_column)
+        text = _scalar_str(row.get(r.text_column), source, where, r.text_column)
         if not text:
-            raise _fail(source, f"{where}: column {text_column!r} is empty. Fill in the text or remove the row.")
+            raise _fail(source, f"{where}: column {r.text_column!r} is empty. Fill in the text or remove the row.")
         if unique_ids and doc_id in seen:
             raise _fail(
                 source,
@@ -192,23 +202,23 @@ def validate_rows(
                 f"{seen[doc_id]}). Ids must be unique: rename or remove one.",
             )
         seen[doc_id] = n
-        domain = _scalar_str(row.get(domain_column), source, where, domain_column) or ""
-        domain = domain.lower() or default_domain
+        domain = _scalar_str(row.get(r.domain_column), source, where, r.domain_column) or ""
+        domain = domain.lower() or r.default_domain
         if domain not in DOMAINS:
             raise _fail(
                 source,
-                f"{where}: column {domain_column!r} has {domain!r}, not one "
+                f"{where}: column {r.domain_column!r} has {domain!r}, not one "
                 f"of {', '.join(DOMAINS)}. Fix it or leave it empty "
-                f"for the default ({default_domain!r}).",
+                f"for the default ({r.default_domain!r}).",
             )
-        row_labels = _parse_labels(row.get(labels_column), source, where, labels_column)
+        row_labels = _parse_labels(row.get(r.labels_column), source, where, r.labels_column)
         if allowed is not None:
             unknown = next((name for name in row_labels if name not in allowed), None)
             if unknown is not None:
                 raise _fail(
                     source,
                     f"{where}: unknown label {unknown!r}; allowed labels: "
-                    f"{', '.join(label_names) or '(none)'}. Fix the label "
+                    f"{', '.join(r.label_names) or '(none)'}. Fix the label "
                     "or add it to the project's label set.",
                 )
         out.append((doc_id, text, row_labels, domain))
@@ -216,18 +226,10 @@ def validate_rows(
     return Corpus(ids, texts, labels, domains)
 
 
-def read_corpus(
-    path,
-    *,
-    text_column: str = "text",
-    id_column: str = "id",
-    labels_column: str = "labels",
-    domain_column: str = "domain",
-    default_domain: str = "target",
-    label_names: Sequence[str] | None = None,
-    max_bytes: int | None = 2_000_000_000,
-) -> Corpus:
-    """Read a corpus file by its suffix; pure (reads only), every bad input a DataError."""
+def read_corpus(path, *, max_bytes: int | None = 2_000_000_000, **rules) -> Corpus:
+    """Read a corpus file by its suffix; pure (reads only), every bad input a DataError. `rules` are
+    RowRules' fields (which columns hold what, the default domain, the allowed label names)."""
+    r = RowRules(**rules)
     path = Path(path)
     name = path.name or str(path)
     try:
@@ -238,7 +240,7 @@ def read_corpus(
         if warning:
             warnings.warn(warning, EncodingFallbackWarning, stacklevel=2)
         for chunk, chunk_columns in read_chunks(
-            path, fmt, encoding, 10_000, text_column=text_column, id_column=id_column
+            path, fmt, encoding, 10_000, text_column=r.text_column, id_column=r.id_column
         ):
             rows += chunk
             columns = columns or chunk_columns
@@ -246,17 +248,7 @@ def read_corpus(
         raise _fail(name, f"cannot be read ({exc.strerror or exc}). Check permissions.") from exc
     if not rows and fmt not in ("csv", "tsv", "parquet"):  # blank; a header alone has "no data rows"
         raise _fail(name, "is empty. Add at least one document.")
-    return validate_rows(
-        rows,
-        columns,
-        name,
-        text_column=text_column,
-        id_column=id_column,
-        labels_column=labels_column,
-        domain_column=domain_column,
-        default_domain=default_domain,
-        label_names=label_names,
-    )
+    return validate_rows(rows, columns, name, **rules)
 
 
 def _json_records(corpus: Corpus) -> list[dict]:

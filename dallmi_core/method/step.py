@@ -5,6 +5,7 @@ sequences go through the model in ONE forward of word embeddings; every label te
 masked tensor op. Reference: the official code's structure, 1 + 3L forwards (for each label its
 positives, its mixed pair(s), and the chosen unlabeled document again). Both compute the same
 loss on the same draws (tests/unit/test_step.py), so speed is not bought with another method.
+Both take a StepContext (what the run's steps share) and the step's draws.
 
 On a CPU the cost of a forward is its padded tokens, and one batch of every document is padded to
 its longest member: there the sequences are cut into a few length groups (`length_groups`), each
@@ -13,6 +14,8 @@ is a collective that all ranks must call alike), keeps the single forward.
 """
 
 from __future__ import annotations
+
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -82,20 +85,28 @@ def _logits_of(model, base: torch.Tensor, mask: torch.Tensor, mixup_at: str | No
     return logits_from_base(model, base, mask, mixup_at)
 
 
+class StepContext(NamedTuple):
+    """What every step of a run shares, whichever function computes the step (the vectorised one,
+    the per-label reference, the benchmark's official shapes): the model (possibly wrapped for data
+    parallelism), the tokenised corpus (or anything with its `collate`, such as the benchmark's
+    PaddedCorpus), the run's config and the device. A step takes it with the step's own draws:
+    `step(context, batch, mix)`."""
+
+    model: torch.nn.Module
+    tokens: TokenizedCorpus
+    cfg: AdaptConfig
+    device: torch.device
+
+
 def vectorised_dallmi_step(
-    model,
-    tokens: TokenizedCorpus,
-    batch: BalancedBatch,
-    mix: MixupDraws | None,
-    cfg: AdaptConfig,
-    device: torch.device,
-    anchor: np.ndarray | None = None,
+    context: StepContext, batch: BalancedBatch, mix: MixupDraws | None, anchor: np.ndarray | None = None
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """Loss of one step with a single forward over documents and mixed sequences together.
 
     `anchor` [n_docs, L] (dallmi-anchored): per corpus document the source model's probabilities
     (tags set to 1); every document of the step is held to them by `cfg.anchor_weight` x the summed
     per-label KL term. It reuses the step's forward: no extra pass."""
+    model, tokens, cfg, device = context
     act = np.flatnonzero(batch.active)
     n_u = len(batch.unlabeled)
     positives = batch.positives[act]  # [La, k]
@@ -143,15 +154,10 @@ def vectorised_dallmi_step(
 
 
 def reference_dallmi_step(
-    model,
-    tokens: TokenizedCorpus,
-    batch: BalancedBatch,
-    mix: MixupDraws | None,
-    cfg: AdaptConfig,
-    device: torch.device,
-    pad_to: int | None = None,
+    context: StepContext, batch: BalancedBatch, mix: MixupDraws | None, pad_to: int | None = None
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """The official per-label loop (1 + 3L forwards); `pad_to=128` reproduces its padding too."""
+    model, tokens, cfg, device = context
 
     def logits_of(indices) -> torch.Tensor:
         ids, mask = (t.to(device) for t in tokens.collate(indices, pad_to))

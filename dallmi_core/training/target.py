@@ -14,7 +14,7 @@ from dallmi_core.evaluation.metrics import pu_estimated_ap
 from dallmi_core.method.losses import variational_term
 from dallmi_core.method.mixup import MixupRecord, draw_mixup, score_pairs
 from dallmi_core.method.sampling import LabelBalancedSampler, UnlabeledStream
-from dallmi_core.method.step import vectorised_dallmi_step
+from dallmi_core.method.step import StepContext, vectorised_dallmi_step
 from dallmi_core.modeling.scoring import logits_for, sigmoid
 from dallmi_core.training.pu_split import pu_split
 from dallmi_core.training.trainer import BceTrainer, Trainer, steps_for_epochs
@@ -89,7 +89,8 @@ class DallmiTrainer(TargetTrainer):
             draw_mixup(self.mix_rng, batch, self.cfg.mixup_pairs, self.cfg.mixup_alpha) if self.cfg.uses_mixup else None
         )
         self.state.mixup = None if mix is None else self.mixup_record(batch, mix)
-        return vectorised_dallmi_step(self.model, self.tokens, batch, mix, self.cfg, self.device, self.anchor)
+        context = StepContext(self.model, self.tokens, self.cfg, self.device)
+        return vectorised_dallmi_step(context, batch, mix, self.anchor)
 
     def mixup_record(self, batch, mix) -> MixupRecord:
         """The step's pairs in corpus positions, scored by the model only if a callback asks."""

@@ -16,11 +16,7 @@ import os
 import re
 import shutil
 import signal
-import socket
-import subprocess
-import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import pandas as pd
@@ -28,6 +24,7 @@ import pytest
 from conftest import LABELS, make_texts
 
 from dallmi_core.app.process import LOG_FILE, worker_pid
+from dallmi_core.app.server import CHROMIUM_ARGS, AppServer, app_env
 
 CHROMIUM = shutil.which("chromium")
 try:
@@ -51,42 +48,10 @@ pytestmark = pytest.mark.slow
 
 REPO = Path(__file__).resolve().parents[2]
 ARTIFACTS = REPO / "test-artifacts" / "e2e"
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--disable-quic",
-]
-SERVER_ARGS = "--server.address 127.0.0.1 --server.headless true --server.fileWatcherType none".split()
 START_TIMEOUT = 120  # s until /_stcore/health answers: the first start imports streamlit on a busy machine
 STEP_TIMEOUT = 90_000  # ms per interaction: one script run (the Adapt page's first one asks torch about devices)
 RUN_TIMEOUT = 300  # s for the tiny adaptation: the worker's interpreter imports torch, trains 3 steps, scores
 N_DOCS = 40
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def _wait_healthy(url: str, proc: subprocess.Popen, log: Path) -> None:
-    deadline = time.monotonic() + START_TIMEOUT
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            pytest.fail(f"streamlit exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
-        try:
-            with urllib.request.urlopen(f"{url}/_stcore/health", timeout=5) as response:
-                if response.status == 200:
-                    return
-        except OSError:
-            pass
-        time.sleep(0.5)
-    pytest.fail(f"streamlit did not answer {url}/_stcore/health within {START_TIMEOUT} s:\n{log.read_text()[-3000:]}")
 
 
 def _stop_worker(data: Path) -> None:
@@ -109,37 +74,17 @@ def app_url(tmp_path):
     for old in ARTIFACTS.glob("*.png"):
         old.unlink()
     data = tmp_path / "data"
-    port = _free_port()
-    env = {
-        **os.environ,
-        "DALLMI_DATA_DIR": str(data),
-        "DALLMI_NO_DEMO": "1",
+    env = app_env(data, demo=False, worker=True) | {
         "DALLMI_WORKER_ARGS": "--idle-exit 120",  # a worker the teardown misses still exits
         "HF_HUB_OFFLINE": "1",
         "TOKENIZERS_PARALLELISM": "false",
     }
-    env.pop("DALLMI_NO_WORKER", None)
-    log = ARTIFACTS / "streamlit.log"
-    with open(log, "wb") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "streamlit", "run", "app.py", "--server.port", str(port), *SERVER_ARGS],
-            cwd=REPO,
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    url = f"http://127.0.0.1:{port}"
+    server = AppServer.start(REPO, env, ARTIFACTS / "streamlit.log")
     try:
-        _wait_healthy(url, proc, log)
-        yield url
+        server.wait_healthy(START_TIMEOUT)
+        yield server.url
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+        server.stop()
         _stop_worker(data)
         if (data / LOG_FILE).is_file():
             shutil.copyfile(data / LOG_FILE, ARTIFACTS / "worker.log")

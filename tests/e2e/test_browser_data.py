@@ -6,18 +6,15 @@ Screenshots land in test-artifacts/e2e-data/ (not committed).
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
 from pathlib import Path
 
 import pandas as pd
 import pytest
-from test_browser import CHROMIUM, CHROMIUM_ARGS, REPO, SERVER_ARGS, _free_port, _wait_healthy, settled, sync_api
+from test_browser import CHROMIUM, REPO, START_TIMEOUT, settled, sync_api
 
 from dallmi_core.app import importer
 from dallmi_core.app.auth import hash_password
+from dallmi_core.app.server import CHROMIUM_ARGS, AppServer, app_env
 from dallmi_core.app.services import open_services
 
 pytestmark = pytest.mark.slow
@@ -50,30 +47,22 @@ def server(tmp_path):
         ).to_csv(source, index=False)
         importer.import_file(svc.store, tickets.id, source)
         svc.start_run(tickets.id, "finetune-source", {"epochs": 1.0})  # queued: no worker in this test
-    procs = []
+    servers = []
 
     def start(password: str | None = None) -> str:
-        port = _free_port()
-        env = {**os.environ, "DALLMI_DATA_DIR": str(data), "DALLMI_NO_DEMO": "1", "DALLMI_NO_WORKER": "1"}
+        env = app_env(data, demo=False, worker=False)
         env.pop("DALLMI_PASSWORD_HASH", None)
         if password:
             env["DALLMI_PASSWORD_HASH"] = hash_password(password)
-        log = ARTIFACTS / f"streamlit-{len(procs)}.log"
-        with open(log, "wb") as out:
-            proc = subprocess.Popen(
-                [sys.executable, "-m", "streamlit", "run", "app.py", "--server.port", str(port), *SERVER_ARGS],
-                cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
-            )  # fmt: skip
-        procs.append(proc)
-        url = f"http://127.0.0.1:{port}"
-        _wait_healthy(url, proc, log)
-        return url
+        app = AppServer.start(REPO, env, ARTIFACTS / f"streamlit-{len(servers)}.log")
+        servers.append(app)
+        app.wait_healthy(START_TIMEOUT)
+        return app.url
 
     start.data, start.project = data, tickets
     yield start
-    for proc in procs:
-        os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(timeout=30)
+    for app in servers:
+        app.stop()
 
 
 @pytest.fixture()

@@ -12,7 +12,7 @@ from dallmi_core.config import AdaptConfig
 from dallmi_core.method.losses import anchor_term
 from dallmi_core.method.mixup import draw_mixup
 from dallmi_core.method.sampling import LabelBalancedSampler
-from dallmi_core.method.step import vectorised_dallmi_step
+from dallmi_core.method.step import StepContext, vectorised_dallmi_step
 from dallmi_core.modeling.model import load_classifier, save_classifier
 from dallmi_core.modeling.scoring import logits_for, sigmoid
 from dallmi_core.modeling.tokens import TokenizedCorpus
@@ -54,14 +54,17 @@ def test_the_anchor_adds_its_weighted_kl_on_every_document_of_the_step(step_setu
     model, tokens, batch = step_setup
     cfg = AdaptConfig(mixup_pairs=1)
     mix = draw_mixup(np.random.default_rng(0), batch, 1, 0.3)
-    plain, plain_parts = vectorised_dallmi_step(model, tokens, batch, mix, cfg, CPU)
+    context = StepContext(model, tokens, cfg, CPU)
+    plain, plain_parts = vectorised_dallmi_step(context, batch, mix)
     with torch.no_grad():
         own = sigmoid(logits_for(model, tokens))
-    agreeing, parts = vectorised_dallmi_step(model, tokens, batch, mix, cfg, CPU, anchor=own)
+    agreeing, parts = vectorised_dallmi_step(context, batch, mix, anchor=own)
     assert parts["anchor"] == pytest.approx(0.0, abs=1e-4)  # the model's own predictions: nothing to pull
     assert float(agreeing) == pytest.approx(float(plain), abs=1e-4)
     flipped = np.where(own > 0.5, 0.02, 0.98).astype(np.float32)  # confidently the other way
-    pulled, parts = vectorised_dallmi_step(model, tokens, batch, mix, cfg.replace(anchor_weight=2.0), CPU, flipped)
+    pulled, parts = vectorised_dallmi_step(
+        StepContext(model, tokens, cfg.replace(anchor_weight=2.0), CPU), batch, mix, flipped
+    )
     assert parts["anchor"] > 0.1
     assert float(pulled) == pytest.approx(plain_parts["loss"] + 2.0 * parts["anchor"], rel=1e-4)
 

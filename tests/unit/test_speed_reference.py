@@ -13,7 +13,7 @@ from dallmi_core.bench.speed_reference import CountingTokenizer, PaddedCorpus, c
 from dallmi_core.config import AdaptConfig
 from dallmi_core.method.mixup import draw_mixup
 from dallmi_core.method.sampling import LabelBalancedSampler
-from dallmi_core.method.step import length_groups, reference_dallmi_step, vectorised_dallmi_step
+from dallmi_core.method.step import StepContext, length_groups, reference_dallmi_step, vectorised_dallmi_step
 from dallmi_core.modeling.tokens import TokenizedCorpus
 
 CPU = torch.device("cpu")
@@ -35,7 +35,7 @@ def setup(tiny_clf):
 def _counted(model, step, tokens, batch, mix, cfg) -> tuple[int, float]:
     recorder = ShapeRecorder(model)
     try:
-        loss, _ = step(model, tokens, batch, mix, cfg, CPU)
+        loss, _ = step(StepContext(model, tokens, cfg, CPU), batch, mix)
         loss.backward()
     finally:
         recorder.close()
@@ -76,7 +76,7 @@ def test_the_official_table_is_tokenised_once_per_corpus_and_padded_to_max_lengt
     rng = np.random.default_rng(0)
     for step in (reference_dallmi_step, cycle_reference_step, reference_dallmi_step):
         batch = sampler.next()
-        step(model, padded, batch, draw_mixup(rng, batch, 1, 0.3), cfg, CPU)
+        step(StepContext(model, padded, cfg, CPU), batch, draw_mixup(rng, batch, 1, 0.3))
     assert counting.calls == 1  # every forward takes rows of the table; nothing is tokenised again
     ids, mask = padded.collate([0, 5])
     assert ids.shape == mask.shape == (2, 32)
@@ -97,7 +97,7 @@ def test_both_official_structures_compute_our_loss_and_gradients(setup, variatio
         ("cycle", cycle_reference_step, padded),
     ):
         model.zero_grad(set_to_none=True)
-        loss, _ = step(model, table, batch, mix, cfg, CPU)
+        loss, _ = step(StepContext(model, table, cfg, CPU), batch, mix)
         loss.backward()
         results[name] = (
             float(loss.detach()),

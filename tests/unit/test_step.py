@@ -13,7 +13,13 @@ import dallmi_core.method.step as step_module
 from dallmi_core.config import AdaptConfig
 from dallmi_core.method.mixup import MixupDraws, draw_mixup
 from dallmi_core.method.sampling import BalancedBatch, LabelBalancedSampler
-from dallmi_core.method.step import bce_step, length_groups, reference_dallmi_step, vectorised_dallmi_step
+from dallmi_core.method.step import (
+    StepContext,
+    bce_step,
+    length_groups,
+    reference_dallmi_step,
+    vectorised_dallmi_step,
+)
 from dallmi_core.modeling.model import word_embedding_matrix
 from dallmi_core.modeling.tokens import TokenizedCorpus
 
@@ -32,7 +38,7 @@ def setup(tiny_clf):
 
 def _loss_and_grads(step, model, tokens, batch, mix, cfg):
     model.zero_grad(set_to_none=True)
-    loss, parts = step(model, tokens, batch, mix, cfg, CPU)
+    loss, parts = step(StepContext(model, tokens, cfg, CPU), batch, mix)
     loss.backward()
     grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
     return float(loss), parts, grads
@@ -62,8 +68,9 @@ def test_reference_padded_to_128_matches_too(setup):
     cfg = AdaptConfig()
     batch = sampler.next()
     mix = draw_mixup(np.random.default_rng(2), batch, 1, 0.3)
-    fast, _ = vectorised_dallmi_step(model, tokens, batch, mix, cfg, CPU)
-    ref, _ = reference_dallmi_step(model, tokens, batch, mix, cfg, CPU, pad_to=32)
+    context = StepContext(model, tokens, cfg, CPU)
+    fast, _ = vectorised_dallmi_step(context, batch, mix)
+    ref, _ = reference_dallmi_step(context, batch, mix, pad_to=32)
     assert float(fast) == pytest.approx(float(ref), abs=1e-5)
 
 
@@ -77,8 +84,9 @@ def test_labels_without_tags_are_skipped_identically(setup):
     batch = BalancedBatch(full.unlabeled, positives, active)
     mix = draw_mixup(np.random.default_rng(3), batch, 2, 0.3)
     cfg = AdaptConfig(mixup_pairs=2)
-    fast, _ = vectorised_dallmi_step(model, tokens, batch, mix, cfg, CPU)
-    ref, _ = reference_dallmi_step(model, tokens, batch, mix, cfg, CPU)
+    context = StepContext(model, tokens, cfg, CPU)
+    fast, _ = vectorised_dallmi_step(context, batch, mix)
+    ref, _ = reference_dallmi_step(context, batch, mix)
     assert float(fast) == pytest.approx(float(ref), abs=1e-5)
 
 
@@ -127,7 +135,7 @@ def test_mixed_input_interpolates_word_embeddings(setup, monkeypatch):
     for mu, doc_of in ((1.0, lambda lab: batch.unlabeled[0]), (0.0, lambda lab: batch.positives[lab, 0])):
         labels = batch.positives.shape[0]
         mix = MixupDraws(np.zeros((labels, 1), int), np.zeros((labels, 1), int), np.full((labels, 1), mu, np.float32))
-        vectorised_dallmi_step(model, tokens, batch, mix, AdaptConfig(), CPU)
+        vectorised_dallmi_step(StepContext(model, tokens, AdaptConfig(), CPU), batch, mix)
         mixed = seen["embeds"][-labels:]
         for lab in range(labels):
             ids = torch.as_tensor(tokens.ids[doc_of(lab)])
