@@ -25,11 +25,10 @@ from dallmi_core.config import AdaptConfig, SourceConfig
 from dallmi_core.data.corpus import read_corpus
 from dallmi_core.evaluation.metrics import ap_report
 from dallmi_core.modeling.model import load_classifier
-from dallmi_core.modeling.scoring import logits_for
 from dallmi_core.modeling.tokens import TokenizedCorpus
 from dallmi_core.training.adapt import adapt, interpolate_weights
 from dallmi_core.training.callbacks import Callback
-from dallmi_core.training.prototype import features_and_logits, fold_prototypes
+from dallmi_core.training.prototype import features_and_logits, fold_prototypes, head_linear
 
 DATASETS = ("arxiv_shift", "movies_shift", "pubmed_shift")
 CANDIDATES = {
@@ -42,12 +41,16 @@ CANDIDATES = {
 
 class DevGrid(Callback):
     """At each budget of the grid: dev macro mAP of the current weights at every alpha, and with the
-    tags' prototypes (fitted on the train part's features of those weights) folded in at every gamma."""
+    tags' prototypes (fitted on the train part's features of those weights) folded in at every gamma
+    and covariance shrinkage. The folded head changes only the last linear layer, so each prototype
+    setting is applied to the dev features of one pass instead of another forward."""
 
-    def __init__(self, clf, start, tokens, gold, labels, budgets, alphas, rows, tag, train=None, gammas=(0.0,)):
+    def __init__(
+        self, clf, start, tokens, gold, labels, budgets, alphas, rows, tag, train=None, prototypes=((0.0, 1.0),)
+    ):
         self.clf, self.start, self.tokens, self.gold, self.labels = clf, start, tokens, gold, labels
         self.budgets, self.alphas, self.rows, self.tag = set(budgets), alphas, rows, tag
-        self.train, self.gammas = train, gammas  # (train tokens, tags) for the prototypes
+        self.train, self.prototypes = train, prototypes  # (train tokens, tags); (gamma, shrinkage) pairs
 
     def on_evaluate(self, state, metrics):
         if state.step not in self.budgets and state.step != 0:
@@ -55,16 +58,26 @@ class DevGrid(Callback):
         model = self.clf.model  # on one device the trainer trains this very module
         current = {k: v.detach().clone() for k, v in model.state_dict().items()}
         alphas = self.alphas if state.step else [1.0]  # step 0: the source model itself
-        for alpha, gamma in ((a, g) for a in alphas for g in self.gammas):
+        for alpha in alphas:
             interpolate_weights(model, self.start, alpha)
-            if gamma > 0:
-                features, logits = features_and_logits(model, self.train[0])
-                fold_prototypes(model, features, logits, self.train[1], gamma)
-            scores = logits_for(model, self.tokens)  # eval mode inside, train mode restored
+            dev_features, dev_logits = features_and_logits(model, self.tokens)  # eval mode inside
+            train_features, train_logits = features_and_logits(model, self.train[0])
+            linear = head_linear(model)
+            for gamma, shrinkage in self.prototypes:
+                before = (linear.weight.detach().clone(), linear.bias.detach().clone())
+                if gamma > 0:
+                    fold_prototypes(model, train_features, train_logits, self.train[1], gamma, shrinkage)
+                delta_w = (linear.weight.detach() - before[0]).double().numpy()
+                delta_b = (linear.bias.detach() - before[1]).double().numpy()
+                with torch.no_grad():
+                    linear.weight.copy_(before[0])
+                    linear.bias.copy_(before[1])
+                scores = dev_logits + dev_features @ delta_w.T + delta_b
+                ap = ap_report(self.gold, scores, self.labels).map_macro
+                row = {**self.tag, "step": state.step, "alpha": alpha, "gamma": gamma, "shrinkage": shrinkage}
+                self.rows.append({**row, "map_macro": ap})
+                print(f"  {row}: dev mAP {ap:.4f}", flush=True)
             model.load_state_dict(current)
-            ap = ap_report(self.gold, scores, self.labels).map_macro
-            self.rows.append({**self.tag, "step": state.step, "alpha": alpha, "gamma": gamma, "map_macro": ap})
-            print(f"  {self.tag} step {state.step} alpha {alpha} gamma {gamma}: dev mAP {ap:.4f}", flush=True)
 
 
 def main() -> None:
@@ -76,6 +89,7 @@ def main() -> None:
     parser.add_argument("--budgets", default="20,40,60")
     parser.add_argument("--alphas", default="1.0,0.7,0.5")
     parser.add_argument("--gammas", default="0", help="prototype weights (prototype.py) evaluated at each alpha")
+    parser.add_argument("--shrinkages", default="1", help="prototype covariance shrinkages, each with every gamma")
     parser.add_argument("--max-length", type=int, default=96)
     parser.add_argument("--work-dir", required=True)
     parser.add_argument("--json", required=True)
@@ -83,6 +97,8 @@ def main() -> None:
     budgets = [int(b) for b in args.budgets.split(",")]
     alphas = [float(a) for a in args.alphas.split(",")]
     gammas = [float(g) for g in args.gammas.split(",")]
+    shrinkages = [float(x) for x in args.shrinkages.split(",")]
+    prototypes = [(0.0, 1.0)] + [(g, x) for g in gammas if g > 0 for x in shrinkages]
     out = Path(args.json)
     rows = json.loads(out.read_text())["rows"] if out.exists() else []
     done = {(r["dataset"], r["seed"], r["candidate"]) for r in rows}
@@ -111,7 +127,7 @@ def main() -> None:
                 )
                 train = (TokenizedCorpus.build(clf.tokenizer, train_texts, args.max_length), split.tags)
                 grid = DevGrid(
-                    clf, start, dev_tokens, gold[split.dev], labels, budgets, alphas, rows, tag, train, gammas
+                    clf, start, dev_tokens, gold[split.dev], labels, budgets, alphas, rows, tag, train, prototypes
                 )
                 began = time.perf_counter()
                 adapt(clf, train_texts, split.tags, cfg, callbacks=[grid], source_texts=source_texts)
@@ -130,19 +146,19 @@ def summary(rows: list[dict]) -> str:
     for r in rows:
         if "step" not in r or (r["step"] == 0 and not r.get("gamma", 0.0)):
             continue
-        key = (r["candidate"], r["step"], r["alpha"], r.get("gamma", 0.0))
+        key = (r["candidate"], r["step"], r["alpha"], r.get("gamma", 0.0), r.get("shrinkage", 1.0))
         cells.setdefault(key, {}).setdefault(r["dataset"], []).append(r["map_macro"] - base[(r["dataset"], r["seed"])])
     datasets = sorted({r["dataset"] for r in rows})
     lines = [
-        "| candidate | steps | alpha | " + " | ".join(datasets) + " | mean | worst seed |",
-        "|---" * (len(datasets) + 6) + "|",
+        "| candidate | steps | alpha | gamma | shrinkage | " + " | ".join(datasets) + " | mean | worst seed |",
+        "|---" * (len(datasets) + 7) + "|",
     ]
     for key in sorted(cells):
         per = cells[key]
         means = [float(np.mean(per[d])) if d in per else float("nan") for d in datasets]
         worst = min(min(v) for v in per.values())
         lines.append(
-            f"| {key[0]} | {key[1]} | {key[2]} | {key[3]} | "
+            f"| {key[0]} | {key[1]} | {key[2]} | {key[3]} | {key[4]} | "
             + " | ".join(f"{m:+.3f}" for m in means)
             + f" | {np.nanmean(means):+.3f} | {worst:+.3f} |"
         )

@@ -162,6 +162,7 @@ class AdaptConfig(TrainingBase):
     anchor_weight: float = 1.0
     wise_alpha: float = 0.5  # final = alpha * adapted + (1 - alpha) * source; 1 keeps the adapted weights
     prototype_weight: float = 0.5  # the tags' prototype folded into the head (prototype.py); 0: off
+    prototype_shrinkage: float = 0.2  # the prototypes' covariance shrinkage; 1: the plain mean difference
     # aad only: knowledge-distillation temperature and weight (Ryu & Lee 2020), discriminator lr.
     aad_temperature: float = 20.0
     aad_kd_weight: float = 1.0
@@ -172,6 +173,8 @@ class AdaptConfig(TrainingBase):
         _check_choice("method", self.method, METHODS)
         _check_positive("anchor_weight", self.anchor_weight, allow_zero=True)
         _check_positive("prototype_weight", self.prototype_weight, allow_zero=True)
+        if not 0 < self.prototype_shrinkage <= 1:
+            raise ConfigError(f"prototype_shrinkage must be in (0, 1], got {self.prototype_shrinkage!r}.")
         if not 0 <= self.wise_alpha <= 1:
             raise ConfigError(f"wise_alpha must be in [0, 1], got {self.wise_alpha!r}.")
         for name in ("aad_temperature", "aad_disc_lr"):

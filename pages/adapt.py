@@ -92,7 +92,8 @@ LABELS = {
     "method": (
         "Method",
         "dallmi-anchored (default): DALLMi held to the source model's predictions, its weights then "
-        "interpolated back toward the source model (docs/METHOD.md); dallmi: the paper's variational PU + "
+        "interpolated back toward the source model, and the tags' prototypes folded into the head "
+        "(docs/METHOD.md); dallmi: the paper's variational PU + "
         "MixUp; bce-partial: untagged = negative (baseline); aad: adversarial adaptation with distillation, "
         "no tags (baseline; needs source documents); target-oracle: BCE on gold target labels (upper bound).",
     ),

@@ -37,6 +37,7 @@ ADAPT_HELP = {
     "anchor_weight": f"{DEFAULT_METHOD}: weight of the KL anchor to the source model's predictions (0: off)",
     "wise_alpha": f"{DEFAULT_METHOD}: final weights = alpha * adapted + (1 - alpha) * source (1: off)",
     "prototype_weight": f"{DEFAULT_METHOD}: weight of the tags' prototypes folded into the head (0: off)",
+    "prototype_shrinkage": f"{DEFAULT_METHOD}: covariance shrinkage of the prototypes (1: plain mean difference)",
 }
 FLAGS = {"positives_per_label": "--step-positives"}  # where the flag's name is not the field's
 

@@ -122,7 +122,9 @@ def adapt(
             interpolate_weights(result.clf.model, start, cfg.wise_alpha)
         if anchored and cfg.prototype_weight > 0 and head_linear(result.clf.model) is not None:
             features, logits = features_and_logits(result.clf.model, tokens)
-            final_logits = fold_prototypes(result.clf.model, features, logits, tags, cfg.prototype_weight)
+            final_logits = fold_prototypes(
+                result.clf.model, features, logits, tags, cfg.prototype_weight, cfg.prototype_shrinkage
+            )
         result.extras["anchored"] = anchored
         result.extras["calibration"] = calibrate_adapted(result, tokens, tags, inputs, final_logits)
     return result

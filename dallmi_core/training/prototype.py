@@ -2,10 +2,12 @@
 
 With ten tags per label, the tags' mean feature is a strong few-shot classifier of its own (a
 prototype, as in prototypical networks and Rocchio): per label l, the direction d_l from the mean
-feature of the unlabeled documents to the mean of l's tags. Its projection, put in the head's own
-units (the spread of the head's logits over the documents), is added to the logit with weight
-gamma. Both are linear in the features the head sees, so the sum is folded into the head's last
-linear layer: the model stays a plain Hugging Face classifier, and scoring costs nothing more.
+feature of the unlabeled documents to the mean of l's tags, whitened by the documents' shrunk
+covariance (linear discriminant analysis with shrinkage: directions along which all documents
+vary a lot count less). Its projection, put in the head's own units (the spread of the head's
+logits over the documents), is added to the logit with weight gamma. Both are linear in the
+features the head sees, so the sum is folded into the head's last linear layer: the model stays
+a plain Hugging Face classifier, and scoring costs nothing more.
 """
 
 from __future__ import annotations
@@ -47,24 +49,49 @@ def features_and_logits(model: torch.nn.Module, tokens: TokenizedCorpus) -> tupl
     return both[:, :width], both[:, width:]
 
 
+def prototype_directions(features: np.ndarray, tags: Sequence[Sequence[int]], shrinkage: float) -> np.ndarray:
+    """Per label, the tags' mean minus the documents' mean, times the inverse of the documents'
+    covariance shrunk toward a scaled identity: (1 - shrinkage) x covariance + shrinkage x its
+    mean variance x I. Shrinkage 1 leaves the plain mean difference (a prototype, up to scale); the
+    shrinkage keeps the inverse stable with fewer documents than feature dimensions."""
+    features = features.astype(np.float64)
+    centre = features.mean(axis=0)
+    means = np.zeros((len(tags), features.shape[1]))
+    for label, docs in enumerate(tags):
+        if len(docs):
+            means[label] = features[list(docs)].mean(axis=0) - centre
+    if shrinkage >= 1 or len(features) < 2:
+        return means
+    covariance = np.cov(features, rowvar=False)
+    variance = float(np.trace(covariance)) / covariance.shape[0]
+    if variance <= 0:
+        return means
+    shrunk = (1 - shrinkage) * covariance + shrinkage * variance * np.eye(covariance.shape[0])
+    return np.linalg.solve(shrunk, means.T).T
+
+
 def fold_prototypes(
-    model: torch.nn.Module, features: np.ndarray, logits: np.ndarray, tags: Sequence[Sequence[int]], gamma: float
+    model: torch.nn.Module,
+    features: np.ndarray,
+    logits: np.ndarray,
+    tags: Sequence[Sequence[int]],
+    gamma: float,
+    shrinkage: float,
 ) -> np.ndarray:
     """Add gamma x the standardised prototype score to every tagged label's logit, in the head's
     weights; returns the new logits of `features` (exactly what the changed model now computes)."""
     linear = head_linear(model)
     weight, bias = np.zeros((len(tags), features.shape[1]), np.float64), np.zeros(len(tags), np.float64)
-    centre = features.mean(axis=0)
+    directions = prototype_directions(features, tags, shrinkage)
     for label, docs in enumerate(tags):
         if not len(docs):
             continue
-        direction = features[list(docs)].mean(axis=0) - centre
-        projection = features @ direction
+        projection = features @ directions[label]
         spread = float(projection.std())
         if spread <= 0:
             continue
         scale = gamma * float(logits[:, label].std()) / spread
-        weight[label] = scale * direction
+        weight[label] = scale * directions[label]
         bias[label] = -scale * float(projection.mean())
     if linear.bias is None:
         bias[:] = 0.0  # a constant per label: it moves no ranking

@@ -281,9 +281,15 @@ def test_adapt_options_take_their_type_choices_and_default_from_the_config(comma
     actions = {a.dest: a for a in sub._actions}
     defaults = AdaptConfig()
     offered = [f for f in dataclasses.fields(AdaptConfig) if f.name in actions and f.name != "method"]
-    assert {"lr", "variational", "selection", "anchor_weight", "wise_alpha", "prototype_weight"} <= {
-        f.name for f in offered
-    }
+    assert {
+        "lr",
+        "variational",
+        "selection",
+        "anchor_weight",
+        "wise_alpha",
+        "prototype_weight",
+        "prototype_shrinkage",
+    } <= {f.name for f in offered}
     for field in offered:
         action = actions[field.name]
         assert action.default is None, field.name  # left out: the config's default, not a copy

@@ -105,6 +105,8 @@ def test_uses_mixup_only_for_dallmi_with_pairs_and_weight():
         (AdaptConfig, {"patience": 0}, "patience"),
         (AdaptConfig, {"eval_every": 0}, "eval_every"),
         (AdaptConfig, {"tag_passes": 0.0}, "tag_passes"),
+        (AdaptConfig, {"prototype_shrinkage": 0.0}, "prototype_shrinkage"),
+        (AdaptConfig, {"prototype_shrinkage": 1.5}, "prototype_shrinkage"),
     ],
 )
 def test_invalid_values_name_the_setting(cls, kwargs, name):
