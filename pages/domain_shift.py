@@ -6,6 +6,8 @@ import streamlit as st
 from dallmi_core.app import insights, plots
 from ui import gate, run_views, widgets
 
+SATURATED = 1.9  # an A-distance this close to 2 means a held-out domain error under 2.5%: no room left to compare
+
 svc = gate.start()
 project = gate.current_project()
 st.title("Domain shift")
@@ -41,7 +43,9 @@ st.caption(
     + " The terms use every document."
 )
 
-names = {"before": "Source model", "after": "Adapted model"}
+# a backbone-only project starts from the backbone under a fresh head, not from a fine-tuned source model
+names = {"before": "Source model" if meta.get("source_model", True) else "Backbone, untrained head"}
+names["after"] = "Adapted model"
 cols = st.columns(2)
 for col, key in zip(cols, ("before", "after"), strict=True):
     model = meta["models"][key]
@@ -51,16 +55,30 @@ for col, key in zip(cols, ("before", "after"), strict=True):
         a.metric(
             "A-distance",
             f"{model['a_distance']:.2f}",
-            help="Proxy A-distance 2(1 − 2·error) of a logistic-regression domain classifier (5-fold "
-            "cross-validated): 0 = the domains look alike, 2 = perfectly separable.",
+            help="Proxy A-distance 2(1 − 2·error), the error of a logistic-regression domain classifier on "
+            f"held-out documents (5-fold cross-validated; balanced accuracy {model['accuracy']:.1%}, 50% is "
+            "chance): 0 = the domains look alike, 2 = perfectly separable.",
         )
-        b.metric("Classifier accuracy", f"{model['accuracy']:.1%}", help="Balanced accuracy; 50% is chance.")
+        b.metric(
+            "MMD²",
+            f"{model['mmd2']:.3f}",
+            help="Squared maximum mean discrepancy between the domains' embeddings: 0 = the same distribution, "
+            f"larger = further apart. RBF kernel with the median bandwidth (σ = {model['bandwidth']:.3g}), set "
+            "from each model's own distances, so the figure does not depend on the embeddings' scale.",
+        )
         c.metric(
             "MMD p-value",
             f"{model['mmd_p']:.3f}",
-            help=f"MMD² = {model['mmd2']:.4f} with an RBF kernel (median bandwidth σ = {model['bandwidth']:.3g}); "
-            f"p from {model['permutations']} permutations. Small p: the embeddings differ between the domains.",
+            help=f"From {model['permutations']} permutations. Small p: the embeddings differ between the domains.",
         )
+if min(meta["models"][key]["a_distance"] for key in ("before", "after")) >= SATURATED:
+    st.info(
+        "Both models tell source from target apart almost without error on held-out documents, so the "
+        "A-distance sits at its ceiling of 2 for both and cannot rank them: the domains differ in ways any "
+        "text representation keeps (length, register, vocabulary). Compare the MMD², which still measures "
+        "how far apart the two domains' embeddings lie.",
+        icon=":material/info:",
+    )
 
 labels = list(meta["labels"])
 colour = st.selectbox(
@@ -98,7 +116,8 @@ st.subheader("Label prior shift")
 st.caption(
     "Share of documents per label: gold labels of the source, tags and predictions on the target (at each "
     "label's threshold in use, as the exports: saved on the Per-label AP page, else the run's calibrated "
-    "default); the source model's predictions are those of the embedded documents. Tags cover only what was "
+    "default); the source model's predictions (where the project has one) are those of the embedded documents. "
+    "Tags cover only what was "
     "tagged, so they understate."
 )
 prior = analysis.prior

@@ -4,7 +4,7 @@ decoded token by token, and how close the predictions on mixed inputs come to th
 import pandas as pd
 import streamlit as st
 
-from dallmi_core.app import insights, plots
+from dallmi_core.app import insights, plots, run_models
 from ui import gate, run_views, widgets
 
 svc = gate.start()
@@ -12,6 +12,7 @@ project = gate.current_project()
 st.title("MixUp samples")
 run = run_views.insight_run(project, key="mixup_run")
 labels = list(run.prediction_labels or project.labels)
+before = run_models.starting_model(svc.store, run)  # "source model", or the backbone under a fresh head
 label = st.selectbox("Label", labels, key="mixup_label", help="Type to search the labels.")
 st.caption(
     "Each step mixes the word embeddings of an unlabeled target document u and a document p tagged "
@@ -25,7 +26,7 @@ source = st.radio(
     horizontal=True,
     key="mixup_source",
     help="Logged: a sample of the pairs the run trained on, scored right after their step. "
-    "Fresh: new pairs drawn now, scored by the source and the adapted model.",
+    f"Fresh: new pairs drawn now, scored by the adapted model and by the model it started from ({before}).",
 )
 if source == "logged during training":
     pairs = insights.logged_mixup(svc.store, run.id, label)
@@ -37,12 +38,12 @@ if source == "logged during training":
     shown = pairs.rename(columns={"prediction": "prediction (at that step)"})
 else:
     draw = st.number_input("Draw", min_value=0, max_value=9999, value=0, step=1, key="mixup_seed")
-    with st.spinner("Scoring fresh pairs with the source and the adapted model…"):
+    with st.spinner(f"Scoring fresh pairs with the {before} and the adapted model…"):
         pairs = widgets.attempt(insights.fresh_mixup, svc.store, run.id, label, seed=int(draw))
     if pairs is None:
         st.stop()
     scatter = {
-        "source model": (pairs["target_before"], pairs["prediction_before"]),
+        before: (pairs["target_before"], pairs["prediction_before"]),
         "adapted model": (pairs["target_after"], pairs["prediction_after"]),
     }
     shown = pairs
@@ -93,12 +94,12 @@ if source == "logged during training":
     facts[2].metric("target t", f"{row['target']:.3f}")
     facts[3].metric("prediction φ(x̃)", f"{row['prediction']:.3f}")
 else:
-    facts[1].metric("φ(u), adapted", f"{row['phi_u_after']:.3f}", help=f"source model: {row['phi_u_before']:.3f}")
-    facts[2].metric("target t, adapted", f"{row['target_after']:.3f}", help=f"source model: {row['target_before']:.3f}")
+    facts[1].metric("φ(u), adapted", f"{row['phi_u_after']:.3f}", help=f"{before}: {row['phi_u_before']:.3f}")
+    facts[2].metric("target t, adapted", f"{row['target_after']:.3f}", help=f"{before}: {row['target_before']:.3f}")
     facts[3].metric(
         "prediction φ(x̃), adapted",
         f"{row['prediction_after']:.3f}",
-        delta=f"{row['prediction_after'] - row['prediction_before']:+.3f} vs source model",
+        delta=f"{row['prediction_after'] - row['prediction_before']:+.3f} vs {before}",
     )
 with st.spinner("Decoding the mixed input…"):
     decoded = widgets.attempt(

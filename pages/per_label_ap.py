@@ -36,7 +36,7 @@ def _mean(series: str, column: str):
 
 cols = st.columns(2)
 for col, (column, name) in zip(cols, (("macro", "Macro mAP"), ("micro", "Micro mAP")), strict=True):
-    after, before = _mean("after", column), _mean("before (source model)", column)
+    after, before = _mean("after", column), _mean(overview.before, column)
     col.metric(
         name + (" (estimate)" if overview.estimate else ""),
         "n/a" if after is None else f"{after:.3f}",
@@ -56,8 +56,8 @@ wide = wide[list(dict.fromkeys(overview.table["series"]))]
 wide.insert(0, "tags", [overview.tags.get(label, 0) for label in wide.index])
 counted = "held-out positives (estimate rests on)" if overview.estimate else "gold positives"
 wide.insert(1, counted, [overview.positives.get(label, 0) for label in wide.index])
-if {"after", "before (source model)"} <= set(wide.columns):
-    wide["change"] = wide["after"] - wide["before (source model)"]
+if {"after", overview.before} <= set(wide.columns):
+    wide["change"] = wide["after"] - wide[overview.before]
 st.dataframe(wide.reset_index(), hide_index=True, column_config={"label": st.column_config.TextColumn("label")})
 
 st.subheader("Decisions: the thresholds of the exported 0/1 columns")

@@ -8,9 +8,9 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 
-import plotly.graph_objects as go
 import streamlit as st
 
+from dallmi_core.app import plots
 from dallmi_core.app.services import PENDING, PRECISION_WORDS
 from ui.session import data_dir, services
 from ui.widgets import attempt, flash, shorten, shown_errors
@@ -49,62 +49,46 @@ def _macro(metrics: dict, which: str) -> float | None:
     return float(value) if isinstance(value, int | float) else None
 
 
+def _figure(value: float | None) -> str:
+    """A table cell for an AP figure: three decimals, or a dash where the run measured none."""
+    return "–" if value is None else f"{value:.3f}"
+
+
+def history_rows(runs: Sequence[Run], *, now: float | None = None) -> dict[str, list]:
+    """The run history's columns, newest first: text cells, so a missing figure (a fine-tuning
+    measures no AP; a queued run has no steps) reads as a dash, not None. "took" is the run's
+    active time, without the time it sat paused or queued between attempts."""
+    columns = ("run", "kind", "status", "created", "took", "steps", "macro AP before", "macro AP after", "note")
+    rows: dict[str, list] = {name: [] for name in columns}
+    for run in runs:
+        metrics = run.metrics or {}
+        steps = metrics.get("steps", run.progress.get("step"))
+        rows["run"].append(run.id)
+        rows["kind"].append(run.kind)
+        rows["status"].append(run.status)
+        rows["created"].append(when(run.created_at))
+        rows["took"].append(duration(run.active_seconds(now)))
+        rows["steps"].append("–" if steps is None else str(steps))
+        rows["macro AP before"].append(_figure(_macro(metrics, "before")))
+        rows["macro AP after"].append(_figure(_macro(metrics, "after")))
+        note = run.error or ("estimated from held-out tags" if metrics.get("estimate") else "")
+        rows["note"].append(shorten(note or "", 120))
+    return rows
+
+
 def run_table(runs: Sequence[Run]) -> None:
     """The run history: one row per run, newest first."""
     if not runs:
         st.caption("No run yet.")
         return
-    rows = {
-        "run": [],
-        "kind": [],
-        "status": [],
-        "created": [],
-        "took": [],
-        "steps": [],
-        "macro AP before": [],
-        "macro AP after": [],
-        "note": [],
-    }
-    for run in runs:
-        end = run.finished_at or (None if run.started_at is None else datetime.now().timestamp())
-        metrics = run.metrics or {}
-        rows["run"].append(run.id)
-        rows["kind"].append(run.kind)
-        rows["status"].append(run.status)
-        rows["created"].append(when(run.created_at))
-        rows["took"].append(duration(None if run.started_at is None or end is None else end - run.started_at))
-        rows["steps"].append(metrics.get("steps", run.progress.get("step")))
-        rows["macro AP before"].append(_macro(metrics, "before"))
-        rows["macro AP after"].append(_macro(metrics, "after"))
-        note = run.error or ("estimated from held-out tags" if metrics.get("estimate") else "")
-        rows["note"].append(shorten(note or "", 120))
     st.dataframe(
-        rows,
+        history_rows(runs),
         hide_index=True,
         column_config={
-            "macro AP before": st.column_config.NumberColumn(format="%.3f"),
-            "macro AP after": st.column_config.NumberColumn(format="%.3f"),
+            "took": st.column_config.TextColumn(help="Time the run worked; time paused or queued is not counted."),
+            "macro AP before": st.column_config.TextColumn(help="– : the run measured no AP (e.g. a fine-tuning)."),
         },
     )
-
-
-def loss_figure(series: dict[str, list[tuple[int, float]]]) -> go.Figure:
-    """Training loss parts as lines, validation metrics (val_*) as lines with markers, by step."""
-    fig = go.Figure()
-    for name, points in sorted(series.items(), key=lambda item: (item[0].startswith("val_"), item[0])):
-        if not points:
-            continue
-        steps, values = zip(*points, strict=True)
-        validation = name.startswith("val_") or name == "selection_score"
-        fig.add_trace(go.Scatter(x=steps, y=values, name=name, mode="lines+markers" if validation else "lines"))
-    fig.update_layout(
-        height=300,
-        margin={"l": 10, "r": 10, "t": 30, "b": 10},
-        xaxis_title="step",
-        legend={"orientation": "h", "y": -0.3},
-        title="Loss parts and validation metrics",
-    )
-    return fig
 
 
 def _progress_line(status: RunStatus) -> tuple[float | None, str]:
@@ -169,9 +153,9 @@ def run_details(status: RunStatus, *, live: bool) -> None:
     parts = {k: v for k, v in p.items() if k in ("variational", "mixup") and isinstance(v, int | float)}
     if parts:
         st.caption(" · ".join(f"{k} {v:.4f}" for k, v in parts.items()))
-    series = svc.run_series(status.run_id)
-    if series:
-        st.plotly_chart(loss_figure(series), key=f"loss-chart-{status.run_id}", width="stretch")
+    stages = svc.run_stages(status.run_id)
+    if stages:
+        st.plotly_chart(plots.loss_figure(stages), key=f"loss-chart-{status.run_id}", width="stretch")
     if live and not status.worker_alive:
         st.warning(
             "No worker process is serving the queue, so this run waits. Start one with "

@@ -55,6 +55,8 @@ class APOverview:
     positives: dict[str, int]  # gold positives (true AP) or held-out tagged positives (PU estimate) per label
     summary: pd.DataFrame  # series, macro, micro
     estimate: bool
+    before: str  # the series of the model the run started from: "before (source model)" or, without one,
+    # "before (backbone, untrained head)"
 
 
 def _series_name(run: Run) -> str:
@@ -67,10 +69,9 @@ def ap_overview(store: Store, run_id: int) -> APOverview:
     labels = list(run.prediction_labels or store.get_project(run.project_id).labels)
     metrics = run.metrics or {}
     estimate = bool(metrics.get("estimate"))
+    before = f"before ({run_models.starting_model(store, run)})"
     tables: list[tuple[str, Mapping]] = [
-        (name, metrics[key])
-        for key, name in (("before", "before (source model)"), ("after", "after"))
-        if key in metrics
+        (name, metrics[key]) for key, name in (("before", before), ("after", "after")) if key in metrics
     ]
     for other in store.list_runs(run.project_id, status="done"):
         if other.id == run.id or other.kind != "adapt" or bool(other.metrics.get("estimate")) != estimate:
@@ -95,6 +96,7 @@ def ap_overview(store: Store, run_id: int) -> APOverview:
         positives,
         pd.DataFrame(summary, columns=["series", "macro", "micro"]),
         estimate,
+        before,
     )
 
 
@@ -301,15 +303,13 @@ def shift_analysis(store: Store, run_id: int, *, projection: str = "pca", limit:
     picked = [source[i] for i in keep_s] + [target[i] for i in keep_t]
     domain = np.r_[np.zeros(len(keep_s), dtype=np.int8), np.ones(len(keep_t), dtype=np.int8)]
     after_cut = decisions.thresholds(store, run.id)  # the run's decisions, as its exports use them
-    before_cut = run_models.folder_thresholds(
-        run.config.get("source_model", store.get_project(run.project_id).source_model)
-    )
+    before_cut = run_models.folder_thresholds(run_models.source_model(store, run))
     cuts = {
         name: np.array([float(chosen.get(label, 0.5)) for label in labels], dtype=np.float32)
         for name, chosen in (("before", before_cut), ("after", after_cut))
     }
     cut = cuts["after"]
-    has_source_model = bool(run.config.get("source_model", store.get_project(run.project_id).source_model))
+    has_source_model = bool(run_models.source_model(store, run))
     meta: dict = {"source": len(source), "target": len(target), "sampled_source": len(keep_s)}
     meta |= {"sampled_target": len(keep_t), "projection": projection, "source_model": has_source_model}
     meta |= {"labels": labels, "models": {}}

@@ -1,4 +1,4 @@
-"""Plotly figures for the insight pages: plain functions, data in, go.Figure out, no streamlit.
+"""Plotly figures for the insight pages and the run views: plain functions, data in, go.Figure out, no streamlit.
 
 Text from users (labels, terms) only ever goes into plotly data fields, which are drawn as text.
 """
@@ -10,6 +10,8 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
+from plotly.colors import qualitative
+from plotly.subplots import make_subplots
 
 
 def _plain(text) -> str:
@@ -127,4 +129,86 @@ def prior_figure(prior: pd.DataFrame) -> go.Figure:
         height=360,
         **_LAYOUT,
     )
+    return fig
+
+
+STAGE_TITLES = {
+    "probe-head": "head warm-up (frozen features)",
+    "finetune-source": "fine-tuning on source",
+    "adapt": "adaptation",
+}
+"""What each training stage is called on the loss chart; another stage keeps its own name."""
+CLIP_QUANTILE = 0.98  # a loss panel's y-axis may end at this quantile of each line ...
+CLIP_REACH = 0.5  # ... when values reach further past it than this share of the quantiles' range
+
+
+def robust_range(lines: Sequence[Sequence[float]], *, quantile: float = CLIP_QUANTILE) -> tuple[float, float] | None:
+    """A y-range that a few extreme values (an early MixUp spike) do not flatten: from the lowest line's
+    (1 - quantile) quantile to the highest line's `quantile` quantile, with a 5% margin, on each side
+    where values reach more than CLIP_REACH of that range beyond it (the other side shows every value).
+    None when no side needs it: every value fits without squeezing the rest."""
+    values = [np.asarray(line, dtype=float) for line in lines if len(line)]
+    if not values:
+        return None
+    low = min(float(np.quantile(v, 1.0 - quantile)) for v in values)
+    high = max(float(np.quantile(v, quantile)) for v in values)
+    lowest, highest = min(float(v.min()) for v in values), max(float(v.max()) for v in values)
+    span = high - low
+    clip_low, clip_high = low - lowest > CLIP_REACH * span, highest - high > CLIP_REACH * span
+    if span <= 0 or not (clip_low or clip_high):
+        return None
+    margin = 0.05 * span
+    return (low if clip_low else lowest) - margin, (high if clip_high else highest) + margin
+
+
+def _clip_note(values: Sequence[float], bounds: tuple[float, float]) -> str:
+    above = [v for v in values if v > bounds[1]]
+    below = [v for v in values if v < bounds[0]]
+    parts = [f"{len(above)} above, up to {max(above):.3g}"] if above else []
+    parts += [f"{len(below)} below, down to {min(below):.3g}"] if below else []
+    return f"y clipped at each line's {CLIP_QUANTILE:.0%} quantile; off the chart: {'; '.join(parts)}"
+
+
+def _validation(name: str) -> bool:
+    return name.startswith("val_") or name == "selection_score"
+
+
+def loss_figure(stages: Mapping[str, Mapping[str, Sequence[tuple[int, float]]]]) -> go.Figure:
+    """Training loss parts as lines and validation metrics (val_*, selection_score) as lines with markers,
+    by step: one panel per training stage, side by side in the order they ran, each on its own step axis
+    (a fine-tuning's head warm-up and the fine-tuning both count from step 1). A panel where a few extreme
+    values would flatten the other lines has its y-axis clipped (robust_range), and its title says so."""
+    stages = {stage: {n: p for n, p in series.items() if p} for stage, series in stages.items()}
+    stages = {stage: series for stage, series in stages.items() if series}
+    layout = {**_LAYOUT, "margin": {"l": 10, "r": 10, "t": 80, "b": 10}, "legend": {"orientation": "h", "y": -0.3}}
+    if not stages:
+        return go.Figure().update_layout(title="Loss parts and validation metrics", height=300, **layout)
+    titles = [_plain(STAGE_TITLES.get(stage, stage)) for stage in stages]
+    lengths = [max(step for points in series.values() for step, _ in points) for series in stages.values()]
+    widths = [max(length, 0.25 * max(lengths), 1) for length in lengths]  # a short warm-up stays readable
+    fig = make_subplots(rows=1, cols=len(stages), subplot_titles=titles, column_widths=widths, horizontal_spacing=0.08)
+    names = sorted({name for series in stages.values() for name in series}, key=lambda n: (_validation(n), n))
+    colours = {name: qualitative.Plotly[i % len(qualitative.Plotly)] for i, name in enumerate(names)}
+    shown: set[str] = set()
+    for col, series in enumerate(stages.values(), start=1):
+        for name in sorted(series, key=lambda n: (_validation(n), n)):
+            steps, values = zip(*series[name], strict=True)
+            line = go.Scatter(
+                x=steps,
+                y=values,
+                name=_plain(name),
+                legendgroup=name,
+                showlegend=name not in shown,
+                mode="lines+markers" if _validation(name) else "lines",
+                line={"color": colours[name]},
+            )
+            fig.add_trace(line, row=1, col=col)
+            shown.add(name)
+        fig.update_xaxes(title_text="step", row=1, col=col)
+        bounds = robust_range([[v for _, v in points] for points in series.values()])
+        if bounds is not None:
+            fig.update_yaxes(range=list(bounds), row=1, col=col)
+            note = _clip_note([v for points in series.values() for _, v in points], bounds)
+            fig.layout.annotations[col - 1].text = f"{titles[col - 1]}<br><sup>{note}</sup>"
+    fig.update_layout(title="Loss parts and validation metrics", height=360, **layout)
     return fig

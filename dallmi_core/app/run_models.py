@@ -16,6 +16,18 @@ def run_config(run: Run) -> AdaptConfig:
     return AdaptConfig.from_dict(dict(run.config.get("config") or {}))
 
 
+def source_model(store: Store, run: Run) -> str:
+    """The source model folder an adaptation run started from (pinned in its config, else the project's);
+    "" for a project without one: pure PU learning from the backbone under a fresh head."""
+    return run.config.get("source_model", store.get_project(run.project_id).source_model) or ""
+
+
+def starting_model(store: Store, run: Run) -> str:
+    """What the run's "before" is, in words for its charts and tables: the fine-tuned source model, or the
+    backbone under the run's untrained head, whose predictions hold no knowledge yet."""
+    return "source model" if source_model(store, run) else "backbone, untrained head"
+
+
 def _stamp(folder: str) -> int:
     """When a model folder's config last changed: part of the model cache key, so a replaced folder reloads."""
     config = Path(folder) / "config.json"
@@ -53,6 +65,6 @@ def models(store: Store, run: Run):
     cfg = run_config(run)
     backbone = run.config.get("backbone") or project.settings.get("backbone") or "default"
     labels = tuple(run.prediction_labels or project.labels)
-    source = run.config.get("source_model", project.source_model) or ""
+    source = source_model(store, run)
     before = _load(source, backbone, labels, cfg.seed, _stamp(source))
     return before, _load(run.model_path, "", labels, 0, _stamp(run.model_path))

@@ -320,4 +320,14 @@ class Services:
             latest.setdefault(name, {})[step] = value
         return {name: sorted(values.items()) for name, values in latest.items()}
 
+    def run_stages(self, run_id: int) -> dict[str, dict[str, list[tuple[int, float]]]]:
+        """The step series per training stage, stages in the order they ran (a fine-tuning's head
+        warm-up, then the fine-tuning, each counting its own steps): what the loss chart draws."""
+        latest: dict[str, dict[str, dict[int, float]]] = {}
+        for stage, step, name, value in self.store.staged_metrics(run_id):
+            latest.setdefault(stage or "training", {}).setdefault(name, {})[step] = value
+        return {
+            stage: {name: sorted(values.items()) for name, values in series.items()} for stage, series in latest.items()
+        }
+
     # ---- exports ----------------------------------------------------------------------------------

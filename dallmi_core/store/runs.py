@@ -41,8 +41,19 @@ class Run:
     prediction_labels: tuple[str, ...] | None
     attempts: int
     created_at: float
-    started_at: float | None
+    started_at: float | None  # when its first attempt began
     finished_at: float | None
+    active_s: float | None  # seconds its finished attempts ran (None: unknown, a run resumed before migration 8)
+    attempt_started_at: float | None  # when the current attempt began, while it runs
+
+    def active_seconds(self, now: float | None = None) -> float | None:
+        """How long the run has worked: its attempts' time, the running one's up to `now`, without the
+        time it sat paused, interrupted or queued between them. None before it first started, or unknown."""
+        if self.attempts == 0 or self.active_s is None:
+            return None
+        if self.status == "running" and self.attempt_started_at is not None:
+            return self.active_s + max((time.time() if now is None else now) - self.attempt_started_at, 0.0)
+        return self.active_s
 
 
 def _run(row) -> Run:
@@ -119,9 +130,9 @@ class RunsMixin(StoreBase):
             progress = {"stage": "resuming" if row["status"] == "interrupted" else "starting"}
             self.conn.execute(
                 "UPDATE runs SET status = 'running', worker_pid = ?, heartbeat_at = ?, "
-                "started_at = coalesce(started_at, ?), attempts = attempts + 1, error = NULL, traceback = NULL, "
-                "progress = ? WHERE id = ?",
-                (worker_pid, now, now, _dumps(progress), row[0]),
+                "started_at = coalesce(started_at, ?), attempt_started_at = ?, attempts = attempts + 1, "
+                "error = NULL, traceback = NULL, progress = ? WHERE id = ?",
+                (worker_pid, now, now, now, _dumps(progress), row[0]),
             )
             return self.get_run(row[0])
 
@@ -149,25 +160,32 @@ class RunsMixin(StoreBase):
             if not self._update_running(run_id, "progress = ?, heartbeat_at = ?", values):
                 return False
             if metrics:
-                self.log_metrics(run_id, int(progress["step"]), metrics)
+                self.log_metrics(run_id, int(progress["step"]), metrics, stage=progress.get("stage"))
         return True
 
-    def log_metrics(self, run_id: int, step: int, values: Mapping[str, Any]) -> None:
-        """Append the finite real values (others are skipped) to the run's time series."""
+    def log_metrics(self, run_id: int, step: int, values: Mapping[str, Any], *, stage: str | None = None) -> None:
+        """Append the finite real values (others are skipped) to the run's time series, in `stage`
+        (the training stage that counts these steps; default: the run's kind, its one stage)."""
         rows = [
-            (run_id, step, name, float(v))
+            (run_id, step, name, float(v), stage)
             for name, v in values.items()
             if isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(v)
         ]
         with self.transaction():
-            self.conn.executemany("INSERT INTO run_metrics VALUES (?, ?, ?, ?)", rows)
+            self.conn.executemany(
+                "INSERT INTO run_metrics (run_id, step, name, value, stage) "
+                "VALUES (?, ?, ?, ?, coalesce(?, (SELECT kind FROM runs WHERE id = ?)))",
+                [(*row, run_id) for row in rows],
+            )
 
-    def drop_metrics_after(self, run_id: int, step: int) -> int:
-        """Delete the run's series rows past `step`, for a run resumed from its checkpoint at `step`:
-        it logs those steps again, so the killed attempt's rows would be duplicates. Returns the count."""
+    def drop_metrics_after(self, run_id: int, step: int, *, stage: str | None = None) -> int:
+        """Delete the run's series rows past `step` (of `stage` only, when given), for a run resumed from
+        its checkpoint at `step`: it logs those steps again, so the killed attempt's rows would be
+        duplicates; an earlier stage, which counted its own steps, keeps its rows. Returns the count."""
+        where, params = ("AND stage = ?", [stage]) if stage is not None else ("", [])
         with self.transaction():
-            sql = "DELETE FROM run_metrics WHERE run_id = ? AND step > ?"
-            return self.conn.execute(sql, (run_id, int(step))).rowcount
+            sql = f"DELETE FROM run_metrics WHERE run_id = ? AND step > ? {where}"
+            return self.conn.execute(sql, [run_id, int(step), *params]).rowcount
 
     def run_metrics(self, run_id: int, name: str | None = None) -> list[tuple[int, str, float]]:
         where, params = ("AND name = ?", [name]) if name else ("", [])
@@ -176,6 +194,15 @@ class RunsMixin(StoreBase):
             for r in self._rows(
                 f"SELECT step, name, value FROM run_metrics WHERE run_id = ? {where} ORDER BY step, rowid",
                 [run_id, *params],
+            )
+        ]
+
+    def staged_metrics(self, run_id: int) -> list[tuple[str, int, str, float]]:
+        """The run's series as (stage, step, name, value) rows, in the order they were logged."""
+        return [
+            tuple(r)
+            for r in self._rows(
+                "SELECT stage, step, name, value FROM run_metrics WHERE run_id = ? ORDER BY rowid", (run_id,)
             )
         ]
 
@@ -239,7 +266,9 @@ class RunsMixin(StoreBase):
             now = time.time()
             self.conn.execute(
                 "UPDATE runs SET status = ?, error = ?, traceback = ?, model_path = coalesce(?, model_path), "
-                "metrics = coalesce(?, metrics), heartbeat_at = ?, finished_at = ? WHERE id = ?",
+                "metrics = coalesce(?, metrics), heartbeat_at = ?, finished_at = ?, "
+                "active_s = active_s + coalesce(max(? - attempt_started_at, 0), 0), attempt_started_at = NULL "
+                "WHERE id = ?",
                 (
                     status,
                     error,
@@ -248,6 +277,7 @@ class RunsMixin(StoreBase):
                     _dumps(None if metrics is None else dict(metrics)),
                     now,
                     None if status == "interrupted" else now,
+                    now,
                     run_id,
                 ),
             )
@@ -269,6 +299,8 @@ class RunsMixin(StoreBase):
                 self.conn.execute(
                     "UPDATE runs SET status = CASE WHEN cancel_requested THEN 'cancelled' ELSE 'interrupted' END, "
                     "finished_at = CASE WHEN cancel_requested THEN ? END, worker_pid = NULL, "
+                    "active_s = active_s + coalesce(max(heartbeat_at - attempt_started_at, 0), 0), "
+                    "attempt_started_at = NULL, "  # it worked until its last heartbeat
                     f"error = 'its worker stopped sending heartbeats' WHERE id IN ({_marks(part)})",
                     [time.time(), *part],
                 )

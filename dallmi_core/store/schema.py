@@ -129,5 +129,43 @@ def _m7_run_traceback(db: sqlite_utils.Database) -> None:
     db.executescript("ALTER TABLE runs ADD COLUMN traceback TEXT;")
 
 
+def _m8_run_active_time(db: sqlite_utils.Database) -> None:
+    """A run's active time: the seconds its finished attempts ran (active_s) and when the current one began
+    (attempt_started_at, while it runs), so the time it sat paused or queued between attempts is not
+    counted. A run of one attempt ran from started_at to its last report (heartbeat_at); what earlier
+    attempts of a resumed run took was never stored: NULL, unknown."""
+    db.executescript("""
+    ALTER TABLE runs ADD COLUMN active_s REAL DEFAULT 0;
+    ALTER TABLE runs ADD COLUMN attempt_started_at REAL;
+    UPDATE runs SET
+        active_s = CASE WHEN attempts = 0 THEN 0
+            WHEN attempts = 1 AND status = 'running' THEN 0
+            WHEN attempts = 1 THEN max(coalesce(heartbeat_at, started_at) - started_at, 0) END,
+        attempt_started_at = CASE WHEN attempts = 1 AND status = 'running' THEN started_at END;
+    """)
+
+
+def _m9_metric_stage(db: sqlite_utils.Database) -> None:
+    """The training stage each series row was logged in (a fine-tuning's head warm-up, then the
+    fine-tuning, both counting steps from 1), so a chart draws each stage on its own step axis and a
+    resumed stage drops only its own rows. Older rows: the warm-up's probe_loss, else the run's kind
+    (the name of its one training stage)."""
+    db.executescript("""
+    ALTER TABLE run_metrics ADD COLUMN stage TEXT;
+    UPDATE run_metrics SET stage = CASE WHEN name = 'probe_loss' THEN 'probe-head'
+        ELSE (SELECT kind FROM runs WHERE runs.id = run_metrics.run_id) END;
+    """)
+
+
 # append only: the index + 1 is the schema version
-MIGRATIONS = (_m1_core, _m2_fts, _m3_runs, _m4_run_analysis, _m5_presence, _m6_meta_columns, _m7_run_traceback)
+MIGRATIONS = (
+    _m1_core,
+    _m2_fts,
+    _m3_runs,
+    _m4_run_analysis,
+    _m5_presence,
+    _m6_meta_columns,
+    _m7_run_traceback,
+    _m8_run_active_time,
+    _m9_metric_stage,
+)

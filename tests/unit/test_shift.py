@@ -44,6 +44,20 @@ def test_separated_samples_give_a_distance_near_two_and_a_small_p_value():
     assert result.p_value == pytest.approx(1 / 201)  # no permutation reaches the observed statistic
 
 
+def test_a_partly_overlapping_pair_lies_strictly_between_and_the_distance_grows_with_the_shift():
+    """Held-out error, not training error: a 384-wide embedding of 300 documents per domain lets a linear
+    classifier separate the training rows of any two samples, yet equal samples stay near 0."""
+    rng = np.random.default_rng(7)
+    source = rng.normal(size=(300, 384))
+    distances = [
+        domain_classifier(source, rng.normal(size=(300, 384)) + shift).a_distance for shift in (0.0, 0.05, 1.0)
+    ]
+    assert distances[0] < 0.3 and 0.3 < distances[1] < 1.7 and distances[2] > 1.9
+    shifts = (0.3, 0.6)  # every one of 8 dimensions: Bayes errors Phi(-s sqrt(8) / 2) of 0.336 and 0.198
+    found = [domain_classifier(_gauss(400, seed=8), _gauss(400, shift=s, seed=9)).a_distance for s in shifts]
+    assert found == pytest.approx([2 * (1 - 2 * 0.336), 2 * (1 - 2 * 0.198)], abs=0.15)  # 0.66 and 1.21
+
+
 def test_mmd_matches_a_direct_computation_with_the_median_bandwidth():
     source, target = _gauss(20, seed=4, dim=3), _gauss(30, shift=0.5, seed=5, dim=3)
     x = np.vstack([source, target])

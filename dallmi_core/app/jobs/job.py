@@ -67,15 +67,16 @@ class Job:
 class _ProgressToStore(Callback):
     """Every step's progress into the run row, its loss parts (only those) into the run's series.
 
-    A run resumed from its checkpoint at step s first drops its series rows past s: the attempt that
-    was killed logged steps it had not checkpointed, and this attempt logs them again."""
+    A run resumed from its checkpoint at step s first drops its stage's series rows past s: the attempt
+    that was killed logged steps it had not checkpointed, and this attempt logs them again (an earlier
+    stage, the head warm-up that a resumed fine-tuning skips, counted its own steps and keeps them)."""
 
     def __init__(self, job: Job):
         self.job = job
 
     def on_train_begin(self, state):
         if state.resumed_from:
-            self.job.store.drop_metrics_after(self.job.run.id, state.resumed_from)
+            self.job.store.drop_metrics_after(self.job.run.id, state.resumed_from, stage=state.stage)
 
     def on_step_end(self, state):
         self.job.report(state.progress(), metrics=state.parts)
@@ -88,7 +89,8 @@ class _EvalToStore(Callback):
         self.store, self.run_id = store, run_id
 
     def on_evaluate(self, state, metrics):
-        self.store.log_metrics(self.run_id, state.step, {k: v for k, v in metrics.items() if k != "step"})
+        values = {k: v for k, v in metrics.items() if k != "step"}
+        self.store.log_metrics(self.run_id, state.step, values, stage=state.stage)
 
 
 class MixupToStore(Callback):
