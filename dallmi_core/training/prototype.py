@@ -54,20 +54,29 @@ def prototype_directions(features: np.ndarray, tags: Sequence[Sequence[int]], sh
     covariance shrunk toward a scaled identity: (1 - shrinkage) x covariance + shrinkage x its
     mean variance x I. Shrinkage 1 leaves the plain mean difference (a prototype, up to scale); the
     shrinkage keeps the inverse stable with fewer documents than feature dimensions."""
-    features = features.astype(np.float64)
-    centre = features.mean(axis=0)
+    centre = features.mean(axis=0, dtype=np.float64)
     means = np.zeros((len(tags), features.shape[1]))
     for label, docs in enumerate(tags):
         if len(docs):
-            means[label] = features[list(docs)].mean(axis=0) - centre
+            means[label] = features[list(docs)].mean(axis=0, dtype=np.float64) - centre
     if shrinkage >= 1 or len(features) < 2:
         return means
-    covariance = np.cov(features, rowvar=False)
+    covariance = _covariance(features, centre)
     variance = float(np.trace(covariance)) / covariance.shape[0]
     if variance <= 0:
         return means
     shrunk = (1 - shrinkage) * covariance + shrinkage * variance * np.eye(covariance.shape[0])
     return np.linalg.solve(shrunk, means.T).T
+
+
+def _covariance(features: np.ndarray, centre: np.ndarray, chunk: int = 8192) -> np.ndarray:
+    """The features' sample covariance in float64, a chunk of rows at a time: a large corpus's
+    features are not copied whole."""
+    total = np.zeros((features.shape[1], features.shape[1]))
+    for start in range(0, len(features), chunk):
+        rows = features[start : start + chunk].astype(np.float64) - centre
+        total += rows.T @ rows
+    return total / (len(features) - 1)
 
 
 def fold_prototypes(

@@ -11,7 +11,13 @@ from conftest import LABELS, make_texts
 
 from dallmi_core.modeling.scoring import logits_for
 from dallmi_core.modeling.tokens import TokenizedCorpus
-from dallmi_core.training.prototype import features_and_logits, fold_prototypes, head_linear, prototype_directions
+from dallmi_core.training.prototype import (
+    _covariance,
+    features_and_logits,
+    fold_prototypes,
+    head_linear,
+    prototype_directions,
+)
 
 
 @pytest.mark.parametrize("shrinkage", [1.0, 0.2])
@@ -54,6 +60,9 @@ def test_shrunk_covariance_discounts_a_noisy_direction():
     tags = [list(np.flatnonzero(positive & (features[:, 0] > 5))[:10])]
     plain, whitened = prototype_directions(features, tags, 1.0)[0], prototype_directions(features, tags, 0.2)[0]
     np.testing.assert_allclose(plain, features[tags[0]].mean(0) - features.mean(0))
+    shrunk = 0.8 * np.cov(features, rowvar=False) + 0.2 * np.trace(np.cov(features, rowvar=False)) / 20 * np.eye(20)
+    np.testing.assert_allclose(whitened, np.linalg.solve(shrunk, plain))
+    np.testing.assert_allclose(_covariance(features, features.mean(0), chunk=300), np.cov(features, rowvar=False))
     assert abs(plain[0]) > abs(plain[1]) and abs(whitened[1]) > abs(whitened[0])
     rest = np.setdiff1d(np.arange(2000), tags[0])
 
