@@ -29,7 +29,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import numpy as np  # noqa: E402
 from random_backbone import random_backbone  # noqa: E402
 
-from dallmi_core.app import importer, insights  # noqa: E402
+from dallmi_core.app import importer, shift_view  # noqa: E402
 
 LABELS = ["billing", "login", "shipping", "returns", "product"]
 COMMON = "the my please help today again order thanks hello issue account app update".split()
@@ -100,7 +100,7 @@ def main() -> None:
 
         with open_services(root / "data", autostart_worker=False) as svc:
             start = time.perf_counter()
-            analysis = insights.shift_analysis(svc.store, run_id)
+            analysis = shift_view.shift_analysis(svc.store, run_id)
             compute = time.perf_counter() - start
         meta = analysis.meta
         print(

@@ -4,7 +4,11 @@
     python data/make_demo.py --out DIR       # write elsewhere (tests); --no-check skips scikit-learn
 
 Every text is composed here from this file's own templates and word lists (nothing is copied from
-anywhere), with a fixed seed, so the committed CSVs are exactly what this script writes.
+anywhere), with a fixed seed, so the committed CSVs are exactly what this script writes. No message
+contradicts itself: a price that "went up" is drawn as a pair that rises, a writer's machine, customer
+number and phone are drawn once per message (STICKY), a distractor never denies a label the message
+may be about, and a draw holding two phrases that cannot both be true (CLASHES: keeping what has not
+arrived, a cancelled plan whose deliveries are awaited, ...) is drawn again.
 
 The domain shift, for six labels (billing, login, shipping, returns, bug, feature_request):
 - source (`demo_source.csv`, all labelled): formal e-mails about the older Brewster Classic machine,
@@ -93,6 +97,14 @@ def _money(rng: random.Random) -> str:
     return f"${rng.randint(6, 149)}.{rng.choice(('00', '49', '50', '90', '95', '99'))}"
 
 
+def _price_rise(rng: random.Random) -> str:
+    """The slot "from $A to $B" with B above A: a price that went up by a tenth to a half (a dollar at least)."""
+    old = rng.randint(6, 99)
+    new = old + rng.randint(max(1, old // 10), max(1, old // 2))
+    cents = ("00", "49", "50", "90", "95", "99")
+    return f"from ${old}.{rng.choice(cents)} to ${new}.{rng.choice(cents)}"
+
+
 def _date(rng: random.Random) -> str:
     month = rng.choice(MONTHS)
     return f"{rng.randint(1, 28)} {month}" if rng.random() < 0.5 else f"{month} {rng.randint(1, 28)}"
@@ -102,7 +114,7 @@ MONTHS = _alts("January|February|March|April|May|June|July|August|September|Octo
 
 _COMMON_SLOTS: dict[str, Sequence[str] | Callable[[random.Random], str]] = {
     "amount": _money,
-    "amount2": _money,
+    "price_rise": _price_rise,
     "month": MONTHS,
     "date": _date,
     "days": lambda rng: str(rng.randint(3, 21)),
@@ -115,12 +127,14 @@ SOURCE_SLOTS: dict[str, Sequence[str] | Callable[[random.Random], str]] = {
     **_COMMON_SLOTS,
     "order": lambda rng: f"order BW-{rng.randint(10000, 99999)}",
     "custno": lambda rng: f"C-{rng.randint(100000, 999999)}",
+    "ref": lambda rng: f"REF-{rng.randint(10000, 99999)}",
     "machine": ("Brewster Classic 2", "Brewster Classic 3", "Brewster Classic Plus", "Classic 2 machine"),
     "item": _alts(
         "Classic 2 espresso machine|Classic Plus machine|milk frother|descaling kit|capsule holder|"
         "set of water filter cartridges|box of fifty capsules|replacement drip tray|insulated travel mug|"
         "capsule storage drawer|cup warmer"
     ),
+    "appliance": _alts("Classic 2 espresso machine|Classic Plus machine|milk frother|cup warmer"),  # has a housing
     "card": ("credit card", "debit card", "bank account", "business credit card"),
     "portal_action": _alts(
         "update my delivery preferences|download my invoices|change my capsule selection|edit my personal details|"
@@ -307,7 +321,10 @@ SOURCE: dict[str, list[T]] = {
             "I would like to return the {item} I purchased on {date}, as it does not meet my expectations, and I "
             "would be grateful for a return authorisation number."
         ),
-        _t("The {item} arrived with a cracked housing, and I request a replacement under the terms of your warranty."),
+        _t(
+            "The {appliance} arrived with a cracked housing, and I request a replacement under the terms of your "
+            "warranty."
+        ),
         _t(
             "I sent my faulty {machine} back to your service centre on {date} but have received neither a "
             "replacement nor a confirmation of receipt.",
@@ -319,7 +336,7 @@ SOURCE: dict[str, list[T]] = {
         ),
         _t("Could you please send me a prepaid return label, as the one included in the box has been damaged?"),
         _t(
-            "I received the {item} in the wrong colour and would like to exchange it for the model I originally "
+            "I received the {appliance} in the wrong colour and would like to exchange it for the model I originally "
             "ordered.",
             shipping=0.4,
         ),
@@ -417,7 +434,7 @@ SOURCE_DETAILS = (
     "This is the second time I am writing about this matter.",
     "I tried to reach you by telephone, but the line was busy.",
     "I would prefer to be contacted by e-mail.",
-    "Your reference for my previous enquiry was {custno}.",
+    "Your reference for my previous enquiry was {ref}.",
 )
 SOURCE_CLOSINGS = (
     "I would be grateful for a prompt reply.",
@@ -453,7 +470,7 @@ TARGET: dict[str, list[T]] = {
         why did i get charged {amount} [when i cancelled|after cancelling|i cancelled last week]
         {pay} keeps [getting declined|failing] at checkout => bug=0.3
         promo code [didnt|did not|wont] apply [and i still got charged full price|at checkout]
-        price went up from {amount} to {amount2} [without telling anyone|no warning|??]
+        price went up {price_rise} [without telling anyone|no warning|??]
         free trial ended and it took {amount} [without any reminder|straight away|smh]
         pending charge of {amount} on my bank app [what is this|from brewster??|?]
         how do i cancel brew club, cant find it [anywhere|in the app]
@@ -640,6 +657,64 @@ def _draw(values, rng: random.Random) -> str:
     return values(rng) if callable(values) else rng.choice(values)
 
 
+STICKY = ("machine", "custno", "device")
+"""Slots drawn once per message (on first use), then repeated: a writer has one machine, one customer
+number and one phone, so a second mention names the same one."""
+
+
+def message_slots(slots: dict) -> dict:
+    """The slots of one message: its sticky slots remember their first draw."""
+    memo: dict[str, str] = {}
+
+    def sticky(name: str, values):
+        def draw(rng: random.Random) -> str:
+            if name not in memo:
+                memo[name] = _draw(values, rng)
+            return memo[name]
+
+        return draw
+
+    return {**slots, **{name: sticky(name, slots[name]) for name in STICKY if name in slots}}
+
+
+_NOT_RECEIVED = (
+    r"where'?s my|where is my|not yet received|have not received|has not arrived|has still not left|"
+    r"nothing at my door|no package anywhere|porch is empty|still nothing|hasnt moved|wrong house|never showed up|"
+    r"marked it as failed|eta keeps|didnt come"
+)
+CLASHES = tuple(
+    (re.compile(a), re.compile(b))
+    for a, b in (
+        # keeping, or praising the delivery of, what has not come yet (or came broken, or was skipped)
+        (r"not returning it|not sending it back|do not wish to return|no intention of sending", _NOT_RECEIVED),
+        (
+            r"arrived promptly|came fast|delivery was quick|got it on time|tracking worked great|courier was very",
+            _NOT_RECEIVED + r"|cracked|damaged|smashed|crushed|soaked|wrong colou?r|skipped",
+        ),
+        # a machine or app praised while it is faulty, loud, being sent back or logging the writer out
+        (
+            r"machine itself (works perfectly|is great)|app works fine otherwise",
+            r"faulty|repair|leaks|stopped heating|same fault|too loud|send it back|logging me out",
+        ),
+        # a cancelled plan whose deliveries are still awaited, or that the writer has "been" on for years
+        (
+            r"cancelled my capsule plan|when i cancelled|after cancelling|i cancelled last week",
+            r"capsule delivery|pod box|subscriber to the capsule plan",
+        ),
+        (r"since 20\d\d", r"two-year warranty"),  # a machine owned for years, still under a two-year warranty
+        (r"on behalf of my elderly mother", r"my husband and i"),  # whose account it is
+        (r"purchased my .* in \w+\.", r"i purchased on"),  # two purchase dates for the machine
+    )
+)
+"""Pairs of phrases one message never holds both of: they contradict each other (the generator draws
+the message again)."""
+
+
+def clashes(text: str) -> bool:
+    low = text.casefold()
+    return any(a.search(low) and b.search(low) for a, b in CLASHES)
+
+
 def _weighted(rng: random.Random, weights: dict[str, float]) -> str:
     names = [name for name in LABELS if weights.get(name)]
     return rng.choices(names, weights=[weights[name] for name in names])[0]
@@ -660,15 +735,19 @@ def sample_labels(rng: random.Random, domain: str) -> list[str]:
     return chosen
 
 
-def _clause(rng: random.Random, table: dict[str, list[T]], label: str, slots: dict) -> tuple[str, set[str], set[str]]:
-    """(text, labels, the labels a reader can tell from the text alone: what a user would tag)."""
+def _clause(
+    rng: random.Random, table: dict[str, list[T]], label: str, slots: dict
+) -> tuple[str, set[str], set[str], set[str]]:
+    """(text, labels, the labels a reader can tell from the text alone: what a user would tag, and the
+    labels the text may be about: no distractor may deny one of them)."""
     style = "source" if table is SOURCE else "target"
     if rng.random() < VAGUE[style]:
-        return render(rng.choice(SOURCE_VAGUE if table is SOURCE else TARGET_VAGUE), rng, slots), {label}, set()
+        vague = render(rng.choice(SOURCE_VAGUE if table is SOURCE else TARGET_VAGUE), rng, slots)
+        return vague, {label}, set(), {label}
     template = rng.choice(table[label])
     clear = {label, *template.extra}
     labels = clear | {name for name, p in template.maybe if rng.random() < p}
-    return render(template.text, rng, slots), labels, clear
+    return render(template.text, rng, slots), labels, clear, clear | {name for name, _ in template.maybe}
 
 
 def _lower_first(sentence: str) -> str:
@@ -686,20 +765,21 @@ def _connect(rng: random.Random, sentence: str, used: list[str]) -> str:
 
 
 def source_message(rng: random.Random, intents: list[str]) -> tuple[str, set[str], set[str]]:
-    slots, gold, clear, parts, used = SOURCE_SLOTS, set(), set(), [], []
-    if rng.random() < 0.25:
-        parts.append(render(rng.choice(SOURCE_OPENERS), rng, slots))
+    slots, gold, clear, possible, parts, used = message_slots(SOURCE_SLOTS), set(), set(), set(), [], []
+    opener = rng.choice(SOURCE_OPENERS) if rng.random() < 0.25 else None
+    if opener is not None:
+        parts.append(render(opener, rng, slots))
     if intents:
         for k, label in enumerate(intents):
-            text, labels, evident = _clause(rng, SOURCE, label, slots)
-            gold, clear = gold | labels, clear | evident
+            text, labels, evident, maybe = _clause(rng, SOURCE, label, slots)
+            gold, clear, possible = gold | labels, clear | evident, possible | maybe
             parts.append(text if k == 0 else _connect(rng, text, used))
     else:
         for text in rng.sample(SOURCE_NONE, 2 if rng.random() < 0.3 else 1):
             parts.append(render(text, rng, slots))
-    if rng.random() < 0.3:
-        parts.append(render(rng.choice(SOURCE_DETAILS), rng, slots))
-    others = [name for name in LABELS if name not in gold and SOURCE_DISTRACTORS[name]]
+    if rng.random() < 0.3:  # not the opener's sentence twice ("My customer number is ...")
+        parts.append(render(rng.choice([d for d in SOURCE_DETAILS if d != opener]), rng, slots))
+    others = [name for name in LABELS if name not in gold | possible and SOURCE_DISTRACTORS[name]]
     if rng.random() < 0.3 and others:
         parts.append(rng.choice(SOURCE_DISTRACTORS[rng.choice(others)]))
     if rng.random() < 0.9:
@@ -746,18 +826,18 @@ def casual(text: str, rng: random.Random) -> str:
 
 
 def target_message(rng: random.Random, intents: list[str]) -> tuple[str, set[str], set[str]]:
-    slots, gold, clear, parts = TARGET_SLOTS, set(), set(), []
+    slots, gold, clear, possible, parts = message_slots(TARGET_SLOTS), set(), set(), set(), []
     if intents:
         for label in intents:
-            text, labels, evident = _clause(rng, TARGET, label, slots)
-            gold, clear = gold | labels, clear | evident
+            text, labels, evident, maybe = _clause(rng, TARGET, label, slots)
+            gold, clear, possible = gold | labels, clear | evident, possible | maybe
             parts.append(text)
     else:
         parts = [render(text, rng, slots) for text in rng.sample(TARGET_NONE, 2 if rng.random() < 0.2 else 1)]
     text = parts[0]
     for part in parts[1:]:
         text += rng.choice(TARGET_CONNECTORS) + part
-    others = [name for name in LABELS if name not in gold and TARGET_DISTRACTORS[name]]
+    others = [name for name in LABELS if name not in gold | possible and TARGET_DISTRACTORS[name]]
     distracted = rng.random() < 0.25 and bool(others)
     if distracted:
         text += rng.choice((", ", ". ", " - ", " but ")) + rng.choice(TARGET_DISTRACTORS[rng.choice(others)])
@@ -795,7 +875,7 @@ def generate(seed: int = SEED) -> dict[str, Split]:
         write = source_message if domain == "source" else target_message
         while len(split.texts) < SIZES[domain]:
             text, gold, clear = write(rng, sample_labels(rng, domain))
-            if _key(text) in seen:
+            if _key(text) in seen or clashes(text):
                 continue
             seen.add(_key(text))
             split.ids.append(f"{prefix}-{len(split.texts) + 1:04d}")

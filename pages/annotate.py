@@ -1,14 +1,18 @@
-"""Annotate: a fast "is this <label>?" pass over ranked candidates, search with bulk tagging, coverage.
+"""Annotate: a fast "is this <label>?" pass over ranked candidates, search and filters with bulk
+tagging, one document with every label's decision, coverage.
 
-Positive-unlabeled: a document is only ever tagged positive; Skip leaves it unlabeled. Shortcuts:
-A accept, S skip, U undo (st.button's `shortcut`; they do nothing while a text field has focus).
+Positive-unlabeled: a tag is a positive; "reviewed: not" records that a document was looked at and does
+not carry the label (it measures, it never trains); Skip leaves it unlabeled. Shortcuts: A accept,
+N not, S skip, U undo (st.button's `shortcut`; they do nothing while a text field has focus).
 """
 
 import pandas as pd
 import streamlit as st
 
 from dallmi_core import DallmiError
+from dallmi_core.app import browse
 from dallmi_core.app import candidates as ranking
+from ui import annotate_views as views
 from ui import gate, widgets
 
 svc = gate.start()
@@ -22,7 +26,7 @@ widgets.coverage_meter(coverage, highlight=label)
 STRATEGIES = {"likely": "Likely positives", "uncertain": "Most uncertain", "similar": "Similar to tagged"}
 SKIPPED = f"skipped:{project.id}:{label}"  # document ids skipped in this session, per label
 
-quick, bulk = st.tabs(["Quick pass", "Search and bulk tag"])
+quick, bulk, single = st.tabs(["Quick pass", "Search and bulk tag", "One document"])
 
 # ---- the quick binary pass -----------------------------------------------------------------------
 
@@ -70,90 +74,137 @@ with quick:
                 text=f"{measure}: {candidate.score:.3f}" + (f" (run {candidate.run_id})" if candidate.run_id else ""),
             )
             widgets.document_card(doc, tags=svc.store.tags_for([doc.id]).get(doc.id, []))
-            accept, skip, undo, _ = st.columns([1, 1, 1, 3])
+            accept, reject, skip, undo, _ = st.columns([1, 1, 1, 1, 2])
             if accept.button("Accept", type="primary", shortcut="A", key="accept", icon=":material/check:"):
                 with widgets.shown_errors():
                     svc.store.tag(project.id, doc.id, label)
                     st.rerun()
+            if reject.button(f"Not {widgets.md_escape(label)}", shortcut="N", key="reject", icon=":material/close:"):
+                with widgets.shown_errors():
+                    svc.store.mark_not(project.id, doc.id, label)
+                    st.rerun()
             if skip.button("Skip", shortcut="S", key="skip", icon=":material/skip_next:"):
                 st.session_state[SKIPPED] = sorted(skipped | {doc.id})
                 st.rerun()
-            if undo.button("Undo", shortcut="U", key="undo", icon=":material/undo:"):
-                with widgets.shown_errors():
-                    reverted = svc.store.undo_last(project.id)
-                    names = ", ".join(sorted({name for _, name in reverted}))
-                    widgets.flash(
-                        f"Undid {len(reverted)} tag change(s) ({names})." if reverted else "Nothing to undo.", "info"
-                    )
-                    st.rerun()
-            st.caption(f"{len(queue)} candidates in this batch · shortcuts: A accept, S skip, U undo")
+            views.undo_button(svc, project.id, key="undo", container=undo)
+            st.caption(
+                f"{len(queue)} candidates in this batch · shortcuts: A accept, N reviewed: not "
+                f"{widgets.md_escape(label)}, S skip, U undo"
+            )
 
-# ---- search and bulk tagging ----------------------------------------------------------------------
+# ---- search, filters and bulk tagging ------------------------------------------------------------
 
 with bulk:
     query = st.text_input(
-        "Full-text search in the target documents", key="query", placeholder='words, "a phrase", or prefix*'
+        "Full-text search in the target documents",
+        key="query",
+        placeholder='words, "a phrase", prefix*, refund OR chargeback',
+        help="All words must match; OR between two terms lets either match (it binds the terms beside it: "
+        "`refund card OR cash` is refund AND (card OR cash)); quote a phrase; word* matches a prefix.",
     )
+    filters = views.filter_controls(svc, project, label, query)
     source = st.radio(
         "Rows",
         ["search", "similar"],
         horizontal=True,
         key="bulk_source",
         format_func={
-            "search": "Search results",
+            "search": "Search and filter results",
             "similar": f"Most similar to the {widgets.md_escape(repr(label))} tags",
         }.get,
     )
-    docs, scores = [], {}
-    if source == "search" and query.strip():
-        docs = widgets.attempt(svc.store.search, project.id, query, domain="target", limit=200) or []
+    docs, scores, spans, listing = [], {}, {}, None
+    if source == "search" and filters.active:
+        listing = widgets.attempt(browse.browse, svc.store, project.id, label, filters, limit=200)
+        if listing is not None:
+            docs = [row.document for row in listing.rows]
+            spans = {row.document.id: row.spans for row in listing.rows}
+            if listing.run_id is not None:
+                scores = {row.document.id: row.score for row in listing.rows}
     elif source == "similar":
         found = widgets.attempt(ranking.candidates, svc.store, project.id, label, "similar", limit=100) or []
         docs, scores = [c.document for c in found], {c.document.id: c.score for c in found}
     if docs:
-        tags = svc.store.tags_for([d.id for d in docs])
+        tags, marks = svc.store.tags_for([d.id for d in docs]), svc.store.reviews_for([d.id for d in docs])
         was = [label in tags.get(d.id, []) for d in docs]
+        was_not = [label in marks.get(d.id, []) for d in docs]
+        before = ["tag" if t else "not" if n else None for t, n in zip(was, was_not, strict=True)]
         table = pd.DataFrame(
             {
                 "tag": was,
+                "not": was_not,
                 "id": [d.ext_id for d in docs],
                 "text": [widgets.shorten(d.text, 300) for d in docs],
                 "tagged with": [", ".join(tags.get(d.id, [])) for d in docs],
             }
         )
         if scores:
-            table["similarity"] = [scores[d.id] for d in docs]
+            table["similarity" if source == "similar" else "score"] = [scores[d.id] for d in docs]
+        if listing is not None:
+            shown = f"the first {len(docs)} of {listing.total:,}" if listing.total > len(docs) else f"{len(docs)}"
+            unscored = f"; {listing.unscored:,} the run did not score are left out" if listing.unscored else ""
+            st.caption(f"{shown} matching target documents{unscored}.")
         edited = st.data_editor(
             table,
             hide_index=True,
-            disabled=[c for c in table.columns if c != "tag"],
-            key=f"bulk-{label}-{source}-{query}",
+            disabled=[c for c in table.columns if c not in ("tag", "not")],
+            key="bulk-" + widgets.digest(label, source, [d.id for d in docs], before),  # new rows, a new editor
             column_config={
                 "tag": st.column_config.CheckboxColumn(f"is {label}", help="Tick to tag, untick to untag"),
+                "not": st.column_config.CheckboxColumn(
+                    "reviewed: not",
+                    help=f"Looked at: not {widgets.md_escape(label)} (measures the model, never trains it)",
+                ),
                 "text": st.column_config.TextColumn(width="large"),
             },
         )
-        ticked = [bool(v) for v in edited["tag"]]
-        add = [d.id for d, now, before in zip(docs, ticked, was, strict=True) if now and not before]
-        remove = [d.id for d, now, before in zip(docs, ticked, was, strict=True) if before and not now]
-        left, right = st.columns(2)
+        wanted = ["tag" if t else "not" if n else None for t, n in zip(edited["tag"], edited["not"], strict=True)]
+        both = sum(bool(t and n) for t, n in zip(edited["tag"], edited["not"], strict=True))
+        changes = [(d.id, label, w) for d, w, b in zip(docs, wanted, before, strict=True) if w != b]
+        if both:
+            st.warning(f"{both} row(s) have both boxes ticked: choose tagged or reviewed: not.")
+        left, middle, right = st.columns(3)
         if left.button(
-            f"Save: tag {len(add)}, untag {len(remove)}", disabled=not (add or remove), type="primary", key="save_ticks"
+            f"Save {len(changes)} change(s)", disabled=not changes or bool(both), type="primary", key="save_ticks"
         ):
             with widgets.shown_errors():
-                added = svc.store.tag_many(project.id, add, label) if add else 0
-                removed = sum(svc.store.untag(project.id, doc_id, label) for doc_id in remove)
-                widgets.flash(f"{widgets.md_escape(repr(label))}: tagged {added}, untagged {removed} document(s).")
+                done = svc.store.set_states(project.id, changes)
+                widgets.flash(
+                    f"{widgets.md_escape(repr(label))}: tagged {done.tagged}, untagged {done.untagged}"
+                    + (
+                        f", reviewed: not {done.marked}, unmarked {done.unmarked}"
+                        if done.marked or done.unmarked
+                        else ""
+                    )
+                    + " document(s) (Undo reverts them as one action)."
+                )
                 st.rerun()
-        if right.button(f"Tag all {len(docs)} rows as {widgets.md_escape(repr(label))}", key="tag_all"):
+        if middle.button(f"Tag all {len(docs)} rows as {widgets.md_escape(repr(label))}", key="tag_all"):
             with widgets.shown_errors():
                 added = svc.store.tag_many(project.id, [d.id for d in docs], label)
                 widgets.flash(
                     f"Tagged {added} document(s) as {widgets.md_escape(repr(label))} (Undo reverts them as one action)."
                 )
                 st.rerun()
-        with st.expander("Read the documents in full"):
+        untagged = [d.id for d, b in zip(docs, before, strict=True) if b is None]
+        if right.button(f"Mark the {len(untagged)} unreviewed rows: not {widgets.md_escape(label)}", key="not_all"):
+            with widgets.shown_errors():
+                marked = svc.store.mark_not_many(project.id, untagged, label)
+                widgets.flash(f"Marked {marked} document(s) reviewed: not {widgets.md_escape(repr(label))}.")
+                st.rerun()
+        with st.expander("Read the documents in full, matches marked", expanded=bool(query.strip())):
             for d in docs[:50]:
-                widgets.document_card(d, tags=tags.get(d.id, []))
-    elif source == "search" and query.strip():
+                views.marked_card(d, spans.get(d.id, ()), tags=tags.get(d.id, []), reviewed_not=marks.get(d.id, []))
+    elif source == "search" and filters.active:
         st.caption("No target document matches.")
+
+# ---- one document, every label --------------------------------------------------------------------
+
+with single:
+    if not docs:
+        listing = widgets.attempt(browse.browse, svc.store, project.id, label, browse.Filters(), limit=200)
+        docs = [row.document for row in listing.rows] if listing else []
+        st.caption("The first target documents in id order: search or filter on the previous tab to choose others.")
+    else:
+        st.caption("The documents of the previous tab's list.")
+    views.document_view(svc, project, docs, spans)

@@ -3,7 +3,8 @@ which words moved, and which labels became more or less frequent."""
 
 import streamlit as st
 
-from dallmi_core.app import insights, plots
+from dallmi_core.app import plots, shift_view
+from dallmi_core.app.services import PENDING
 from ui import gate, run_views, widgets
 
 SATURATED = 1.9  # an A-distance this close to 2 means a held-out domain error under 2.5%: no room left to compare
@@ -20,20 +21,39 @@ projection = st.radio(
     format_func={"pca": "PCA", "tsne": "t-SNE"}.get,
     help="PCA is linear and fast; t-SNE keeps neighbourhoods (clusters) but takes longer and distorts distances.",
 )
-analysis = insights.cached_shift(svc.store, run.id, projection=projection)
+analysis = shift_view.cached_shift(svc.store, run.id, projection=projection)
 if analysis is None:
+    job = shift_view.shift_job(svc.store, run.id, projection=projection)
+    if job is not None and job.status in PENDING:  # the worker computes it: live progress, then a full rerun
+        st.info(
+            "The worker computes the analysis in the background: this page shows it when it is done. You can "
+            "leave the page meanwhile; the result is kept with the run.",
+            icon=":material/hourglass_top:",
+        )
+        run_views.live_run(job.id)
+        st.stop()
+    missing = shift_view.missing_documents(svc.store, project.id)
+    if missing is not None:
+        st.warning(missing, icon=":material/folder_off:")
+        st.page_link("pages/data.py", label="Go to the Data page", icon=":material/upload_file:")
+        st.stop()
+    if job is not None and job.status == "failed":
+        st.error(widgets.plain(f"The last computation (run {job.id}) failed: {job.error}"), icon=":material/error:")
+    elif job is not None and job.status == "cancelled":
+        st.caption(f"The last computation (run {job.id}) was cancelled.")
     st.info(
         "The analysis embeds the source and the target documents (at most 2,000 of each, a random sample past "
         "that) with the source and the adapted model, once; the result is kept with the run. With a full-size "
-        "model this takes minutes on a CPU (seconds on a GPU); this browser tab waits meanwhile.",
+        "model this takes minutes on a CPU (seconds on a GPU); the worker does it in the background, with its "
+        "progress shown here.",
         icon=":material/hourglass_empty:",
     )
-    if not st.button("Compute the analysis", key="compute_shift", type="primary", icon=":material/play_arrow:"):
-        st.stop()
-    with st.spinner("Embedding documents with both models…"):
-        analysis = widgets.attempt(insights.shift_analysis, svc.store, run.id, projection=projection)
-    if analysis is None:
-        st.stop()
+    if st.button("Compute the analysis", key="compute_shift", type="primary", icon=":material/play_arrow:"):
+        with widgets.shown_errors():
+            job_id = svc.start_run(project.id, "shift", {"run": run.id, "projection": projection})
+            widgets.flash(f"Run {job_id} (the shift analysis of run {run.id}) is queued.", "info")
+            st.rerun()
+    st.stop()
 meta = analysis.meta
 sampled = (meta["sampled_source"], meta["sampled_target"]) != (meta["source"], meta["target"])
 st.caption(

@@ -65,7 +65,7 @@ else:
     downloads("Documents", exporter.export_documents, project.id, "documents", (CSV,))
 
 st.subheader("Runs")
-runs = [run for run in svc.store.list_runs(project.id) if run.status == "done"]
+runs = [run for run in svc.store.list_runs(project.id) if run.status == "done" and run.kind != "shift"]  # no analyses
 if not runs:
     st.caption("No finished run yet: adapt on the Adapt page.")
 else:

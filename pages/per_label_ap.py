@@ -70,6 +70,12 @@ if table is not None:
         "*estimate* (that suggestion), *saved* (yours), *default* (too little to estimate: the reason is under "
         "*rests on*)."
         + (" With gold eval documents, *gold-tuned* is the best-F1 threshold there." if "gold-tuned" in table else "")
+        + (
+            " *reviewed: not*: target documents you marked as not carrying the label; *of them ≥ threshold* "
+            "would be exported as positives (they measure the run; nothing is trained or calibrated on them)."
+            if "reviewed: not" in table
+            else ""
+        )
     )
     few = table[table["rests on"].str.contains("tag(s) <", regex=False)]["label"].tolist()
     if few:

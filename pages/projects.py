@@ -5,7 +5,7 @@ import re
 import streamlit as st
 
 from dallmi_core.app.services import PENDING
-from ui import gate, run_views, session, widgets
+from ui import gate, label_admin, run_views, session, widgets
 
 svc = gate.start()
 st.title("Projects")
@@ -129,6 +129,7 @@ project = next((p for p in projects if p.id == current), None)
 if project is not None:
     st.subheader(f"Current project: {widgets.md_escape(project.name)}")
     st.caption(f"Labels ({len(project.labels)}): {', '.join(map(widgets.md_escape, project.labels))}")
+    label_admin.label_editor(svc, project)
     left, right = st.columns(2)
     with left:
         new_name = st.text_input("New name", value=project.name, key=f"rename-{project.id}")

@@ -22,6 +22,8 @@ if TYPE_CHECKING:
 T = TypeVar("T")
 STAGE_NAMES = {"probe-head": "training the new head on frozen features", "finetune-source": "fine-tuning on source"}
 """Stages whose internal names mean little to a domain expert; the others read well as they are."""
+ANALYSIS_KINDS = ("shift",)
+"""Run kinds that analyse a finished run rather than train: their progress is a stage and a count."""
 
 
 def has_model(run: Run) -> bool:
@@ -140,7 +142,14 @@ def run_details(status: RunStatus, *, live: bool) -> None:
         st.progress(fraction, text=text)
     elif status.status in PENDING:
         st.caption(text)
-    if status.status in PENDING:
+    if status.status == "queued" and live:
+        ahead = [r for r in svc.store.list_runs(status="running") if r.id != status.run_id]
+        if ahead:
+            st.caption(f"Waits for run {ahead[0].id} ({ahead[0].kind}) to finish: the worker runs one job at a time.")
+    if status.status in PENDING and status.kind in ANALYSIS_KINDS:  # no epochs, loss or ETA to show
+        age = status.heartbeat_age_s
+        st.caption(f"Last report {duration(age)} ago." if age is not None else "Not started yet.")
+    elif status.status in PENDING:
         cols = st.columns(4)
         cols[0].metric("Epoch", f"{p['epoch']:.2f}" if isinstance(p.get("epoch"), int | float) else "–")
         cols[1].metric("ETA", duration(p.get("eta_s")) if status.status == "running" else "–")

@@ -3,6 +3,7 @@ meter, document cards, uploads and downloads that build their file on click."""
 
 from __future__ import annotations
 
+import hashlib
 import re
 import shutil
 import tempfile
@@ -99,7 +100,8 @@ def coverage_meter(coverage: Sequence[LabelCoverage], highlight: str | None = No
         c = by_label[highlight]
         st.progress(
             min(1.0, c.positives / max(c.minimum, 1)),
-            text=f"**{md_escape(c.label)}**: {c.positives} of the recommended {c.minimum} positives tagged",
+            text=f"**{md_escape(c.label)}**: {c.positives} of the recommended {c.minimum} positives tagged · "
+            f"{c.reviewed_not} reviewed: not · {c.unreviewed} unreviewed",
         )
     enough = sum(c.enough for c in coverage)
     empty = [c.label for c in coverage if not c.positives]
@@ -111,8 +113,10 @@ def coverage_meter(coverage: Sequence[LabelCoverage], highlight: str | None = No
         st.dataframe(
             {
                 "label": [c.label for c in coverage],
-                "positives": [c.positives for c in coverage],
+                "tagged": [c.positives for c in coverage],
                 "coverage": [min(1.0, c.positives / max(c.minimum, 1)) for c in coverage],
+                "reviewed: not": [c.reviewed_not for c in coverage],
+                "unreviewed": [c.unreviewed for c in coverage],
             },
             hide_index=True,
             column_config={
@@ -139,6 +143,11 @@ def document_card(doc: Document, *, caption: str = "", limit: int = 600, tags: S
             st.text(text[:limit].rstrip() + " …")
             with st.expander(f"Show all ({len(text):,} characters)"):
                 st.text(text)
+
+
+def digest(*parts: Any) -> str:
+    """A short stable key for widget state that must start over when `parts` change."""
+    return hashlib.sha1(repr(parts).encode("utf-8")).hexdigest()[:16]
 
 
 def shorten(text: str, limit: int = 200) -> str:

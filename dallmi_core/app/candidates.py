@@ -1,4 +1,4 @@
-"""Which untagged target documents to show next for a label: by a run's scores (likely, uncertain)
+"""Which unreviewed target documents to show next for a label: by a run's scores (likely, uncertain)
 or by TF-IDF similarity to the label's tagged documents (no run needed)."""
 
 from __future__ import annotations
@@ -44,10 +44,11 @@ def candidates(
     *,
     threshold: float | None = None,
 ) -> list[Candidate]:
-    """Untagged target documents to look at next for `label` (documents tagged with other labels
-    stay candidates: labels are not exclusive). likely: highest score first; uncertain: score
-    closest to `threshold` (default: the label's decision threshold for the run); similar: TF-IDF
-    cosine to the centroid of the label's tagged documents."""
+    """Unreviewed target documents to look at next for `label`: neither tagged nor marked "reviewed:
+    not" for it (documents tagged with other labels stay candidates: labels are not exclusive).
+    likely: highest score first; uncertain: score closest to `threshold` (default: the label's
+    decision threshold for the run); similar: TF-IDF cosine to the centroid of the label's tagged
+    documents."""
     project = store.get_project(project_id)
     if label not in project.labels:
         raise DataError(f"unknown label {label!r}; the project's labels are {', '.join(project.labels)}.")
@@ -70,7 +71,8 @@ def candidates(
         if threshold is None:
             threshold = decisions.thresholds(store, run.id)[label]
         key = -score if strategy == "likely" else np.abs(score - threshold)
-    keep = ~np.isin(ids, np.fromiter(tagged, dtype=np.int64, count=len(tagged)))
+    reviewed = tagged | set(store.reviews_by_label(project_id)[label])
+    keep = ~np.isin(ids, np.fromiter(reviewed, dtype=np.int64, count=len(reviewed)))
     ids, score, key = ids[keep], score[keep], key[keep]
     order = np.argsort(key, kind="stable")[:limit]
     docs = store.get_documents(project_id, ids=[int(i) for i in ids[order]])

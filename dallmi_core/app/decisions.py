@@ -74,7 +74,10 @@ def thresholds(store: Store, run_id: int, overrides: Mapping[str, float] | None 
 def decision_table(store: Store, run_id: int) -> pd.DataFrame:
     """Per label: the estimated prior, the share of target documents predicted positive at the
     threshold in use, that threshold and where it comes from, the calibration's suggestion and, with
-    gold eval documents, the gold-tuned threshold (best F1) and the gold share."""
+    gold eval documents, the gold-tuned threshold (best F1) and the gold share. Where users marked
+    documents "reviewed: not <label>", how many of those the run scored and how many of them it puts
+    at or above the threshold (false positives it would export): the marks only measure here, nothing
+    is fitted on them (the prior, the map and the thresholds rest on the tags and the unlabeled text)."""
     from dallmi_core.evaluation.metrics import best_f1_threshold
 
     run = store.get_run(run_id)
@@ -85,6 +88,8 @@ def decision_table(store: Store, run_id: int) -> pd.DataFrame:
     target = [row[d] for d in store.document_ids(run.project_id, "target") if d in row]
     gold_docs = [d for d in store.gold_documents(run.project_id) if d.id in row]
     tags = store.tags_by_label(run.project_id)
+    marks = store.reviews_by_label(run.project_id, domain="target")
+    marked = any(marks.values())
     records = []
     for j, label in enumerate(labels):
         d = chosen[label]
@@ -100,6 +105,10 @@ def decision_table(store: Store, run_id: int) -> pd.DataFrame:
             "suggested": d.suggested,
             "rests on": d.basis,
         }
+        if marked:
+            negatives = [row[d] for d in marks.get(label, []) if d in row]
+            record["reviewed: not"] = len(negatives)
+            record["of them ≥ threshold"] = int(np.sum(column[negatives] >= d.threshold)) if negatives else 0
         if gold_docs:
             y = np.array([label in doc.gold_labels for doc in gold_docs], dtype=np.int64)
             s = column[[row[doc.id] for doc in gold_docs]]

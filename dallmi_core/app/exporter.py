@@ -30,6 +30,8 @@ from dallmi_core.data.corpus import LABEL_SEPARATOR
 from dallmi_core.errors import DataError, RunStateError
 from dallmi_core.store import Store
 
+REVIEWED_NOT = "reviewed_not"  # the column of a target document's "reviewed: not <label>" marks
+
 
 def _atomic_write(path: Path, write: Callable[[Path], None]) -> Path:
     """Call write(temp path), then move the temp file onto `path`; on any error remove it."""
@@ -72,16 +74,19 @@ def _meta_cell(value) -> str:
 
 
 def _rows(store: Store, project_id: int, only_labelled: bool):
-    """(document, labels, domain) in the interchange format: tags of target documents, gold labels
-    of source/eval ones, and an extra eval row for a target document that has gold labels."""
+    """(document, labels, domain, reviewed-not labels) in the interchange format: tags and marks of
+    target documents, gold labels of source/eval ones, and an extra eval row for a target document
+    that has gold labels."""
     for page in store.iter_documents(project_id):
-        tags = store.tags_for([doc.id for doc in page])
+        tags, marks = store.tags_for([doc.id for doc in page]), store.reviews_for([doc.id for doc in page])
         for doc in page:
-            labels = tags.get(doc.id, []) if doc.domain == "target" else list(doc.gold_labels or ())
-            if labels or not only_labelled:
-                yield doc, labels, doc.domain
-            if doc.domain == "target" and doc.gold_labels is not None:
-                yield doc, list(doc.gold_labels), "eval"
+            target = doc.domain == "target"
+            labels = tags.get(doc.id, []) if target else list(doc.gold_labels or ())
+            reviewed = marks.get(doc.id, []) if target else []
+            if labels or reviewed or not only_labelled:
+                yield doc, labels, doc.domain, reviewed
+            if target and doc.gold_labels is not None:
+                yield doc, list(doc.gold_labels), "eval", []
 
 
 def _write_records(path: Path, fmt: str, header: list[str], records, meta: list[str]) -> Path:
@@ -106,22 +111,29 @@ def _write_records(path: Path, fmt: str, header: list[str], records, meta: list[
 def export_annotations(
     store: Store, project_id: int, path=None, *, fmt: str | None = None, only_labelled: bool = False
 ) -> Path:
-    """Every document (or only those with labels) as id, text, labels, domain and its metadata: exactly
-    what import_file(label_policy='auto') turns back into documents, tags, gold labels and metadata."""
+    """Every document (or only those with labels or marks) as id, text, labels, domain and its metadata:
+    exactly what import_file(label_policy='auto') turns back into documents, tags, gold labels and
+    metadata. A project with "reviewed: not" marks gets a `reviewed_not` column after `domain` (the
+    labels each target document was reviewed as not carrying, 'a|b'); the importer reads it back as a
+    metadata column, not as marks."""
     project = store.get_project(project_id)
     path = None if path is None else Path(path)
     fmt = _format(path, fmt, ("csv", "jsonl"))
     path = path or _default_path(store, project.name, "annotations", fmt)
+    marked = any(store.reviews_by_label(project_id).values())
+    header = ["id", "text", "labels", "domain"] + ([REVIEWED_NOT] if marked else [])
     records = (
-        ([doc.ext_id, doc.text, labels, domain], doc.meta)
-        for doc, labels, domain in _rows(store, project_id, only_labelled)
+        ([doc.ext_id, doc.text, labels, domain] + ([reviewed] if marked else []), doc.meta)
+        for doc, labels, domain, reviewed in _rows(store, project_id, only_labelled)
     )
-    return _write_records(path, fmt, ["id", "text", "labels", "domain"], records, store.meta_columns(project_id))
+    meta = [name for name in store.meta_columns(project_id) if name not in header]  # a re-imported reviewed_not
+    return _write_records(path, fmt, header, records, meta)
 
 
 def export_documents(store: Store, project_id: int, path=None, *, fmt: str | None = None) -> Path:
-    """Every document as id, text, domain, gold_labels ('a|b'; empty without gold), tags and its metadata
-    columns: the project's data as one table, for a spreadsheet or a script."""
+    """Every document as id, text, domain, gold_labels ('a|b'; empty without gold), tags (then
+    reviewed_not, its "reviewed: not" labels, when the project has any) and its metadata columns: the
+    project's data as one table, for a spreadsheet or a script."""
     project = store.get_project(project_id)
     path = None if path is None else Path(path)
     fmt = _format(path, fmt, ("csv", "jsonl"))
@@ -129,13 +141,16 @@ def export_documents(store: Store, project_id: int, path=None, *, fmt: str | Non
 
     def records():
         for page in store.iter_documents(project_id):
-            tags = store.tags_for([doc.id for doc in page])
+            tags, marks = store.tags_for([doc.id for doc in page]), store.reviews_for([doc.id for doc in page])
             for doc in page:
                 gold = list(doc.gold_labels) if doc.gold_labels is not None else ([] if fmt == "csv" else None)
-                yield [doc.ext_id, doc.text, doc.domain, gold, tags.get(doc.id, [])], doc.meta
+                cells = [doc.ext_id, doc.text, doc.domain, gold, tags.get(doc.id, [])]
+                yield cells + ([marks.get(doc.id, [])] if marked else []), doc.meta
 
-    header = ["id", "text", "domain", "gold_labels", "tags"]
-    return _write_records(path, fmt, header, records(), store.meta_columns(project_id))
+    marked = any(store.reviews_by_label(project_id).values())
+    header = ["id", "text", "domain", "gold_labels", "tags"] + ([REVIEWED_NOT] if marked else [])
+    meta = [name for name in store.meta_columns(project_id) if not (marked and name == REVIEWED_NOT)]
+    return _write_records(path, fmt, header, records(), meta)
 
 
 def _thresholds(labels: tuple[str, ...], thresholds: Mapping[str, float] | None) -> np.ndarray:

@@ -3,9 +3,11 @@
 Which row becomes what: rows are distinct documents when their ids differ (the same text under two
 ids is two documents); an exact repeat (same id, same text), within the file or of a document already
 in the project, is skipped and counted; an eval row whose text is already a target document gives
-that document its gold labels (counted as attached), so gold is never lost. The same id with another
-text is an error naming both rows. Columns beyond text/id/labels/domain are kept as the document's
-metadata and registered in the project's metadata columns, which every export writes back.
+that document its gold labels (counted as attached), so gold is never lost, and its metadata columns
+(merged: the document's own values are kept, an empty one is filled; the values added are counted).
+The same id with another text is an error naming both rows. Columns beyond text/id/labels/domain are
+kept as the document's metadata and registered in the project's metadata columns, which every export
+writes back.
 
 Files are read in chunks by data.reader (the reader read_corpus uses too), decoded by textfile's
 policy and validated by data.corpus.validate_rows, so an import and `read_corpus` accept and reject
@@ -77,6 +79,8 @@ class ImportReport:
     repeated_in_file: int = 0
     repeated_in_project: int = 0
     attached: int = 0
+    meta_added: int = 0  # metadata values an attached eval row gave its target document
+    meta_kept: int = 0  # metadata values of attached eval rows that differed from the document's: not written
     tags_added: int = 0
     gold_rows: int = 0
     meta_columns: list[str] = field(default_factory=list)
@@ -96,8 +100,9 @@ class ImportReport:
         added = ", ".join(f"{n:,} {d}" for d, n in self.by_domain.items() if n)
         parts = [f"{self.imported:,} new documents" + (f" ({added})" if added else "")]
         if self.attached:
+            merged = f", and {self.meta_added:,} metadata values they lacked," if self.meta_added else ""
             parts.append(
-                f"{self.attached:,} eval rows gave their gold labels to the target documents "
+                f"{self.attached:,} eval rows gave their gold labels{merged} to the target documents "
                 "with the same text (no second copy)"
             )
         if self.repeated:
@@ -115,6 +120,11 @@ class ImportReport:
             line += f" Tags added: {self.tags_added:,}."
         if self.meta_columns:
             line += f" Kept as metadata: {', '.join(self.meta_columns)}."
+        if self.meta_kept:
+            line += (
+                f" {self.meta_kept:,} metadata values of those eval rows differed from the target documents' "
+                "own and were left as they were."
+            )
         return line
 
     def to_dict(self) -> dict:
@@ -129,6 +139,8 @@ class ImportReport:
             "repeated_in_file": self.repeated_in_file,
             "repeated_in_project": self.repeated_in_project,
             "attached": self.attached,
+            "meta_added": self.meta_added,
+            "meta_kept": self.meta_kept,
             "tags_added": self.tags_added,
             "gold_rows": self.gold_rows,
             "by_domain": self.by_domain,
@@ -283,7 +295,18 @@ def _import_chunk(
     existing = store.find_ext_docs(project.id, corpus.ids)
     targets = store.target_hashes(project.id, [h for h, d in zip(hashes, corpus.domains, strict=True) if d == "eval"])
     in_chunk: dict[str, tuple[int, str, str]] = {}
-    new_rows, attach, tag_ext, tag_ids = [], {}, [], []
+    new_rows, attach, attach_meta, tag_ext, tag_ids = [], {}, {}, [], []
+
+    def meta_of(i: int) -> dict:
+        return {} if fmt == "txt" else {k: v for k, v in rows[i].items() if k not in used and not _missing(v)}
+
+    def attach_row(i: int, digest: str, gold: list[str]) -> None:
+        """Gold labels and metadata for the target documents with this text (merged after the inserts)."""
+        attach[digest] = gold
+        merged = attach_meta.setdefault(digest, {})
+        merged |= {k: v for k, v in meta_of(i).items() if k not in merged}
+        report.attached += 1
+
     for i, (ext, text, labels, dom) in enumerate(
         zip(corpus.ids, corpus.texts, corpus.labels, corpus.domains, strict=True)
     ):
@@ -297,8 +320,7 @@ def _import_chunk(
                     f"in row {earlier[0]}). Ids must be unique: rename or remove one."
                 )
             if dom == "eval" and earlier[2] == "target" and gold is not None:  # an export's gold row
-                attach[digest] = gold
-                report.attached += 1
+                attach_row(i, digest, gold)
                 continue
             report.repeated_in_file += 1
             tag_ext += [(ext, label) for label in labels] if as_tags else []
@@ -307,8 +329,7 @@ def _import_chunk(
         if ext in existing:
             doc_id, digest_there, dom_there = existing[ext]
             if digest_there == digest and dom == "eval" and dom_there == "target" and gold is not None:
-                attach[digest] = gold
-                report.attached += 1
+                attach_row(i, digest, gold)
                 continue
             if digest_there == digest:
                 report.repeated_in_project += 1
@@ -322,11 +343,9 @@ def _import_chunk(
                 )
             ext = _free_id(store, project.id, ext)
         if dom == "eval" and gold is not None and digest in targets:
-            attach[digest] = gold
-            report.attached += 1
+            attach_row(i, digest, gold)
             continue
-        meta = {} if fmt == "txt" else {k: v for k, v in rows[i].items() if k not in used and not _missing(v)}
-        new_rows.append((ext, dom, text, meta, gold, digest))
+        new_rows.append((ext, dom, text, meta_of(i), gold, digest))
         if dom == "target":
             targets.add(digest)
         tag_ext += [(ext, label) for label in labels] if as_tags else []
@@ -334,6 +353,8 @@ def _import_chunk(
         report.by_domain[dom] += 1
     store.insert_documents(project.id, new_rows)
     store.attach_gold(project.id, attach)
+    merged = store.merge_meta(project.id, attach_meta)
+    report.meta_added, report.meta_kept = report.meta_added + merged.added, report.meta_kept + merged.kept
     docs = store.find_ext_docs(project.id, [ext for ext, _ in tag_ext])
     tag_ids += [(docs[ext][0], label) for ext, label in tag_ext if docs.get(ext, "??")[2] == "target"]
     created, state["action"] = store.add_tags(project.id, tag_ids, IMPORT_ANNOTATOR, action_id=state["action"])

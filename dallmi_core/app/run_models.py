@@ -8,7 +8,16 @@ from functools import lru_cache
 from pathlib import Path
 
 from dallmi_core.config import AdaptConfig
+from dallmi_core.errors import RunStateError
 from dallmi_core.store import Run, Store
+
+
+def adapt_run(store: Store, run_id: int) -> Run:
+    """The run, when it is a finished adaptation run (what the insight views look at)."""
+    run = store.get_run(run_id)
+    if run.kind != "adapt" or run.status != "done":
+        raise RunStateError(f"run {run_id} is a {run.status} {run.kind} run; pick a finished adaptation run.")
+    return run
 
 
 def run_config(run: Run) -> AdaptConfig:
@@ -57,6 +66,11 @@ def folder_thresholds(folder: str | None) -> dict[str, float]:
     if config is None or not config.is_file():
         return {}
     return json.loads(config.read_text(encoding="utf-8")).get("dallmi_thresholds") or {}
+
+
+def release() -> None:
+    """Forget the loaded models (a worker job that loaded them gives their memory back)."""
+    _load.cache_clear()
 
 
 def models(store: Store, run: Run):

@@ -35,6 +35,8 @@ class LabelCoverage:
     label: str
     positives: int
     minimum: int
+    reviewed_not: int = 0  # target documents marked "reviewed: not <label>" (never training negatives)
+    unreviewed: int = 0  # target documents neither tagged nor reviewed-not for the label
 
     @property
     def enough(self) -> bool:
@@ -183,12 +185,18 @@ class Services:
     # ---- annotation -------------------------------------------------------------------------------
 
     def coverage(self, project_id: int, minimum: int = RECOMMENDED_TAGS) -> list[LabelCoverage]:
-        """Tagged positives per label, in the project's label order, against a recommended minimum.
+        """Per label, in the project's label order: tagged positives against a recommended minimum,
+        documents reviewed as not carrying it, and those not reviewed at all.
 
-        Only tags on target documents count: adaptation trains on those alone, so a tag on a source
+        Only target documents count: adaptation trains on their tags alone, so a tag on a source
         or eval document would make the meter say "enough" for a label that has no training positive."""
         tags = self.store.tags_by_label(project_id, domain="target")
-        return [LabelCoverage(label, len(docs), minimum) for label, docs in tags.items()]
+        marks = self.store.reviews_by_label(project_id, domain="target")
+        total = self.store.count_documents(project_id)["target"]
+        return [
+            LabelCoverage(label, len(docs), minimum, len(marks[label]), total - len(docs) - len(marks[label]))
+            for label, docs in tags.items()
+        ]
 
     # ---- runs -------------------------------------------------------------------------------------
 
@@ -203,9 +211,11 @@ class Services:
     ) -> int:
         """Validate, queue, and make sure a worker serves the queue; returns the run id.
 
-        `config`: AdaptConfig/SourceConfig settings (finetune-source, adapt); `model`: the folder a
-        score run uses (default: the project's source model). The source model and backbone are
-        pinned in the stored config, so a resumed run starts from the same weights."""
+        `config`: AdaptConfig/SourceConfig settings (finetune-source, adapt), or for a shift analysis
+        {"run": a finished adaptation run, "projection": "pca" or "tsne"} (the same analysis already
+        queued or running is not queued twice: its id is returned); `model`: the folder a score run
+        uses (default: the project's source model). The source model and backbone are pinned in the
+        stored config, so a resumed run starts from the same weights."""
         project = self.store.get_project(project_id)
         counts = self.store.count_documents(project_id)
         stored: dict = {"backbone": project.settings.get("backbone", "default")}
@@ -224,6 +234,17 @@ class Services:
             _model_labels(stored["model"])
             if not counts["target"] + counts["eval"]:
                 raise DataError("there are no target or eval documents to score. Import the target text first.")
+        elif kind == "shift":
+            from dallmi_core.app import shift_view
+
+            stored["analysis"] = settings = shift_view.job_settings(self.store, project_id, dict(config or {}))
+            queued = shift_view.shift_job(
+                self.store, settings["run"], projection=settings["projection"], limit=settings["limit"]
+            )
+            if queued is not None and queued.status in PENDING:
+                if self.autostart_worker:
+                    ensure_worker(self.data_dir)
+                return queued.id
         else:
             raise ConfigError(f"unknown run kind {kind!r}; use one of {', '.join(RUN_KINDS)}.")
         if kind == "finetune-source" and not any(
@@ -287,6 +308,8 @@ class Services:
         if run.status in PENDING and not alive and self.autostart_worker:
             alive = ensure_worker(self.data_dir) is not None or worker_running(self.data_dir)
         age = time.time() - run.heartbeat_at if run.status == "running" and run.heartbeat_at else None
+        newer = self.pending_finetune(run.project_id) if run.kind == "finetune-source" else None
+        blocked = newer is not None and newer.id != run.id  # one fine-tuning at a time: not resumable now
         return RunStatus(
             run.id,
             run.kind,
@@ -299,7 +322,7 @@ class Services:
             age,
             alive,
             can_cancel=run.status in PENDING,
-            can_resume=run.status in ("cancelled", "interrupted") and _has_checkpoint(run),
+            can_resume=run.status in ("cancelled", "interrupted") and _has_checkpoint(run) and not blocked,
         )
 
     def pending_finetune(self, project_id: int) -> Run | None:

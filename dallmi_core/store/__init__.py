@@ -6,7 +6,8 @@ share one typed API. Model weights and exports are files under the data director
 
     db.py           the connection: pragmas, migrations, transactions, reads, errors
     schema.py       the numbered migrations
-    projects.py     documents.py     annotations.py     runs.py     analysis.py     presence.py:
+    projects.py     documents.py     merge.py     browse.py     annotations.py     runs.py
+    analysis.py     presence.py:
                     the tables, as Store mixins
 """
 
@@ -17,9 +18,11 @@ from pathlib import Path
 
 from dallmi_core.errors import StoreError
 from dallmi_core.store.analysis import AnalysisMixin
-from dallmi_core.store.annotations import Annotation, AnnotationsMixin
+from dallmi_core.store.annotations import Annotation, AnnotationsMixin, Changes
+from dallmi_core.store.browse import TAG_STATES, BrowseMixin
 from dallmi_core.store.db import StoreBase
 from dallmi_core.store.documents import Document, DocumentsMixin, content_hash, fts_query
+from dallmi_core.store.merge import MergeMixin, MetaMerge
 from dallmi_core.store.presence import PresenceMixin, WorkerReport
 from dallmi_core.store.projects import Project, ProjectsMixin
 from dallmi_core.store.runs import FINISH_STATUSES, Run, RunsMixin
@@ -29,8 +32,11 @@ __all__ = [
     "FINISH_STATUSES",
     "MIGRATIONS",
     "RUN_STATUSES",
+    "TAG_STATES",
     "Annotation",
+    "Changes",
     "Document",
+    "MetaMerge",
     "Project",
     "Run",
     "Store",
@@ -42,7 +48,17 @@ __all__ = [
 ]
 
 
-class Store(ProjectsMixin, DocumentsMixin, AnnotationsMixin, RunsMixin, AnalysisMixin, PresenceMixin, StoreBase):
+class Store(
+    ProjectsMixin,
+    DocumentsMixin,
+    MergeMixin,
+    BrowseMixin,
+    AnnotationsMixin,
+    RunsMixin,
+    AnalysisMixin,
+    PresenceMixin,
+    StoreBase,
+):
     """A handle on one store file: its own connection, safe to share between threads (a lock)."""
 
 

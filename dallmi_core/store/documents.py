@@ -26,17 +26,30 @@ def content_hash(text: str) -> str:
 
 
 def fts_query(text: str) -> str | None:
-    """User text -> a safe FTS5 query: words and "quoted phrases" (all must match), `word*` prefix.
+    """User text -> a safe FTS5 query: words and "quoted phrases" (all must match), `word*` prefix, and
+    `OR` between two terms (either may match; it binds the terms beside it, as in web search:
+    `refund chargeback OR dispute` is refund AND (chargeback OR dispute)).
 
-    Only word characters ever reach FTS5, inside double quotes, so no input is a syntax error;
-    None when nothing searchable is left (e.g. only punctuation).
+    Only word characters ever reach FTS5, inside double quotes, and the operators are ours, so no
+    input is a syntax error. An `OR` without a term on both sides is ignored; "OR" in quotes and a
+    lower-case `or` are words. None when nothing searchable is left (e.g. only punctuation).
     """
-    parts = []
+    groups: list[list[str]] = []  # an AND of groups, each an OR of its terms
+    pending_or = False
     for phrase, word in re.findall(r'"([^"]*)"?|([^\s"]+)', text):
         tokens = re.findall(r"\w+", phrase or word)
-        if tokens:
-            parts.append('"' + " ".join(tokens) + '"' + ("*" if word.endswith("*") else ""))
-    return " ".join(parts) or None
+        if word == "OR":
+            pending_or = bool(groups)
+        elif tokens:
+            term = '"' + " ".join(tokens) + '"' + ("*" if word.endswith("*") else "")
+            if pending_or:
+                groups[-1].append(term)
+            else:
+                groups.append([term])
+            pending_or = False
+    if all(len(group) == 1 for group in groups):
+        return " ".join(group[0] for group in groups) or None
+    return " AND ".join(group[0] if len(group) == 1 else "(" + " OR ".join(group) + ")" for group in groups)
 
 
 @dataclass(frozen=True)

@@ -20,6 +20,7 @@ from dallmi_core.store.db import StoreBase, _chunks, _dumps, _marks
 FINISH_STATUSES = ("done", "failed", "cancelled", "interrupted")  # what a worker may end a run with
 PENDING = ("queued", "running", "interrupted")  # a run that will still run (an interrupted one resumes)
 SINGLE_KINDS = ("finetune-source",)  # one at a time per project: each replaces the project's source model
+QUICK_KINDS = ("shift",)  # bounded analyses someone waits for on a page: claimed before queued training runs
 
 
 @dataclass(frozen=True)
@@ -75,21 +76,26 @@ class RunsMixin(StoreBase):
         write transaction, so two sessions clicking at once cannot both queue one)."""
         with self.transaction():
             self.get_project(project_id)
-            if kind in SINGLE_KINDS:
-                pending = self._one(
-                    "SELECT id, status FROM runs WHERE project_id = ? AND kind = ? "
-                    f"AND status IN ({_marks(PENDING)}) ORDER BY id LIMIT 1",
-                    [project_id, kind, *PENDING],
-                )
-                if pending is not None:
-                    raise RunStateError(
-                        f"run {pending[0]} ({kind}) is already {pending[1]} for this project: wait for it to "
-                        "finish, or cancel it on the Adapt page, before starting another."
-                    )
+            self._refuse_a_second(project_id, kind)
             return self.conn.execute(
                 "INSERT INTO runs (project_id, kind, config, created_at) VALUES (?, ?, ?, ?)",
                 (project_id, kind, _dumps(dict(config)), time.time()),
             ).lastrowid
+
+    def _refuse_a_second(self, project_id: int, kind: str, *, but: int | None = None) -> None:
+        """Inside the write that would add one: a RunStateError when another `kind` run (not `but`) is pending."""
+        if kind not in SINGLE_KINDS:
+            return
+        pending = self._one(
+            "SELECT id, status FROM runs WHERE project_id = ? AND kind = ? AND id != ? "
+            f"AND status IN ({_marks(PENDING)}) ORDER BY id LIMIT 1",
+            [project_id, kind, -1 if but is None else but, *PENDING],
+        )
+        if pending is not None:
+            raise RunStateError(
+                f"run {pending[0]} ({kind}) is already {pending[1]} for this project: wait for it to "
+                "finish, or cancel it on the Adapt page, before starting another."
+            )
 
     def get_run(self, run_id: int) -> Run:
         row = self._one("SELECT * FROM runs WHERE id = ?", (run_id,))
@@ -115,14 +121,15 @@ class RunsMixin(StoreBase):
 
     def claim_next_run(self, worker_pid: int, *, kinds: Sequence[str] | None = None) -> Run | None:
         """Atomically take the oldest interrupted run (to resume from its checkpoint), else the oldest
-        queued one, and mark it running for `worker_pid`; None when there is nothing to do. The previous
-        attempt's progress is replaced by {"stage": "resuming"} ({"stage": "starting"} for a queued run)."""
+        queued one (QUICK_KINDS first), and mark it running for `worker_pid`; None when there is nothing
+        to do. The previous attempt's progress is replaced by {"stage": "resuming"} ({"stage": "starting"}
+        for a queued run)."""
         kind_sql, params = (f"AND kind IN ({_marks(kinds)})", list(kinds)) if kinds else ("", [])
         with self.transaction():
             row = self._one(
                 f"SELECT id, status FROM runs WHERE status IN ('interrupted', 'queued') {kind_sql} "
-                "ORDER BY status = 'queued', id LIMIT 1",
-                params,
+                f"ORDER BY status = 'queued', kind NOT IN ({_marks(QUICK_KINDS)}), id LIMIT 1",
+                [*params, *QUICK_KINDS],
             )
             if row is None:
                 return None
@@ -226,13 +233,15 @@ class RunsMixin(StoreBase):
 
     def requeue_run(self, run_id: int) -> Run:
         """Put a cancelled or interrupted run back in the queue as interrupted (its cancel flag
-        cleared), so the next claim resumes it from its checkpoint."""
+        cleared), so the next claim resumes it from its checkpoint. A fine-tuning is refused while
+        another of its project is pending (one started after this one was cancelled)."""
         with self.transaction():
             run = self.get_run(run_id)
             if run.status not in ("cancelled", "interrupted"):
                 raise RunStateError(
                     f"run {run_id} is {run.status}; only a cancelled or interrupted run can be resumed."
                 )
+            self._refuse_a_second(run.project_id, run.kind, but=run.id)  # a fine-tuning started since
             self.conn.execute(
                 "UPDATE runs SET status = 'interrupted', cancel_requested = 0, finished_at = NULL, "
                 "error = NULL, traceback = NULL WHERE id = ?",

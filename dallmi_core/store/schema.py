@@ -11,6 +11,25 @@ import sqlite_utils
 RUN_STATUSES = ("queued", "running", "done", "failed", "cancelled", "interrupted")
 
 
+def _decision_table(table: str, *, by_document: bool) -> str:
+    """The DDL of a table of per-(document, label) decisions (the tags, the "reviewed: not" marks):
+    soft-deleted, each row linked to the action that made it and the one that removed it, one live
+    row per pair."""
+    document_index = f"\n    CREATE INDEX {table}_document ON {table}(document_id);" if by_document else ""
+    return f"""
+    CREATE TABLE {table} (id INTEGER PRIMARY KEY,
+        project_id INTEGER NOT NULL REFERENCES projects(id) ON DELETE CASCADE,
+        document_id INTEGER NOT NULL REFERENCES documents(id) ON DELETE CASCADE,
+        label TEXT NOT NULL, annotator TEXT NOT NULL, created_at REAL NOT NULL, deleted_at REAL,
+        action_id INTEGER REFERENCES annotation_actions(id) ON DELETE SET NULL,
+        deleted_action_id INTEGER REFERENCES annotation_actions(id) ON DELETE SET NULL);
+    CREATE UNIQUE INDEX {table}_live ON {table}(document_id, label) WHERE deleted_at IS NULL;{document_index}
+    CREATE INDEX {table}_project ON {table}(project_id, label);
+    CREATE INDEX {table}_action ON {table}(action_id);
+    CREATE INDEX {table}_deleted_action ON {table}(deleted_action_id);
+    """
+
+
 def _m1_core(db: sqlite_utils.Database) -> None:
     db.executescript("""
     CREATE TABLE projects (id INTEGER PRIMARY KEY, name TEXT NOT NULL UNIQUE COLLATE NOCASE,
@@ -26,18 +45,7 @@ def _m1_core(db: sqlite_utils.Database) -> None:
         project_id INTEGER NOT NULL REFERENCES projects(id) ON DELETE CASCADE, annotator TEXT NOT NULL,
         kind TEXT NOT NULL CHECK (kind IN ('tag', 'untag')), created_at REAL NOT NULL, undone_at REAL);
     CREATE INDEX actions_annotator ON annotation_actions(project_id, annotator, id);
-    CREATE TABLE annotations (id INTEGER PRIMARY KEY,
-        project_id INTEGER NOT NULL REFERENCES projects(id) ON DELETE CASCADE,
-        document_id INTEGER NOT NULL REFERENCES documents(id) ON DELETE CASCADE,
-        label TEXT NOT NULL, annotator TEXT NOT NULL, created_at REAL NOT NULL, deleted_at REAL,
-        action_id INTEGER REFERENCES annotation_actions(id) ON DELETE SET NULL,
-        deleted_action_id INTEGER REFERENCES annotation_actions(id) ON DELETE SET NULL);
-    CREATE UNIQUE INDEX annotations_live ON annotations(document_id, label) WHERE deleted_at IS NULL;
-    CREATE INDEX annotations_document ON annotations(document_id);
-    CREATE INDEX annotations_project ON annotations(project_id, label);
-    CREATE INDEX annotations_action ON annotations(action_id);
-    CREATE INDEX annotations_deleted_action ON annotations(deleted_action_id);
-    """)
+    """ + _decision_table("annotations", by_document=True))
 
 
 def _m2_fts(db: sqlite_utils.Database) -> None:
@@ -157,6 +165,15 @@ def _m9_metric_stage(db: sqlite_utils.Database) -> None:
     """)
 
 
+def _m10_label_reviews(db: sqlite_utils.Database) -> None:
+    """The "reviewed: not <label>" decisions, kept apart from the tags: a document a user looked at and
+    said does not carry the label. Never a training negative (PU adaptation trains on the tags and the
+    unlabeled rest); they measure. Soft-deleted and undone like tags: `action_id` is the action that
+    made the mark, `deleted_action_id` the one that removed it, and a live (document, label) pair is
+    unique. An action may now change tags and marks together (kind 'tag' when it adds anything)."""
+    db.executescript(_decision_table("label_reviews", by_document=False))
+
+
 # append only: the index + 1 is the schema version
 MIGRATIONS = (
     _m1_core,
@@ -168,4 +185,5 @@ MIGRATIONS = (
     _m7_run_traceback,
     _m8_run_active_time,
     _m9_metric_stage,
+    _m10_label_reviews,
 )

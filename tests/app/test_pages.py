@@ -26,7 +26,7 @@ from dallmi_core.app import exporter, importer
 from dallmi_core.app.exporter import predictions_frame
 from dallmi_core.app.services import open_services
 from dallmi_core.app.system import SystemInfo
-from dallmi_core.errors import RunStateError
+from dallmi_core.errors import DataError, RunStateError
 
 REPO = Path(__file__).resolve().parents[2]
 APP = REPO / "app.py"
@@ -275,13 +275,47 @@ def test_mixup_page_shows_logged_and_fresh_pairs_with_the_decoded_mix(adapted):
     assert len(at.dataframe[0].value) == 64
 
 
-def test_domain_shift_page_computes_once_then_draws_from_the_cache(adapted):
+def _serve_one_run(store) -> None:
+    """What the worker process does with the next queued run, here in the test process."""
+    from dallmi_core.app.worker import Worker
+
+    assert Worker(store, poll=0.01, once=True).serve() == 1
+
+
+def test_domain_shift_page_queues_a_worker_job_shows_its_progress_then_the_cache(adapted, monkeypatch):
+    from dallmi_core.app import run_models
+
+    store = adapted.svc.store
     at = _app("Domain shift")
     assert "at most 2,000 of each" in at.info[0].value
-    at.button(key="compute_shift").click().run()
+    loaded = []
+    with monkeypatch.context() as patch:  # the page process must load no model
+        patch.setattr(run_models, "models", lambda *a: loaded.append(a))
+        at.button(key="compute_shift").click().run()
+    assert not at.exception and not at.error and not loaded  # the page process embeds nothing
+    (job,) = [r for r in store.list_runs(adapted.project.id) if r.kind == "shift"]
+    assert job.status == "queued" and job.config["analysis"] == {
+        "run": adapted.run_id,
+        "projection": "pca",
+        "limit": 2000,
+    }
+    assert "The worker computes the analysis in the background" in _texts(at)
+    assert f"**Run {job.id}** · shift · ⏳ queued" in _texts(at)  # the live progress of the Adapt page's runs
+    assert not [b for b in at.button if b.key == "compute_shift"] and not at.metric
+    assert adapted.svc.start_run(adapted.project.id, "shift", {"run": adapted.run_id}) == job.id  # not twice
+
+    _serve_one_run(store)
+    done = store.get_run(job.id)
+    assert done.status == "done", done.error
+    assert done.metrics == {
+        "analysed_run": adapted.run_id,
+        "projection": "pca",
+        "embedded": {"source": 6, "target": 30},
+    }
+    at.run()
     assert not at.exception and not at.error
     labels = [m.label for m in at.metric]
-    assert labels.count("A-distance") == 2 and labels.count("MMD p-value") == 2
+    assert labels.count("A-distance") == 2 and labels.count("MMD p-value") == 2, _texts(at)
     assert "6 of 6 source and 30 of 30 target documents embedded." in _texts(at)
     charts = {c.proto.id: json.loads(c.proto.spec) for c in at.get("plotly_chart")}
     assert len(charts) == 4  # two projections, the terms, the label prevalence
@@ -289,11 +323,46 @@ def test_domain_shift_page_computes_once_then_draws_from_the_cache(adapted):
     assert [t["name"] for t in projection["data"]] == ["source", "target"]
     at.selectbox(key="shift_colour").set_value("login").run()
     assert not at.exception
-    assert adapted.svc.store.load_analysis(adapted.run_id, "shift", {"projection": "pca", "limit": 2000})
+    assert store.load_analysis(adapted.run_id, "shift", {"projection": "pca", "limit": 2000})
 
     again = _app("Domain shift")  # a new session: straight from the cache, no button
     assert not again.exception and not [b for b in again.button if b.key == "compute_shift"]
     assert [m.label for m in again.metric].count("A-distance") == 2
+
+
+def test_a_queued_shift_analysis_can_be_cancelled_and_computed_again(adapted):
+    at = _app("Domain shift")
+    at.button(key="compute_shift").click().run()
+    (job,) = [r for r in adapted.svc.store.list_runs(adapted.project.id) if r.kind == "shift"]
+    at.button(key=f"cancel-{job.id}").click().run()
+    assert not at.exception and adapted.svc.store.get_run(job.id).status == "cancelled"
+    at.run()
+    assert f"The last computation (run {job.id}) was cancelled." in _texts(at)
+    assert [b for b in at.button if b.key == "compute_shift"]  # offered again
+
+
+def test_the_domain_shift_page_says_what_a_project_without_source_documents_lacks(adapted, tiny_backbone):
+    """A pure-PU project (target text only) has nothing to compare: no button, what is missing instead."""
+    svc = adapted.svc
+    texts, _ = make_texts(12, seed=8)
+    pd.DataFrame({"id": [f"t{i}" for i in range(12)], "text": texts}).to_csv(adapted.tmp / "only.csv", index=False)
+    project = svc.create_project("target only", LABELS, backbone=tiny_backbone)
+    importer.import_file(svc.store, project.id, adapted.tmp / "only.csv")
+    ids = svc.store.document_ids(project.id, "target")
+    model = svc.store.get_run(adapted.run_id).model_path
+    scores = np.full((12, 3), 0.5, dtype=np.float32)
+    run_id = _finished_run(svc.store, project.id, "adapt", scores, ids, model_path=model, metrics={"estimate": True})
+    at = AppTest.from_file(str(APP), default_timeout=TIMEOUT)
+    at.query_params["project"] = str(project.id)
+    at.run()
+    at.switch_page(PAGES["Domain shift"]).run()
+    assert not at.exception and not at.error, [e.value for e in at.error]
+    shown = [w.value for w in at.warning]
+    assert any("this project has no source documents" in w and "Data page" in w for w in shown), shown
+    assert not [b for b in at.button if b.key == "compute_shift"]
+    with pytest.raises(DataError, match="no source documents"):
+        svc.start_run(project.id, "shift", {"run": run_id})
+    assert not [r for r in svc.store.list_runs(project.id) if r.kind == "shift"]
 
 
 def test_domain_shift_page_names_the_backbone_and_says_when_the_a_distance_saturates(adapted):

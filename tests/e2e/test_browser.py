@@ -166,6 +166,7 @@ def test_create_upload_tag_adapt_export(page, tmp_path, tiny_backbone):
     tag_all = page.get_by_role("button", name=re.compile(r"Tag all \d+ rows as 'billing'"))
     n_hits = int(re.search(r"Tag all (\d+) rows", tag_all.inner_text()).group(1))
     assert n_hits >= 2
+    page.locator("mark", has_text=re.compile("invoice", re.IGNORECASE)).first.wait_for()  # the matches, marked
     shot(page, "03-search-results")
     tag_all.click()
     settled(page)

@@ -159,3 +159,23 @@ def test_the_project_survives_a_reload_and_files_import_as_users_expect(server, 
     assert list(exported.columns) == ["id", "text", "labels", "domain", "channel"]
     assert exported[exported.domain == "target"]["channel"].tolist() == ["app", "web", "email"]
     shot(page, "06-export-writes-metadata-back")
+
+
+def test_open_a_project_shows_the_project_just_created(server, browser):
+    url = server()
+    page = browser.new_page()
+    page.goto(f"{url}/?project={server.project.id}")  # another project is current
+    settled(page)
+    page.get_by_role("heading", name="Projects", exact=True).wait_for()
+    page.get_by_text("Create a project").click()  # folded while projects exist
+    page.get_by_label("Name", exact=True).fill("Fresh tickets")
+    page.get_by_label("Labels", exact=True).fill("a, b")
+    page.get_by_label("Labels", exact=True).press("Tab")
+    settled(page)
+    page.get_by_role("button", name="Create project").click()
+    settled(page)
+    page.get_by_text("Created project 'Fresh tickets' with 2 labels").wait_for()
+    box = page.locator('[data-testid="stMain"] [data-testid="stSelectbox"]').filter(has_text="Open a project")
+    shown = box.evaluate("e => (e.querySelector('input') || {}).value || e.innerText.replace('Open a project', '')")
+    shot(page, "07-open-a-project-after-create")
+    assert shown.strip() == "Fresh tickets" and picked(page) == "Fresh tickets"

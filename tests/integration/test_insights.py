@@ -16,7 +16,7 @@ from conftest import LABELS, make_texts
 from sklearn.metrics import average_precision_score, precision_recall_curve
 
 import dallmi_core.app.insights as insights
-from dallmi_core.app import importer, plots, run_models
+from dallmi_core.app import importer, plots, run_models, shift_view
 from dallmi_core.app.exporter import export_model, predictions_frame
 from dallmi_core.app.jobs.adapt import run_adapt
 from dallmi_core.app.jobs.job import Job
@@ -162,8 +162,8 @@ def test_decoded_pairs_follow_mu_and_are_cached(runs, monkeypatch):
 
 def test_shift_analysis_is_computed_once_and_cached(runs, monkeypatch):
     services, run_id, _ = runs
-    assert insights.cached_shift(services.store, run_id) is None
-    result = insights.shift_analysis(services.store, run_id)
+    assert shift_view.cached_shift(services.store, run_id) is None
+    result = shift_view.shift_analysis(services.store, run_id)
     meta, arrays = result.meta, result.arrays
     assert (meta["source"], meta["target"], meta["sampled_source"], meta["sampled_target"]) == (40, 40, 40, 40)
     assert arrays["coords_before"].shape == arrays["coords_after"].shape == (80, 2)
@@ -174,9 +174,54 @@ def test_shift_analysis_is_computed_once_and_cached(runs, monkeypatch):
     assert list(result.prior["label"]) == LABELS and "target tagged" in result.prior
     assert result.groups()[:1] == ["source"] and set(result.groups("login")) <= {"login", "not login"}
     monkeypatch.setattr(run_models, "models", lambda *a: pytest.fail("the cached analysis loaded a model"))
-    tsne = insights.shift_analysis(services.store, run_id, projection="tsne")  # embeddings cached: no model either
+    tsne = shift_view.shift_analysis(services.store, run_id, projection="tsne")  # embeddings cached: no model either
     assert tsne.meta["models"] == meta["models"] and tsne.arrays["coords_after"].shape == (80, 2)
-    again = insights.shift_analysis(services.store, run_id)
+    again = shift_view.shift_analysis(services.store, run_id)
     assert again.meta == json.loads(json.dumps(meta)) and np.array_equal(
         again.arrays["coords_after"], arrays["coords_after"]
     )
+
+
+def test_the_shift_job_reports_its_progress_page_by_page_and_stops_on_a_cancel(runs, monkeypatch):
+    """The worker's shift job (what the Domain shift page queues): the stage and documents embedded of the
+    total, page by page; a cancel mid-embedding ends it cancelled with nothing cached; queued again, it
+    runs to done and leaves the analysis where the page reads it."""
+    from dallmi_core.app.worker import Worker
+
+    services, _, run_id = runs
+    store = services.store
+    project_id = store.get_run(run_id).project_id
+    monkeypatch.setattr(shift_view, "SHIFT_PAGE", 16)  # 80 documents: 5 pages per model
+    seen, cancel_at, report = [], [("embedding with the adapted model (2 of 2)", 32)], store.update_progress
+
+    def spy(job_id, progress, **kwargs):
+        seen.append(dict(progress))
+        if cancel_at and (progress["stage"], progress.get("scored")) == cancel_at[0]:
+            store.request_cancel(job_id)  # the user's Cancel button, while the worker embeds
+        return report(job_id, progress, **kwargs)
+
+    monkeypatch.setattr(store, "update_progress", spy)
+    first = services.start_run(project_id, "shift", {"run": run_id})
+    assert Worker(store, poll=0.01, once=True).serve() == 1
+    assert store.get_run(first).status == "cancelled"
+    assert seen[-1] == {"stage": "embedding with the adapted model (2 of 2)", "scored": 32, "total": 80}
+    assert shift_view.cached_shift(store, run_id) is None  # nothing half-done is kept
+    assert store.load_analysis(run_id, "shift_embeddings", {"limit": 2000, "source": 40, "target": 40}) is None
+
+    cancel_at.clear()
+    seen.clear()
+    second = services.start_run(project_id, "shift", {"run": run_id})
+    assert second != first and Worker(store, poll=0.01, once=True).serve() == 1
+    assert store.get_run(second).status == "done", store.get_run(second).error
+    stages = list(dict.fromkeys(p["stage"] for p in seen))
+    assert stages == [
+        "loading the two models",
+        "embedding with the source model (1 of 2)",
+        "embedding with the adapted model (2 of 2)",
+        "measuring the shift under the source model (PCA projection)",
+        "measuring the shift under the adapted model (PCA projection)",
+        "the terms and the label priors",
+    ]
+    counts = [p["scored"] for p in seen if p["stage"] == "embedding with the source model (1 of 2)"]
+    assert counts == [0, 16, 32, 48, 64, 80] and {p.get("total") for p in seen if "scored" in p} == {80}
+    assert shift_view.cached_shift(store, run_id) is not None

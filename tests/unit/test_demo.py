@@ -127,6 +127,36 @@ def test_label_priors_and_style_shift_between_the_domains(corpora):
     assert mean_chars(source) > 3 * mean_chars(corpora["target"])
 
 
+MACHINES = r"Brewster Classic 2|Brewster Classic 3|Brewster Classic Plus|Classic 2 machine"
+DEVICES = r"\b(?:iphone(?: 13| 15)?|android(?: 14)?|pixel(?: 8)?|samsung|galaxy s22|ipad|my phone|ios 17|oneplus)\b"
+NOT_HERE_YET = r"where'?s my|where is my|not yet received|has not arrived|has still not left|still nothing|hasnt moved"
+CONTRADICTIONS = (  # phrases that cannot both hold in one message
+    (r"not returning it|not sending it back|no intention of sending|do not wish to return", NOT_HERE_YET),
+    (r"arrived promptly|came fast|delivery was quick|got it on time", NOT_HERE_YET + r"|cracked|smashed|skipped"),
+    (r"machine itself (?:works perfectly|is great)|app works fine otherwise", r"faulty|leaks|too loud|logging me out"),
+    (r"subscriber to the capsule plan|capsule delivery has not arrived", r"cancelled my capsule plan"),
+)
+
+
+def test_no_generated_message_contradicts_itself(corpora):
+    """A price that "went up" ends higher; one writer has one machine, one customer number, one phone;
+    no message says it keeps, or praises the delivery of, what has not come (or came broken)."""
+    import re
+
+    texts = [text for corpus in corpora.values() for text in corpus.texts]
+    rises = [re.search(r"went up from \$(\d+\.\d\d) to \$(\d+\.\d\d)", t) for t in texts]
+    rises = [(float(m[1]), float(m[2])) for m in rises if m]
+    assert rises and all(new > old for old, new in rises), [r for r in rises if r[1] <= r[0]]
+    for pattern in (MACHINES, r"C-\d{6}"):
+        assert not [t for t in corpora["source"].texts if len(set(re.findall(pattern, t))) > 1], pattern
+    assert not [t for t in corpora["source"].texts if t.count("My customer number is") > 1]
+    chats = [*corpora["target"].texts, *corpora["eval"].texts]
+    assert not [t for t in chats if len(set(re.findall(DEVICES, t.casefold()))) > 1]
+    for a, b in CONTRADICTIONS:
+        both = [t for t in texts if re.search(a, t.casefold()) and re.search(b, t.casefold())]
+        assert not both, both[:3]
+
+
 def test_presets_are_valid_configs():
     quick = AdaptConfig.from_dict(dict(QUICK_CPU_DEMO))
     assert (quick.max_length, quick.batch_size, quick.positives_per_label) == (64, 16, 4)

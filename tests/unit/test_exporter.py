@@ -202,7 +202,7 @@ def test_metadata_and_attached_gold_round_trip_through_every_export(store, tmp_p
         "domain": "target",
         "channel": "web",
         "date": "",
-        "rater": "",
+        "rater": "ann",  # merged from the eval row that gave t2 its gold labels
     }
     copy = store.create_project("Copy", LABELS)
     report = import_file(store, copy.id, path)

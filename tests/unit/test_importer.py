@@ -181,6 +181,39 @@ def test_an_eval_row_after_a_target_row_in_the_same_file_attaches(store, project
     assert state(store, project.id)[0] == {"t1": ("same text", "target", ("billing",))}
 
 
+@pytest.mark.parametrize("chunk_rows", [1, 2000])
+def test_an_attached_eval_row_merges_its_metadata_into_the_target_document(store, project, tmp_path, chunk_rows):
+    """The document's own values stay; a key it lacks or holds empty takes the eval row's value; the
+    report says how many values were added (and how many differing ones were left alone)."""
+    target = tmp_path / "target.csv"
+    target.write_text("id,text,channel\nt1,invoice charged twice,app\nt2,cannot sign in,\n", encoding="utf-8")
+    import_file(store, project.id, target, domain="target")
+    gold = tmp_path / "gold.csv"
+    gold.write_text(
+        "id,text,labels,channel,priority\n"
+        "g1,invoice charged twice,billing,web,high\n"  # channel differs: the document's 'app' stays
+        "g2,cannot sign in,login,email,\n",  # channel was empty: filled; no priority to add
+        encoding="utf-8",
+    )
+    report = import_file(store, project.id, gold, domain="eval", chunk_rows=chunk_rows)
+    assert (report.attached, report.imported, report.meta_added, report.meta_kept) == (2, 0, 2, 1)
+    assert report.to_dict()["meta_added"] == 2 and report.to_dict()["meta_kept"] == 1
+    summary = report.summary()
+    assert "2 eval rows gave their gold labels, and 2 metadata values they lacked, to the target documents" in summary
+    assert "1 metadata values of those eval rows differed from the target documents' own" in summary
+    docs = {d.ext_id: d for d in store.get_documents(project.id)}
+    assert set(docs) == {"t1", "t2"}
+    assert (docs["t1"].gold_labels, docs["t1"].meta) == (("billing",), {"channel": "app", "priority": "high"})
+    assert (docs["t2"].gold_labels, docs["t2"].meta) == (("login",), {"channel": "email"})
+    assert store.meta_columns(project.id) == ["channel", "priority"]  # so every export writes them back
+
+    both = tmp_path / "both.csv"  # the target row and its eval row in one file
+    both.write_text("id,text,labels,domain,shop\nt3,same text,,target,\ne3,same text,billing,eval,leeds\n")
+    report = import_file(store, project.id, both, chunk_rows=chunk_rows)
+    assert (report.attached, report.meta_added, report.meta_kept) == (1, 1, 0)
+    assert store.get_documents(project.id, ids=store.document_ids(project.id))[-1].meta == {"shop": "leeds"}
+
+
 def test_semicolon_files_are_split_on_semicolons(store, project, tmp_path):
     path = tmp_path / "semi.csv"
     path.write_text(
