@@ -26,7 +26,10 @@ widgets.coverage_meter(coverage, highlight=label)
 STRATEGIES = {"likely": "Likely positives", "uncertain": "Most uncertain", "similar": "Similar to tagged"}
 SKIPPED = f"skipped:{project.id}:{label}"  # document ids skipped in this session, per label
 
-quick, bulk, single = st.tabs(["Quick pass", "Search and bulk tag", "One document"])
+# Stateful tabs (a key and on_change): the selected tab is a widget value kept in st.session_state, so
+# a rerun (Save, Accept, a flash message above the tabs) keeps it instead of going back to the first.
+TABS = ["Quick pass", "Search and bulk tag", "One document"]
+quick, bulk, single = st.tabs(TABS, key="annotate_tab", on_change="rerun")
 
 # ---- the quick binary pass -----------------------------------------------------------------------
 
@@ -75,14 +78,25 @@ with quick:
             )
             widgets.document_card(doc, tags=svc.store.tags_for([doc.id]).get(doc.id, []))
             accept, reject, skip, undo, _ = st.columns([1, 1, 1, 1, 2])
-            if accept.button("Accept", type="primary", shortcut="A", key="accept", icon=":material/check:"):
-                with widgets.shown_errors():
-                    svc.store.tag(project.id, doc.id, label)
-                    st.rerun()
-            if reject.button(f"Not {widgets.md_escape(label)}", shortcut="N", key="reject", icon=":material/close:"):
-                with widgets.shown_errors():
-                    svc.store.mark_not(project.id, doc.id, label)
-                    st.rerun()
+            # on_click callbacks: the tag is stored before the next script run draws the label picker and
+            # the coverage meter above, so both count it at once (no run that draws the old count first).
+            accept.button(
+                "Accept",
+                type="primary",
+                shortcut="A",
+                key="accept",
+                icon=":material/check:",
+                on_click=widgets.store_action,
+                args=(svc.store.tag, project.id, doc.id, label),
+            )
+            reject.button(
+                f"Not {widgets.md_escape(label)}",
+                shortcut="N",
+                key="reject",
+                icon=":material/close:",
+                on_click=widgets.store_action,
+                args=(svc.store.mark_not, project.id, doc.id, label),
+            )
             if skip.button("Skip", shortcut="S", key="skip", icon=":material/skip_next:"):
                 st.session_state[SKIPPED] = sorted(skipped | {doc.id})
                 st.rerun()

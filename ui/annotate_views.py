@@ -123,13 +123,22 @@ def filter_controls(svc: Services, project: Project, label: str, query: str) -> 
 
 
 def undo_button(svc: Services, project_id: int, *, key: str, container=st) -> None:
-    """Undo the latest annotation action still in effect (a tag, a bulk change, a document's decisions)."""
-    if container.button("Undo", shortcut="U" if key == "undo" else None, key=key, icon=":material/undo:"):
-        with widgets.shown_errors():
-            reverted = svc.store.undo_last(project_id)
-            names = ", ".join(sorted({name for _, name in reverted}))
-            widgets.flash(f"Undid {len(reverted)} tag change(s) ({names})." if reverted else "Nothing to undo.", "info")
-            st.rerun()
+    """Undo the latest annotation action still in effect (a tag, a bulk change, a document's decisions),
+    in an on_click callback: undone before the script draws the label picker and coverage."""
+
+    def undone(reverted: list[tuple[int, str]]) -> None:
+        names = ", ".join(sorted({name for _, name in reverted}))
+        widgets.flash(f"Undid {len(reverted)} tag change(s) ({names})." if reverted else "Nothing to undo.", "info")
+
+    container.button(
+        "Undo",
+        shortcut="U" if key == "undo" else None,
+        key=key,
+        icon=":material/undo:",
+        on_click=widgets.store_action,
+        args=(svc.store.undo_last, project_id),
+        kwargs={"then": undone},
+    )
 
 
 def document_view(svc: Services, project: Project, docs: Sequence[Document], spans: dict[int, tuple]) -> None:

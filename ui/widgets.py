@@ -44,6 +44,19 @@ def attempt(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T | None:
         return None
 
 
+def store_action(action: Callable[..., T], *args: Any, then: Callable[[T], None] | None = None) -> None:
+    """A button's on_click callback: action(*args) runs before the script, so everything the run draws
+    (the label picker's counts, the coverage) already shows its effect; then(result) on success, a
+    DallmiError as an error message at the top of that run."""
+    try:
+        result = action(*args)
+    except DallmiError as exc:
+        flash(plain(str(exc)), "error")
+        return
+    if then is not None:
+        then(result)
+
+
 def flash(message: str, kind: str = "success") -> None:
     """A message shown once, at the top of the next run (use before st.rerun())."""
     st.session_state.setdefault(_FLASH_KEY, []).append((kind, message))
@@ -80,14 +93,22 @@ def label_picker(project: Project, coverage: Sequence[LabelCoverage], *, key: st
         if st.session_state.get(remembered) in labels:
             st.session_state[key] = st.session_state[remembered]
     by_label = {c.label: c for c in coverage}
+    texts = {name: coverage_text(by_label[name]) if name in by_label else name for name in labels}
+    # The browser keeps the selected option's text as the widget's value and shows it until it is sent a
+    # value: when the selected label's count changed since the last draw, set it again so the box shows
+    # the new count (the option list alone is not enough).
+    drawn, selected = st.session_state.get(f"_label_texts:{key}", {}), st.session_state.get(key)
+    if selected in labels and drawn.get(selected, texts[selected]) != texts[selected]:
+        st.session_state[key] = selected
     label = st.selectbox(
         "Label",
         labels,
         key=key,
-        format_func=lambda name: coverage_text(by_label[name]) if name in by_label else name,
+        format_func=lambda name: texts.get(name, name),
         help="Type to search the labels. ✓: enough positives tagged; ✗: none yet (adaptation skips it).",
     )
     st.session_state[remembered] = label
+    st.session_state[f"_label_texts:{key}"] = texts
     return label
 
 

@@ -156,3 +156,64 @@ def test_labels_are_added_and_renamed_on_the_projects_page(seeded):
     at.selectbox(key=f"rename_label_from-{pid}").select("shipping").run()
     at.button(key="rename_label").click().run()
     assert not at.exception and "duplicate label names: login" in at.error[0].value
+
+
+def _shown_tab(at) -> str:
+    """The label of the tab the page shows (the tab container's selected tab)."""
+    container = next(node for node in at._tree if getattr(node, "type", None) == "tab_container")
+    return [tab.label for tab in at.tabs][container.proto.tab_container.default_tab_index]
+
+
+def test_saving_in_the_bulk_tab_keeps_the_bulk_tab_shown(seeded):
+    store, pid = seeded.svc.store, seeded.project.id
+    at = _app("Annotate")
+    assert _shown_tab(at) == "Quick pass"
+    at.session_state["annotate_tab"] = "Search and bulk tag"  # what a click on the tab sends
+    at.radio(key="bulk_source").set_value("search").run()
+    at.text_input(key="query").input("refund OR parcel").run()
+    assert not at.exception and _shown_tab(at) == "Search and bulk tag"
+    editor = next(e for e in at.data_editor if e.key.startswith("bulk-"))
+    first = editor.value["id"][0]
+    at.session_state[editor.key] = {"edited_rows": {0: {"tag": True}}, "added_rows": [], "deleted_rows": []}
+    at.run()
+    at.button(key="save_ticks").click().run()
+    assert not at.exception and "tagged 1, untagged 0" in at.success[0].value
+    doc_id = store.find_ext_ids(pid, [first])[first]
+    assert store.tags_for([doc_id]) == {doc_id: ["billing"]}
+    assert _shown_tab(at) == "Search and bulk tag"  # Save's rerun stays on the bulk tab
+    assert at.session_state["annotate_tab"] == "Search and bulk tag"
+
+
+def test_the_label_picker_counts_an_accept_and_an_undo_in_the_run_the_click_starts(seeded, monkeypatch):
+    import ui.widgets
+
+    store, pid, docs = seeded.svc.store, seeded.project.id, seeded.target
+    scores = np.zeros((30, 3), dtype=np.float32)
+    scores[:, 1] = np.linspace(0.0, 0.99, 30)
+    _finished_run(store, pid, "score", scores, docs)
+    drawn, real = [], ui.widgets.label_picker
+
+    def recording(project, coverage, **options):  # the login count of every picker a script run draws
+        drawn.append(next(c.positives for c in coverage if c.label == "login"))
+        return real(project, coverage, **options)
+
+    monkeypatch.setattr(ui.widgets, "label_picker", recording)
+    at = _app("Annotate")
+    at.selectbox(key="label_picker").select("login").run()
+    assert at.selectbox(key="label_picker").proto.options[1] == "login  ✗ 0/8 tagged"
+    drawn.clear()
+    at.button(key="accept").click().run()
+    assert not at.exception and store.tags_for([docs[29]]) == {docs[29]: ["login"]}
+    assert drawn == [1]  # no run drew the count from before the accept
+    box = at.selectbox(key="label_picker")
+    assert box.value == "login" and box.proto.options[1] == "login  · 1/8 tagged"
+    assert box.proto.set_value and box.proto.raw_value == "login  · 1/8 tagged"  # the box's own text, too
+    assert "**login**: 1 of the recommended 8" in at.get("progress")[0].proto.text
+    drawn.clear()
+    at.button(key="undo").click().run()
+    assert not at.exception and store.tags_for([docs[29]]) == {}
+    assert drawn == [0] and at.info[0].value == "Undid 1 tag change(s) (login)."
+    box = at.selectbox(key="label_picker")
+    assert box.value == "login" and box.proto.raw_value == "login  ✗ 0/8 tagged" and box.proto.set_value
+    at.run()  # nothing changed: the box is left as the browser has it
+    assert not at.selectbox(key="label_picker").proto.set_value
