@@ -120,6 +120,21 @@ def tiny_backbone(tmp_path_factory) -> str:
 
 
 @pytest.fixture()
+def store(tmp_path):
+    """A fresh store in the test's folder (the unit tests of the store and what writes to it)."""
+    from dallmi_core.store import Store
+
+    with Store(tmp_path / "dallmi.db") as handle:
+        yield handle
+
+
+@pytest.fixture()
+def project(store):
+    """A project with the shared LABELS in that store."""
+    return store.create_project("Support", LABELS)
+
+
+@pytest.fixture()
 def tiny_clf(tiny_backbone):
     import torch
 

@@ -16,7 +16,7 @@ from dallmi_core.app import browse, candidates, decisions, exporter
 from dallmi_core.app.services import Services
 from dallmi_core.data.corpus import Corpus
 from dallmi_core.errors import DataError, RunStateError
-from dallmi_core.store import Store, content_hash, fts_query
+from dallmi_core.store import content_hash, fts_query
 
 LABELS = ["billing", "login", "shipping"]
 TEXTS = [
@@ -29,17 +29,6 @@ TEXTS = [
 ]
 META = [{"channel": "app", "stars": 1}, {"channel": "web"}, {"channel": "app"}, None, {"channel": "email"}, None]
 WORDS = ["invoice", "parcel", "refund", "late", "charge", "password", "the", "chargeback", "cafe", "nothing"]
-
-
-@pytest.fixture()
-def store(tmp_path):
-    with Store(tmp_path / "dallmi.db") as handle:
-        yield handle
-
-
-@pytest.fixture()
-def project(store):
-    return store.create_project("Support", LABELS)
 
 
 @pytest.fixture()

@@ -31,17 +31,6 @@ GOOD = Corpus(
 )
 
 
-@pytest.fixture()
-def store(tmp_path):
-    with Store(tmp_path / "dallmi.db") as handle:
-        yield handle
-
-
-@pytest.fixture()
-def project(store):
-    return store.create_project("Support", LABELS)
-
-
 def snapshot(store):
     """Row counts of every table (FTS shadow tables included) and the integrity check."""
     return store.table_counts(), store.integrity_check()

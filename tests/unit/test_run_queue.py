@@ -7,13 +7,6 @@ from __future__ import annotations
 import pytest
 
 from dallmi_core.errors import RunStateError
-from dallmi_core.store import Store
-
-
-@pytest.fixture()
-def store(tmp_path):
-    with Store(tmp_path / "dallmi.db") as handle:
-        yield handle
 
 
 @pytest.fixture()

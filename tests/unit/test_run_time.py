@@ -29,12 +29,6 @@ def clock(monkeypatch):
     return fake
 
 
-@pytest.fixture()
-def store(tmp_path):
-    with Store(tmp_path / "dallmi.db") as handle:
-        yield handle
-
-
 def test_took_is_the_time_the_run_worked_not_the_pause_before_its_resume(store, clock):
     project = store.create_project("P", ["a"])
     run_id = store.enqueue_run(project.id, "adapt", {})

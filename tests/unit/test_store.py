@@ -35,17 +35,6 @@ def corpus(texts=TEXTS, domain="target", prefix="d") -> Corpus:
 
 
 @pytest.fixture()
-def store(tmp_path):
-    with Store(tmp_path / "dallmi.db") as handle:
-        yield handle
-
-
-@pytest.fixture()
-def project(store):
-    return store.create_project("Support", LABELS)
-
-
-@pytest.fixture()
 def docs(store, project):
     return store.add_documents(project.id, corpus())
 
