@@ -338,19 +338,23 @@ class Services:
     def run_series(self, run_id: int) -> dict[str, list[tuple[int, float]]]:
         """The step series of a run (loss parts, validation metrics) without its predictions: what a
         progress display polls. After a resume, the latest value per step."""
-        latest: dict[str, dict[int, float]] = {}
-        for step, name, value in self.store.run_metrics(run_id):
-            latest.setdefault(name, {})[step] = value
-        return {name: sorted(values.items()) for name, values in latest.items()}
+        return _latest_per_step(self.store.run_metrics(run_id))
 
     def run_stages(self, run_id: int) -> dict[str, dict[str, list[tuple[int, float]]]]:
         """The step series per training stage, stages in the order they ran (a fine-tuning's head
         warm-up, then the fine-tuning, each counting its own steps): what the loss chart draws."""
-        latest: dict[str, dict[str, dict[int, float]]] = {}
+        rows: dict[str, list[tuple[int, str, float]]] = {}
         for stage, step, name, value in self.store.staged_metrics(run_id):
-            latest.setdefault(stage or "training", {}).setdefault(name, {})[step] = value
-        return {
-            stage: {name: sorted(values.items()) for name, values in series.items()} for stage, series in latest.items()
-        }
+            rows.setdefault(stage or "training", []).append((step, name, value))
+        return {stage: _latest_per_step(stage_rows) for stage, stage_rows in rows.items()}
 
     # ---- exports ----------------------------------------------------------------------------------
+
+
+def _latest_per_step(rows) -> dict[str, list[tuple[int, float]]]:
+    """(step, name, value) rows -> per name its (step, value) series in step order, the latest value
+    of a step kept (a resumed run logs its steps after the checkpoint again)."""
+    latest: dict[str, dict[int, float]] = {}
+    for step, name, value in rows:
+        latest.setdefault(name, {})[step] = value
+    return {name: sorted(values.items()) for name, values in latest.items()}
