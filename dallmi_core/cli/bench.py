@@ -22,7 +22,12 @@ def add_bench_commands(sub) -> None:
         help="hide this share of each label's positives (at least one kept); a list such as 0.5,0.7,0.9 gives "
         "the paper's label-removal table",
     )
-    p.add_argument("--seeds", type=int, default=3)
+    p.add_argument(
+        "--seeds",
+        type=_seeds,
+        default="3",
+        help="how many seeds (3: seeds 0, 1, 2), or which ones as a list (3,4; one seed: 4,) (default 3)",
+    )
     p.add_argument(
         "--eval-on",
         default="test",
@@ -127,7 +132,7 @@ def cmd_bench_quality(args) -> None:
             corpus,
             labels=labels,
             methods=args.methods.split(","),
-            seeds=range(args.seeds),
+            seeds=args.seeds,
             adapt_cfg=adapt_cfg,
             source_cfg=SourceConfig(**source_kw),
             backbone=args.backbone,
@@ -144,6 +149,20 @@ def cmd_bench_quality(args) -> None:
         print(result.to_markdown())
     if len(ratios) > 1:
         print(ratio_table(results))
+
+
+def _seeds(text: str) -> list[int]:
+    """A count (the first N seeds) or an explicit list, so a stopped table can be finished seed by seed."""
+    try:
+        if "," in text:
+            seeds = [int(x) for x in text.split(",") if x.strip()]
+        else:
+            seeds = list(range(int(text)))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: give a count such as 5 or seeds such as 3,4") from None
+    if not seeds or min(seeds) < 0 or len(set(seeds)) != len(seeds):
+        raise argparse.ArgumentTypeError(f"{text!r}: give at least one seed, none negative or repeated")
+    return seeds
 
 
 def _ratios(text: str) -> list[float]:

@@ -301,7 +301,7 @@ def test_adapt_options_take_their_type_choices_and_default_from_the_config(comma
 
 def test_bench_quality_remove_ratios_give_the_papers_table(files, tmp_path, tiny_backbone, capsys):
     out = tmp_path / "ratios.json"
-    code = main(["bench-quality", "--data", str(files["both"]), "--remove-ratio", "0.5,0.9", "--seeds", "1",
+    code = main(["bench-quality", "--data", str(files["both"]), "--remove-ratio", "0.5,0.9", "--seeds", "1,",
                  "--methods", "source-only,default", "--backbone", tiny_backbone, "--max-steps", "1",
                  "--max-length", "24", "--source-epochs", "1", "--work-dir", str(tmp_path / "work"),
                  "--json", str(out)])  # fmt: skip
@@ -309,8 +309,26 @@ def test_bench_quality_remove_ratios_give_the_papers_table(files, tmp_path, tiny
     data = json.loads(out.read_text())
     assert set(data["by_ratio"]) == {"0.5", "0.9"}
     assert {r["remove_ratio"] for r in data["runs"]} == {0.5, 0.9}
+    assert {r["seed"] for r in data["runs"]} == {1}  # "1," is the one seed 1, not a count of one
     tags = {r["remove_ratio"]: r["tags"] for r in data["runs"] if r["method"] == "dallmi-anchored"}
     assert all(a >= b >= 1 for a, b in zip(tags[0.5], tags[0.9], strict=True))  # more hidden, fewer tags
     table = capsys.readouterr().out
     assert "thresholded AP (paper)" in table and "+19.9%" in table and "+52.2%" in table
     assert main(["bench-quality", "--data", str(files["both"]), "--remove-ratio", "1.5"]) == 2
+
+
+@pytest.mark.parametrize(("text", "seeds"), [("3", [0, 1, 2]), ("3,4", [3, 4]), ("4,", [4])])
+def test_bench_seeds_are_a_count_or_a_list(text, seeds):
+    from dallmi_core.cli.bench import _seeds
+
+    assert _seeds(text) == seeds
+
+
+@pytest.mark.parametrize("text", ["x", "0", "1,1", "-1,"])
+def test_bench_seeds_refuse_what_names_no_seed(text):
+    import argparse
+
+    from dallmi_core.cli.bench import _seeds
+
+    with pytest.raises(argparse.ArgumentTypeError, match=repr(text)):
+        _seeds(text)
