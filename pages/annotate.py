@@ -44,22 +44,22 @@ with quick:
         "adapt run; similar ranks by TF-IDF similarity to the documents tagged with this label.",
     )
     skipped = set(st.session_state.get(SKIPPED, []))
+    refresh = None
+    if strategy != "similar":  # stale predictions (a newer model, new documents, new tags): re-score them
+        with widgets.shown_errors():
+            refresh = svc.refresh_predictions(project.id)
     candidates = None
     try:
         candidates = ranking.candidates(svc.store, project.id, label, strategy, limit=len(skipped) + 25)
     except DallmiError as exc:
         st.info(widgets.plain(str(exc)), icon=":material/info:")
-        if strategy != "similar" and project.source_model:
-            if st.button("Score the target documents with the source model", key="score_now"):
-                with widgets.shown_errors():
-                    run_id = svc.start_run(project.id, "score")
-                    widgets.flash(f"Run {run_id} (scoring) is queued; candidates appear when it is done (Adapt page).")
-                    st.rerun()
-        elif strategy != "similar":
+        if refresh is None and strategy != "similar" and not ranking.newest_model(svc.store, project.id):
             st.caption(
                 "This project has no source model to score with yet (fine-tune one from source data on the "
                 "Data page). Meanwhile: tag a few positives from the search tab, then use 'Similar to tagged'."
             )
+    if refresh is not None:
+        views.refresh_notice(svc, refresh)
     if candidates is not None:
         queue = [c for c in candidates if c.document.id not in skipped]
         if not queue:

@@ -11,10 +11,12 @@ import pandas as pd
 import streamlit as st
 
 from dallmi_core.app import browse
+from dallmi_core.app.services import PENDING
 from ui import widgets
 
 if TYPE_CHECKING:
     from dallmi_core import Document, Project, Services
+    from dallmi_core.app.services import Refresh
 
 STATE_NAMES = {
     None: "any",  # the first option: no state filter
@@ -217,3 +219,15 @@ def document_view(svc: Services, project: Project, docs: Sequence[Document], spa
         st.caption("No scores yet: a 'score' or adapt run gives every label a score.")
     elif not scores:
         st.caption(f"Run {run_id} did not score this document (imported after it?).")
+
+
+@st.fragment(run_every=2)
+def refresh_notice(svc: Services, refresh: Refresh) -> None:
+    """Says which score run refreshes the candidates and why; the whole page reruns (and re-ranks) once
+    it has finished."""
+    if svc.store.get_run(refresh.run_id).status not in PENDING:
+        st.rerun()
+    st.caption(
+        f":material/autorenew: Run {refresh.run_id} re-scores the documents ({widgets.md_escape(refresh.reason)}); "
+        "the candidates update when it is done."
+    )

@@ -4,6 +4,7 @@ or by TF-IDF similarity to the label's tagged documents (no run needed)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -12,6 +13,10 @@ from dallmi_core.errors import ConfigError, DataError, RunStateError
 from dallmi_core.store import Document, Run, Store
 
 STRATEGIES = ("likely", "uncertain", "similar")
+# Tags since the last scoring that make it stale: a score run re-fits the calibration on the tags (the
+# "uncertain" ranking moves with it) but costs a pass over the corpus (minutes on a CPU for a full-size
+# model), so a refresh per click would keep the worker busy for nothing.
+REFRESH_AFTER_TAGS = 10
 
 
 @dataclass(frozen=True)
@@ -33,6 +38,45 @@ def latest_predictions_run(store: Store, project_id: int) -> Run | None:
         ),
         None,
     )
+
+
+@dataclass(frozen=True)
+class Staleness:
+    """Why the latest predictions no longer rank what the user sees, and the model to refresh them with."""
+
+    model: str
+    reason: str
+
+
+def newest_model(store: Store, project_id: int) -> str | None:
+    """The folder of the newest model the project has: the last finished adaptation or source
+    fine-tuning whose folder still exists, else the project's source model."""
+    for run in store.list_runs(project_id, status="done"):
+        if run.kind in ("adapt", "finetune-source") and run.model_path and Path(run.model_path).is_dir():
+            return run.model_path
+    return store.get_project(project_id).source_model
+
+
+def stale_predictions(store: Store, project_id: int) -> Staleness | None:
+    """None while the latest predictions are current (or there is no model to score with)."""
+    model = newest_model(store, project_id)
+    if model is None:
+        return None
+    latest = latest_predictions_run(store, project_id)
+    if latest is None:
+        return Staleness(model, "no run has scored the documents yet")
+    if Path(latest.model_path or "") != Path(model):
+        return Staleness(model, f"a newer model exists than run {latest.id}'s")
+    missing = [label for label in store.get_project(project_id).labels if label not in latest.prediction_labels]
+    if missing:
+        return Staleness(model, f"run {latest.id} predates label(s) {', '.join(missing)}")
+    unscored = store.count_unscored(project_id, latest.id)
+    if unscored:
+        return Staleness(model, f"{unscored:,} documents were imported after run {latest.id} scored")
+    tags = store.count_tags_since(project_id, latest.finished_at or latest.created_at)
+    if tags >= REFRESH_AFTER_TAGS:
+        return Staleness(model, f"{tags} tags were made after run {latest.id} scored")
+    return None
 
 
 def candidates(
@@ -62,7 +106,9 @@ def candidates(
     else:
         run = latest_predictions_run(store, project_id)
         if run is None:
-            raise RunStateError("no predictions yet: start a 'score' run (or an adaptation) first.")
+            raise RunStateError(
+                "no predictions yet: a score run (queued by itself once a model exists) or an adaptation makes them."
+            )
         if label not in run.prediction_labels:
             raise RunStateError(f"run {run.id} predates label {label!r}; start a new 'score' run.")
         ids, scores = store.load_predictions(run.id)

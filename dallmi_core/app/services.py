@@ -23,11 +23,11 @@ from dallmi_core.app.process import worker_running
 from dallmi_core.config import AdaptConfig, SourceConfig, precision_words
 from dallmi_core.errors import ConfigError, DataError, RunStateError, StoreError
 from dallmi_core.store import Project, Run, Store, open_store
+from dallmi_core.store.runs import PENDING  # a run that will still run: re-exported for the pages
 
 RECOMMENDED_TAGS = 8  # positives per label below which the coverage meter warns
 PRECISION_WORDS = precision_words  # "no" -> "float32", "bf16" -> "bf16 autocast" (run outcomes)
 SOURCE_EPOCHS = SourceConfig.default_epochs  # fine-tuning epochs after the head's warm-up (Data page default)
-PENDING = ("queued", "running", "interrupted")
 
 
 @dataclass(frozen=True)
@@ -66,6 +66,15 @@ class RunResults:
     document_ids: np.ndarray  # int64 [n]
     scores: np.ndarray  # float32 [n, L]
     series: dict[str, list[tuple[int, float]]]  # metric name -> (step, value), one value per step
+
+
+@dataclass(frozen=True)
+class Refresh:
+    """The score run that refreshes the predictions the candidates are ranked by, and why it runs."""
+
+    run_id: int
+    reason: str
+    queued_now: bool  # False: it was already queued or running
 
 
 def _has_checkpoint(run: Run) -> bool:
@@ -199,6 +208,25 @@ class Services:
         ]
 
     # ---- runs -------------------------------------------------------------------------------------
+
+    def refresh_predictions(self, project_id: int) -> Refresh | None:
+        """Queue a score run with the newest model when the latest predictions are stale (the ranked
+        candidates then refresh without a manual run); a score run already queued or running is the
+        refresh. None when the predictions are current, there is no model to score with, or the last
+        score run failed or was cancelled since the latest predictions (no retry loop: the Adapt page
+        shows why, and the next adaptation or a manual run starts afresh)."""
+        from dallmi_core.app.candidates import latest_predictions_run, stale_predictions
+
+        last = next((r for r in self.store.list_runs(project_id) if r.kind == "score"), None)
+        if last is not None and last.status in PENDING:
+            return Refresh(last.id, "a score run is already under way", queued_now=False)
+        latest = latest_predictions_run(self.store, project_id)
+        if last is not None and last.status in ("failed", "cancelled") and (latest is None or last.id > latest.id):
+            return None
+        stale = stale_predictions(self.store, project_id)
+        if stale is None:
+            return None
+        return Refresh(self.start_run(project_id, "score", model=stale.model), stale.reason, queued_now=True)
 
     def start_run(
         self,

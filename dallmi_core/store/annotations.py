@@ -221,6 +221,13 @@ class AnnotationsMixin(StoreBase):
             out.setdefault(row[0], []).append(row[1])
         return out
 
+    def count_tags_since(self, project_id: int, since: float) -> int:
+        """Live tags made after `since` (a time.time() stamp)."""
+        return self._rows(
+            "SELECT count(*) FROM annotations WHERE project_id = ? AND deleted_at IS NULL AND created_at > ?",
+            (project_id, since),
+        )[0][0]
+
     def tags_for(self, document_ids: Sequence[int]) -> dict[int, list[str]]:
         return self._for("annotations", document_ids)
 

@@ -345,6 +345,14 @@ class RunsMixin(StoreBase):
             )
         return len(document_ids)
 
+    def count_unscored(self, project_id: int, run_id: int) -> int:
+        """Target and eval documents of the project that run `run_id` has no predictions for."""
+        return self._rows(
+            "SELECT count(*) FROM documents d WHERE d.project_id = ? AND d.domain IN ('target', 'eval') AND NOT "
+            "EXISTS (SELECT 1 FROM predictions p WHERE p.run_id = ? AND p.document_id = d.id)",
+            (project_id, run_id),
+        )[0][0]
+
     def load_predictions(self, run_id: int) -> tuple[np.ndarray, np.ndarray]:
         """(document ids int64 [n], scores float32 [n, L]) in document id order."""
         width = len(self.get_run(run_id).prediction_labels or ())

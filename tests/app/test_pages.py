@@ -450,6 +450,23 @@ def test_quick_pass_without_predictions_explains_what_to_do(seeded):
     assert "no predictions yet" in at.info[-1].value
 
 
+def test_quick_pass_queues_a_score_run_when_a_model_exists_but_no_predictions(seeded, tmp_path):
+    """Candidates refresh without a manual run: the page queues one score run and says so."""
+    folder = tmp_path / "source-model"
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps({"id2label": dict(enumerate(LABELS))}))
+    (folder / "model.safetensors").write_bytes(b"")
+    store = seeded.svc.store
+    store.update_project(seeded.project.id, source_model=str(folder))
+    at = _app("Annotate")
+    assert not at.exception and not at.error
+    queued = [r for r in store.list_runs(seeded.project.id) if r.kind == "score"]
+    assert len(queued) == 1 and queued[0].config["model"] == str(folder)
+    assert f"Run {queued[0].id} re-scores the documents (no run has scored the documents yet)" in _texts(at)
+    at.run()  # a rerun while it is queued queues no second one
+    assert [r.id for r in store.list_runs(seeded.project.id) if r.kind == "score"] == [queued[0].id]
+
+
 def test_bulk_tagging_from_a_search(seeded):
     svc = seeded.svc
     at = _app("Annotate")

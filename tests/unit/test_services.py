@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import time
+from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
@@ -241,3 +242,55 @@ def test_services_keep_torch_out_of_the_app_process():
     code = "import sys, dallmi_core.app.services\nassert not {'torch', 'transformers'} & set(sys.modules), 'heavy'"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
+
+
+def test_stale_predictions_queue_one_score_run_with_the_newest_model(svc, tmp_path):
+    """The ranked candidates refresh by themselves: no predictions, new documents, a newer model or
+    REFRESH_AFTER_TAGS new tags queue one score run (never two, never a retry of a failed one)."""
+    from dallmi_core.app.candidates import REFRESH_AFTER_TAGS
+
+    def model_folder(name: str) -> Path:
+        folder = tmp_path / name
+        folder.mkdir()
+        (folder / "config.json").write_text(json.dumps({"id2label": dict(enumerate(LABELS))}))
+        (folder / "model.safetensors").write_bytes(b"")
+        return folder
+
+    def finish(run_id: int, status: str = "done", model: Path | None = None) -> None:
+        assert store.claim_next_run(1).id == run_id
+        if status == "done":
+            store.save_predictions(run_id, docs, np.full((len(docs), len(LABELS)), 0.5, dtype=np.float32))
+        store.finish_run(run_id, status, model_path=str(model or source))
+
+    source = model_folder("source")
+    store = svc.store
+    project = svc.create_project("fresh", [], source_model=str(source))
+    texts, _ = make_texts(30, seed=7)
+    pd.DataFrame({"id": [f"d{i}" for i in range(30)], "text": texts}).to_csv(tmp_path / "t.csv", index=False)
+    importer.import_file(store, project.id, tmp_path / "t.csv", domain="target")
+    docs = store.document_ids(project.id, "target")
+
+    first = svc.refresh_predictions(project.id)
+    assert first.queued_now and "no run has scored" in first.reason
+    assert store.get_run(first.run_id).config["model"] == str(source.resolve())
+    again = svc.refresh_predictions(project.id)
+    assert (again.run_id, again.queued_now) == (first.run_id, False)  # one refresh at a time
+    finish(first.run_id)
+    assert svc.refresh_predictions(project.id) is None  # current
+
+    store.tag_many(project.id, docs[: REFRESH_AFTER_TAGS - 1], "billing")
+    assert svc.refresh_predictions(project.id) is None  # a few tags: not worth a pass over the corpus
+    store.tag(project.id, docs[REFRESH_AFTER_TAGS], "billing")
+    by_tags = svc.refresh_predictions(project.id)
+    assert by_tags.queued_now and f"{REFRESH_AFTER_TAGS} tags were made" in by_tags.reason
+    finish(by_tags.run_id, "failed")
+    assert svc.refresh_predictions(project.id) is None  # no retry loop after a failure
+
+    adapted = model_folder("adapted")
+    finish(store.enqueue_run(project.id, "adapt", {}), model=adapted)  # an adaptation scores everything
+    assert svc.refresh_predictions(project.id) is None
+    pd.DataFrame({"id": ["new"], "text": ["a parcel that never came"]}).to_csv(tmp_path / "n.csv", index=False)
+    importer.import_file(store, project.id, tmp_path / "n.csv", domain="target")
+    by_import = svc.refresh_predictions(project.id)
+    assert "1 documents were imported" in by_import.reason
+    assert store.get_run(by_import.run_id).config["model"] == str(adapted)  # the newest model
