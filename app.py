@@ -2,39 +2,24 @@
 
 Page config, the password gate and the one Services handle of this process (gate.prepare), the
 demo project on the first start, the sidebar project picker (the project lives in the URL,
-`?project=<id>`), and st.navigation over the pages listed explicitly (pages/). Each page also begins
-with gate.start(), which does the same when Streamlit runs the page without this script (the first
-request after a server start on a page URL: ui/gate.py). Set DALLMI_DATA_DIR to choose the data
-folder, DALLMI_NO_WORKER=1 to queue runs without starting a worker process, DALLMI_WORKER_IDLE_EXIT
-(seconds, default 600, 0 = never) for how long the worker it starts outlives the last app process,
-DALLMI_NO_DEMO=1 to skip the demo project, DALLMI_PASSWORD_HASH (from `dallmi hash-password`) to ask
-for a password before anything else.
+`?project=<id>`), and st.navigation over the pages of ui/navigation.py. Each page begins with
+gate.start(), which does the same when Streamlit runs the page without this script (the first
+request after a server start on a page URL: ui/gate.py).
+Set DALLMI_DATA_DIR to choose the data folder, DALLMI_NO_WORKER=1 to queue runs without starting a
+worker process, DALLMI_WORKER_IDLE_EXIT (seconds, default 600, 0 = never) for how long the worker it
+starts outlives the last app process, DALLMI_NO_DEMO=1 to skip the demo project,
+DALLMI_PASSWORD_HASH (from `dallmi hash-password`) to ask for a password before anything else.
 """
 
 import streamlit as st
 
-from ui import gate, session, widgets
+from ui import gate, navigation, session, widgets
 
 st.set_page_config(page_title="DALLMi Studio", page_icon=":material/model_training:", layout="wide")
 with gate.app_run():
     gate.prepare()  # first: with a password configured, nothing below runs until it is entered
     demo_id = session.ensure_demo()
-    page = st.navigation(
-        {
-            "Workflow": [
-                st.Page("pages/projects.py", title="Projects", icon=":material/folder_open:", default=True),
-                st.Page("pages/data.py", title="Data", icon=":material/upload_file:"),
-                st.Page("pages/annotate.py", title="Annotate", icon=":material/label:"),
-                st.Page("pages/adapt.py", title="Adapt", icon=":material/model_training:"),
-                st.Page("pages/export.py", title="Export", icon=":material/download:"),
-            ],
-            "Results": [
-                st.Page("pages/per_label_ap.py", title="Per-label AP", icon=":material/leaderboard:"),
-                st.Page("pages/mixup_samples.py", title="MixUp samples", icon=":material/join_inner:"),
-                st.Page("pages/domain_shift.py", title="Domain shift", icon=":material/compare_arrows:"),
-            ],
-        }
-    )
+    page = st.navigation(navigation.pages())
     with st.sidebar:
         gate.project_picker(prefer=demo_id)
         st.caption(f"Data folder: `{session.data_dir()}`")

@@ -77,10 +77,11 @@ with quick:
                 text=f"{measure}: {candidate.score:.3f}" + (f" (run {candidate.run_id})" if candidate.run_id else ""),
             )
             widgets.document_card(doc, tags=svc.store.tags_for([doc.id]).get(doc.id, []))
-            accept, reject, skip, undo, _ = st.columns([1, 1, 1, 1, 2])
+            # sized to their labels, in one row: fixed columns cut "Not <label>" short on a laptop screen
+            row = st.container(horizontal=True, gap="small")
             # on_click callbacks: the tag is stored before the next script run draws the label picker and
             # the coverage meter above, so both count it at once (no run that draws the old count first).
-            accept.button(
+            row.button(
                 "Accept",
                 type="primary",
                 shortcut="A",
@@ -89,7 +90,7 @@ with quick:
                 on_click=widgets.store_action,
                 args=(svc.store.tag, project.id, doc.id, label),
             )
-            reject.button(
+            row.button(
                 f"Not {widgets.md_escape(label)}",
                 shortcut="N",
                 key="reject",
@@ -97,10 +98,10 @@ with quick:
                 on_click=widgets.store_action,
                 args=(svc.store.mark_not, project.id, doc.id, label),
             )
-            if skip.button("Skip", shortcut="S", key="skip", icon=":material/skip_next:"):
+            if row.button("Skip", shortcut="S", key="skip", icon=":material/skip_next:"):
                 st.session_state[SKIPPED] = sorted(skipped | {doc.id})
                 st.rerun()
-            views.undo_button(svc, project.id, key="undo", container=undo)
+            views.undo_button(svc, project.id, key="undo", container=row)
             st.caption(
                 f"{len(queue)} candidates in this batch · shortcuts: A accept, N reviewed: not "
                 f"{widgets.md_escape(label)}, S skip, U undo"
@@ -177,8 +178,8 @@ with bulk:
         changes = [(d.id, label, w) for d, w, b in zip(docs, wanted, before, strict=True) if w != b]
         if both:
             st.warning(f"{both} row(s) have both boxes ticked: choose tagged or reviewed: not.")
-        left, middle, right = st.columns(3)
-        if left.button(
+        actions = st.container(horizontal=True, gap="small")  # each button as wide as its label
+        if actions.button(
             f"Save {len(changes)} change(s)", disabled=not changes or bool(both), type="primary", key="save_ticks"
         ):
             with widgets.shown_errors():
@@ -193,7 +194,7 @@ with bulk:
                     + " document(s) (Undo reverts them as one action)."
                 )
                 st.rerun()
-        if middle.button(f"Tag all {len(docs)} rows as {widgets.md_escape(repr(label))}", key="tag_all"):
+        if actions.button(f"Tag all {len(docs)} rows as {widgets.md_escape(repr(label))}", key="tag_all"):
             with widgets.shown_errors():
                 added = svc.store.tag_many(project.id, [d.id for d in docs], label)
                 widgets.flash(
@@ -201,7 +202,7 @@ with bulk:
                 )
                 st.rerun()
         untagged = [d.id for d, b in zip(docs, before, strict=True) if b is None]
-        if right.button(f"Mark the {len(untagged)} unreviewed rows: not {widgets.md_escape(label)}", key="not_all"):
+        if actions.button(f"Mark the {len(untagged)} unreviewed rows: not {widgets.md_escape(label)}", key="not_all"):
             with widgets.shown_errors():
                 marked = svc.store.mark_not_many(project.id, untagged, label)
                 widgets.flash(f"Marked {marked} document(s) reviewed: not {widgets.md_escape(repr(label))}.")

@@ -83,7 +83,11 @@ def filter_controls(svc: Services, project: Project, label: str, query: str) -> 
     meta_keys = {column: f"f_meta:{project.id}:{column}" for column in columns}
     active = sum(bool(st.session_state.get(k)) for k in meta_keys.values()) + bool(st.session_state.get(state_key))
     active += tuple(st.session_state.get(score_key, browse.FULL_RANGE)) != browse.FULL_RANGE
-    with st.expander("Filters" + (f" ({active} active)" if active else ""), icon=":material/filter_list:"):
+    with st.expander(  # keyed: the same block when its title (the count) changes, so it stays open
+        "Filters" + (f" ({active} active)" if active else ""),
+        icon=":material/filter_list:",
+        key=f"filters:{project.id}",
+    ):
         state = st.radio(
             f"Documents that are, for {widgets.md_escape(repr(label))}",
             list(STATE_NAMES),
@@ -158,15 +162,16 @@ def document_view(svc: Services, project: Project, docs: Sequence[Document], spa
         position = ids.index(st.session_state["one_doc"]) + by
         st.session_state["one_doc"] = ids[min(max(position, 0), len(ids) - 1)]
 
-    pick, back, forward = st.columns([6, 1, 1], vertical_alignment="bottom")
-    pick.selectbox(
+    # a row whose buttons keep their labels whole; the picker takes the rest of the width
+    row = st.container(horizontal=True, vertical_alignment="bottom", gap="small")
+    row.selectbox(
         f"Document ({len(ids)} in this list)",
         ids,
         key="one_doc",
         format_func=lambda i: f"{by_id[i].ext_id} · {widgets.shorten(by_id[i].text, 80)}",
     )
-    back.button("Previous", key="one_prev", on_click=step, args=(-1,), icon=":material/chevron_left:")
-    forward.button("Next", key="one_next", on_click=step, args=(1,), icon=":material/chevron_right:")
+    row.button("Previous", key="one_prev", on_click=step, args=(-1,), icon=":material/chevron_left:")
+    row.button("Next", key="one_next", on_click=step, args=(1,), icon=":material/chevron_right:")
     doc = by_id[st.session_state["one_doc"]]
     tags = set(svc.store.tags_for([doc.id]).get(doc.id, []))
     marks = set(svc.store.reviews_for([doc.id]).get(doc.id, []))
@@ -203,8 +208,8 @@ def document_view(svc: Services, project: Project, docs: Sequence[Document], spa
     changes = [s for s in states if s[2] != current[s[1]]]
     if both:
         st.warning(f"Both ticked for {', '.join(map(widgets.md_escape, both))}: choose tagged or reviewed: not.")
-    save, undo, _ = st.columns([2, 1, 3])
-    if save.button(
+    actions = st.container(horizontal=True, gap="small")
+    if actions.button(
         f"Save {len(changes)} change(s)", type="primary", key="one_save", disabled=bool(both) or not changes
     ):
         with widgets.shown_errors():
@@ -214,7 +219,7 @@ def document_view(svc: Services, project: Project, docs: Sequence[Document], spa
                 f"{done.marked}, unmarked {done.unmarked} (Undo reverts them as one action)."
             )
             st.rerun()
-    undo_button(svc, project.id, key="undo_one", container=undo)
+    undo_button(svc, project.id, key="undo_one", container=actions)
     if run_id is None:
         st.caption("No scores yet: a 'score' or adapt run gives every label a score.")
     elif not scores:

@@ -3,10 +3,11 @@ project. Kept apart from the widgets so each page can be safe on its own.
 
 A `pages/` folder beside app.py puts Streamlit in its legacy multipage mode until st.navigation first
 runs in the process: the first request after a server start that lands on a page URL runs that page
-script without app.py. So app.py runs its pages inside `app_run()`, and each page begins with
-`start()`, which, outside app.py, applies the gate, opens the services and draws the project picker
-itself. The current project lives in the URL (`?project=<id>`), so a reload, a new tab and a shared
-link keep it; st.session_state only mirrors it.
+script without app.py, under a sidebar titled from file names. So app.py runs its pages inside
+`app_run()`, and each page begins with `start()`, which, outside app.py, registers the app's own
+navigation, applies the gate, opens the services and draws the project picker itself.
+The current project lives in the URL (`?project=<id>`), so a reload, a new tab and a shared link keep
+it; st.session_state only mirrors it.
 """
 
 from __future__ import annotations
@@ -18,10 +19,11 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 import streamlit as st
+from streamlit.runtime.scriptrunner import get_script_run_ctx
 
 from dallmi_core import ConfigError, DallmiError, Project, Services
 from dallmi_core.app import auth
-from ui import session, widgets
+from ui import navigation, session, widgets
 
 PROJECT_KEY = "project_id"
 QUERY_KEY = "project"
@@ -53,14 +55,22 @@ def prepare() -> Services:
 
 
 def start() -> Services:
-    """A page's first call: inside app.py, its services; run on its own (the first request after a
-    server start on a page URL), the same gate, services and sidebar project picker app.py draws."""
+    """A page's first call: inside app.py, its services. Run on its own (Streamlit's legacy `pages/`
+    mode, which lasts until st.navigation first runs in the process), it registers the app's titled
+    navigation over the legacy one derived from file names, then applies the same gate, services and
+    sidebar project picker app.py draws. No rerun: it would drop the click that started this run."""
     if getattr(_run, "inside_app", False):
         return session.services()
-    svc = prepare()
-    with st.sidebar:
-        project_picker(prefer=session.ensure_demo())
-    widgets.show_flash()
+    ctx = get_script_run_ctx()
+    # What app.py draws, drawn as the main script (st.navigation's own choice for the rest of a run):
+    # the gate's and the picker's widgets keep the ids they have under app.py, and once the block ends
+    # this page's widgets keep theirs, so the next run, through app.py, finds every widget's state.
+    with ctx.run_with_active_hash(ctx.pages_manager.main_script_hash):
+        st.navigation(navigation.pages())
+        svc = prepare()
+        with st.sidebar:
+            project_picker(prefer=session.ensure_demo())
+        widgets.show_flash()
     return svc
 
 

@@ -2,8 +2,9 @@
 
 Create a project on the tiny backbone, upload a CSV, bulk-tag positives and accept one in the quick
 pass, start a tiny adaptation, wait for the auto-started worker to finish it, and download its
-predictions. A screenshot of every step lands in test-artifacts/e2e/ (not committed), with the
-server's and the worker's logs.
+predictions; then import more documents and watch the quick pass refresh its candidates by a score run
+it queued itself, and have the worker compute the domain-shift analysis. A screenshot of every step
+lands in test-artifacts/e2e/ (not committed), with the server's and the worker's logs.
 
 The browser is the system's (Debian package `chromium`, installed by .ci/run): Playwright's own
 browser download is not used. The test is skipped only when chromium or playwright is missing.
@@ -114,13 +115,14 @@ def settled(page) -> None:
     page.locator('[data-testid="stStatusWidget"]').wait_for(state="hidden")
 
 
-def shot(page, name: str) -> None:
+def shot(page, name: str, folder: Path = ARTIFACTS) -> None:
     """The whole page: Streamlit scrolls inside its main section, so grow the viewport to fit it first."""
     size = page.viewport_size
     height = page.evaluate("() => document.querySelector('[data-testid=\"stMainBlockContainer\"]').scrollHeight")
     page.set_viewport_size({"width": size["width"], "height": max(size["height"], min(int(height) + 200, 6000))})
     page.wait_for_timeout(300)
-    page.screenshot(path=ARTIFACTS / f"{name}.png")
+    folder.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=folder / f"{name}.png")
     page.set_viewport_size(size)
 
 
@@ -216,3 +218,56 @@ def test_create_upload_tag_adapt_export(page, tmp_path, tiny_backbone):
     assert sorted(predictions["id"]) == sorted(f"d{i}" for i in range(N_DOCS))
     scores = predictions[[f"score_{label}" for label in LABELS]]
     assert ((scores >= 0) & (scores <= 1)).all().all()
+
+    # 5b. the run's results: estimated AP (no gold in this project) and the MixUp pairs it trained on
+    goto(page, "Per-label AP")
+    page.get_by_text("Estimate, not measured AP.").wait_for()
+    shot(page, "08b-per-label-ap")
+    goto(page, "MixUp samples")
+    page.get_by_text(re.compile(r"\d+ pairs logged at \d+ training steps")).wait_for()
+    assert not page.get_by_test_id("stException").count()
+    shot(page, "08c-mixup-samples")
+
+    # 6. more target documents and some labelled source ones: the adaptation's predictions are now stale
+    more = tmp_path / "more.csv"
+    pd.DataFrame({"id": ["n1", "n2"], "text": texts[:2]}).to_csv(more, index=False)
+    source_texts, y = make_texts(12, seed=5)
+    source = tmp_path / "source.csv"
+    labels = ["|".join(LABELS[j] for j in range(len(LABELS)) if row[j]) for row in y]
+    pd.DataFrame({"id": [f"s{i}" for i in range(12)], "text": source_texts, "labels": labels}).to_csv(
+        source, index=False
+    )
+    goto(page, "Data")
+    for kind, path, read in (("Target text", more, "Read 2 rows"), ("Source data", source, "Read 12 rows")):
+        page.get_by_text(kind).first.click()
+        settled(page)
+        page.locator('[data-testid="stFileUploaderDropzoneInput"]').set_input_files(path)
+        settled(page)
+        page.get_by_role("button", name="Import into e2e tickets").click()
+        settled(page)
+        page.get_by_text(read).wait_for()
+
+    # 7. the quick pass queues the score run that refreshes its candidates, and shows them once it is done
+    goto(page, "Annotate")
+    page.get_by_role("tab", name="Quick pass").click()
+    page.get_by_text("Likely positives", exact=True).click()
+    settled(page)
+    notice = page.get_by_text(re.compile(r"Run \d+ re-scores the documents \(2 documents were imported after run \d+"))
+    notice.wait_for()
+    score_run = int(re.search(r"Run (\d+)", notice.inner_text()).group(1))
+    shot(page, "09-candidates-refresh-queued")
+    confidence = page.get_by_text(re.compile(rf"model confidence: [\d.]+ \(run {score_run}\)"))
+    confidence.wait_for(timeout=RUN_TIMEOUT * 1000)  # the worker scored; the page re-ranked by itself
+    assert not notice.count()
+    shot(page, "10-candidates-refreshed")
+
+    # 8. the domain-shift analysis of the adaptation, computed by the worker with live progress
+    goto(page, "Domain shift")
+    page.get_by_role("button", name="Compute the analysis").click()
+    settled(page)
+    page.get_by_text("The worker computes the analysis in the background").wait_for()
+    shot(page, "11-shift-queued")
+    page.get_by_test_id("stMetric").filter(has_text="A-distance").first.wait_for(timeout=RUN_TIMEOUT * 1000)
+    settled(page)
+    assert page.get_by_text("Backbone, untrained head", exact=True).count()  # a backbone-only project
+    shot(page, "12-shift-computed")

@@ -106,6 +106,9 @@ def test_a_page_url_as_the_first_request_is_gated_then_rendered(server, browser)
     page.get_by_text("A fine-tuning is queued").wait_for()
     shot(page, "02-page-url-first-request-rendered")
     assert "Tickets" in picked(page)
+    nav = page.locator('[data-testid="stSidebarNav"]').inner_text()
+    assert "Per-label AP" in nav and "Results" in nav  # the app's titles and sections, not file names
+    assert "per label ap" not in nav.lower().replace("per-label", "")
 
 
 def test_the_project_survives_a_reload_and_files_import_as_users_expect(server, browser, tmp_path):
