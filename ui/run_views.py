@@ -132,7 +132,14 @@ def run_details(status: RunStatus, *, live: bool) -> None:
     """Status, progress (step/max_steps, epoch, ETA), the latest loss parts and the loss chart."""
     svc = services()
     p = status.progress or {}
-    icons = {"queued": "⏳", "running": "▶️", "interrupted": "⏸️", "done": "✅", "failed": "❌", "cancelled": "⏹️"}
+    icons = {  # the app's Material icons: an emoji needs a colour-emoji font the browser may lack
+        "queued": ":material/hourglass_top:",
+        "running": ":material/play_circle:",
+        "interrupted": ":material/pause_circle:",
+        "done": ":material/check_circle:",
+        "failed": ":material/error:",
+        "cancelled": ":material/stop_circle:",
+    }
     st.markdown(
         f"**Run {status.run_id}** · {status.kind} · {icons.get(status.status, '')} {status.status}"
         + (f" · attempt {status.attempts}" if status.attempts > 1 else "")

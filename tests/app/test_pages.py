@@ -300,7 +300,8 @@ def test_domain_shift_page_queues_a_worker_job_shows_its_progress_then_the_cache
         "limit": 2000,
     }
     assert "The worker computes the analysis in the background" in _texts(at)
-    assert f"**Run {job.id}** · shift · ⏳ queued" in _texts(at)  # the live progress of the Adapt page's runs
+    # the live progress of the Adapt page's runs
+    assert f"**Run {job.id}** · shift · :material/hourglass_top: queued" in _texts(at)
     assert not [b for b in at.button if b.key == "compute_shift"] and not at.metric
     assert adapted.svc.start_run(adapted.project.id, "shift", {"run": adapted.run_id}) == job.id  # not twice
 
