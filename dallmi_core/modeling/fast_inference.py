@@ -2,8 +2,9 @@
 
 Scoring and the Domain-shift embeddings spend their CPU time in the encoder's linear layers;
 PyTorch's dynamic int8 quantisation (weights int8 once, a scale per output channel, activations
-quantised per batch, x86/fbgemm kernels with VNNI) made scoring 1.6-2.1x faster on 2 shared cores
-and moved macro AP by 0.0005-0.0048 on the shared datasets (docs/BENCHMARKS.md, Speed v3). It
+quantised per batch, x86/fbgemm kernels with VNNI) made scoring 2.6x faster than the bare float32
+forward on 2 cores and moved macro AP by 0.0004-0.0054 on the shared datasets (docs/BENCHMARKS.md,
+Speed v3, which also measures bf16 weights and SmoothQuant-smoothed int8, neither shipped). It
 runs in batches of `FAST_BATCH_SIZE`, whose activations stay small enough for the allocator to
 reuse instead of mapping fresh pages per op. ONNX Runtime's int8 measured about as fast, so it is
 not a dependency. The pooler and the classifier head stay float32: they cost nothing.
