@@ -15,7 +15,7 @@ import streamlit as st
 
 from ui import gate, navigation, session, widgets
 
-st.set_page_config(page_title="DALLMi Studio", page_icon=":material/model_training:", layout="wide")
+navigation.configure_page()
 with gate.app_run():
     gate.prepare()  # first: with a password configured, nothing below runs until it is entered
     demo_id = session.ensure_demo()

@@ -68,11 +68,10 @@ start_from = (
     else f"the backbone `{project.settings.get('backbone', 'default')}` with a fresh head (pure positive-unlabeled)"
 )
 st.caption(f"Adaptation starts from {start_from}.")
-runs = svc.store.list_runs(project.id)
-finetuning = [r.id for r in runs if r.kind == "finetune-source" and r.status in PENDING]
+finetuning = svc.pending_finetune(project.id)
 if finetuning:
     st.info(
-        f"The source model is still being fine-tuned (run {finetuning[0]}): an adaptation started now would "
+        f"The source model is still being fine-tuned (run {finetuning.id}): an adaptation started now would "
         "start from the backbone. Wait for that run to finish (below)."
     )
 
@@ -201,7 +200,7 @@ runs = svc.store.list_runs(project.id)  # again: a run started above is in it
 if runs:
     st.divider()
     by_id = {run.id: run for run in runs}
-    pending = [run.id for run in runs if run.status in ("running", "queued", "interrupted")]
+    pending = [run.id for run in runs if run.status in PENDING]
     shown = st.session_state.get("run_id")
     if shown not in by_id:
         shown = pending[0] if pending else runs[0].id

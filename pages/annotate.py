@@ -54,9 +54,16 @@ with quick:
     except DallmiError as exc:
         st.info(widgets.plain(str(exc)), icon=":material/info:")
         if refresh is None and strategy != "similar" and not ranking.newest_model(svc.store, project.id):
+            finetuning = svc.pending_finetune(project.id)
             st.caption(
-                "This project has no source model to score with yet (fine-tune one from source data on the "
-                "Data page). Meanwhile: tag a few positives from the search tab, then use 'Similar to tagged'."
+                (
+                    f"The source model is being fine-tuned (run {finetuning.id}, progress on the Adapt page); "
+                    "its scores rank the candidates here once it is done."
+                    if finetuning
+                    else "This project has no source model to score with yet (fine-tune one from source data on "
+                    "the Data page)."
+                )
+                + " Meanwhile: tag a few positives from the search tab, then use 'Similar to tagged'."
             )
     if refresh is not None:
         views.refresh_notice(svc, refresh)

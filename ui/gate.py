@@ -66,6 +66,7 @@ def start() -> Services:
     # the gate's and the picker's widgets keep the ids they have under app.py, and once the block ends
     # this page's widgets keep theirs, so the next run, through app.py, finds every widget's state.
     with ctx.run_with_active_hash(ctx.pages_manager.main_script_hash):
+        navigation.configure_page()
         st.navigation(navigation.pages())
         svc = prepare()
         with st.sidebar:

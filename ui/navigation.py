@@ -1,9 +1,14 @@
-"""The app's pages, titled and grouped, in one place: app.py navigates over them, and a page that
-Streamlit ran in its legacy `pages/` mode registers them before anything draws (gate.start)."""
+"""The app's page setup and its pages, titled and grouped, in one place: app.py applies them, and so
+does a page that Streamlit ran in its legacy `pages/` mode, before anything draws (gate.start)."""
 
 from __future__ import annotations
 
 import streamlit as st
+
+
+def configure_page() -> None:
+    """The browser tab's title and icon, and the wide layout every page is drawn for."""
+    st.set_page_config(page_title="DALLMi Studio", page_icon=":material/model_training:", layout="wide")
 
 
 def pages() -> dict[str, list[st.Page]]:

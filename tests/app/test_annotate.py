@@ -217,3 +217,12 @@ def test_the_label_picker_counts_an_accept_and_an_undo_in_the_run_the_click_star
     assert box.value == "login" and box.proto.raw_value == "login  ✗ 0/8 tagged" and box.proto.set_value
     at.run()  # nothing changed: the box is left as the browser has it
     assert not at.selectbox(key="label_picker").proto.set_value
+
+
+def test_the_quick_pass_says_a_source_fine_tuning_is_under_way_instead_of_asking_for_one(seeded):
+    at = _app("Annotate")
+    assert "no source model to score with yet (fine-tune one" in _texts(at)
+    run_id = seeded.svc.start_run(seeded.project.id, "finetune-source", {"epochs": 1.0})  # queued: no worker
+    at.run()
+    shown = _texts(at)
+    assert f"The source model is being fine-tuned (run {run_id}" in shown and "fine-tune one" not in shown

@@ -98,6 +98,8 @@ def test_a_page_url_as_the_first_request_is_gated_then_rendered(server, browser)
     page.get_by_label("Password", exact=True).wait_for()
     settled(page)
     assert "Tickets" not in page.content()
+    width = page.locator('[data-testid="stMainBlockContainer"]').bounding_box()["width"]
+    assert width > 900, width  # the app's wide layout from the first run on, not Streamlit's centred default
     shot(page, "01-page-url-first-request-gated")
     page.get_by_label("Password", exact=True).fill(PASSWORD)
     page.get_by_role("button", name="Log in").click()
