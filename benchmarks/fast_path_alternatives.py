@@ -13,6 +13,8 @@ The alternatives:
   column is multiplied by s_j. a = 0.5 is the paper's default, fixed before measuring. max|X_j| comes
   from 64 random rows of the reported part. BERT is post-LN: a LayerNorm's output also feeds the
   residual, so the division cannot fold into it and stays an elementwise multiply.
+- `int8-per-token`: int8 weights with a scale per output channel, int8 activations with a scale per
+  token rather than one per batch, multiplied by `torch._int_mm`.
 - `bf16`: the weights cast to bfloat16. The CPU needs native bf16, as this one has (avx512_bf16).
 - `bf16-autocast`: float32 weights under bf16 autocast.
 
@@ -56,6 +58,38 @@ class _Smoothed(nn.Module):
 
     def forward(self, x):
         return self.inner(x * self.inv_scale)
+
+
+class PerTokenInt8Linear(nn.Module):
+    """int8 x int8 -> int32 (torch._int_mm) with a scale per output channel of the weight and, unlike
+    torch's dynamic quantisation (one scale per batch), a scale per token of the activations."""
+
+    def __init__(self, linear: nn.Linear):
+        super().__init__()
+        weight = linear.weight.detach().float()
+        scale = weight.abs().amax(1).clamp(min=1e-8) / 127
+        self.register_buffer("weight_t", torch.round(weight / scale[:, None]).to(torch.int8).t().contiguous())
+        self.register_buffer("weight_scale", scale)
+        self.register_buffer("bias", None if linear.bias is None else linear.bias.detach().float().clone())
+
+    def forward(self, x):
+        flat = x.reshape(-1, x.shape[-1]).float()
+        scale = flat.abs().amax(1, keepdim=True).clamp(min=1e-8) / 127
+        out = torch._int_mm(torch.round(flat / scale).to(torch.int8), self.weight_t).float()
+        out = out * scale * self.weight_scale
+        if self.bias is not None:
+            out = out + self.bias
+        return out.reshape(*x.shape[:-1], out.shape[-1])
+
+
+def per_token_quantise(model: nn.Module) -> nn.Module:
+    """Every encoder linear replaced by a PerTokenInt8Linear."""
+    with torch.inference_mode(False):
+        bare = copy.deepcopy(unwrap(model)).float().eval()
+        for name, linear in _encoder_linears(bare).items():
+            parent, _, leaf = name.rpartition(".")
+            setattr(bare.get_submodule(parent), leaf, PerTokenInt8Linear(linear))
+    return bare
 
 
 def _encoder_linears(model: nn.Module) -> dict[str, nn.Linear]:
@@ -130,6 +164,7 @@ def main() -> None:
         "float32": model,
         "int8": fast_inference.quantise(model),
         "int8-smooth": smooth_quantise(model, calibration, args.alpha),
+        "int8-per-token": per_token_quantise(model),
         "bf16": copy.deepcopy(model).to(torch.bfloat16),
     }
     out: dict = {"data": args.data, "model": args.model, "alpha": args.alpha, "threads": torch.get_num_threads()}
