@@ -20,8 +20,6 @@ with gate.app_run():
     gate.prepare()  # first: with a password configured, nothing below runs until it is entered
     demo_id = session.ensure_demo()
     page = st.navigation(navigation.pages())
-    with st.sidebar:
-        gate.project_picker(prefer=demo_id)
-        st.caption(f"Data folder: `{session.data_dir()}`")
+    gate.sidebar(prefer=demo_id)
     widgets.show_flash()
     page.run()

@@ -69,10 +69,16 @@ def start() -> Services:
         navigation.configure_page()
         st.navigation(navigation.pages())
         svc = prepare()
-        with st.sidebar:
-            project_picker(prefer=session.ensure_demo())
+        sidebar(prefer=session.ensure_demo())
         widgets.show_flash()
     return svc
+
+
+def sidebar(prefer: int | None) -> None:
+    """The sidebar below the navigation: the project picker and the data folder."""
+    with st.sidebar:
+        project_picker(prefer=prefer)
+        st.caption(f"Data folder: `{session.data_dir()}`")
 
 
 # ---- access --------------------------------------------------------------------------------------
