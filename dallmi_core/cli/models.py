@@ -54,8 +54,8 @@ def add_model_commands(sub) -> None:
     p.add_argument(
         "--no-fast-inference",
         action="store_true",
-        help="score in float32 only: no int8 CPU path (also DALLMI_FAST_INFERENCE=0; by default a CPU takes it"
-        " where it is measured faster)",
+        help="score in float32 only: no int8 CPU path (also DALLMI_FAST_INFERENCE=0; by default a CPU with VNNI"
+        " takes it where it is measured faster)",
     )
     p.set_defaults(func=cmd_score)
 
@@ -133,7 +133,7 @@ def _trained_in(result) -> str:
 
 def _score(model_dir, data_path, device="auto", fast=None):
     """Scores of every document; under a launcher each rank scores its shard and all get all.
-    `fast` None: the int8 CPU path where it is measured faster (fast_inference.py); False: float32."""
+    `fast` None: the int8 CPU path where fast_inference.py takes it (VNNI, measured faster); False: float32."""
     from tqdm.auto import tqdm
 
     from dallmi_core.data.corpus import read_corpus

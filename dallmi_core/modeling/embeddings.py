@@ -2,7 +2,7 @@
 
 Texts are tokenised page by page and each page runs in length-sorted, dynamically padded batches
 under inference mode (the scoring.py pattern), so memory stays bounded on any corpus size. On a
-CPU it takes the int8 path where that is measured faster (fast_inference.py), as scoring does.
+CPU with VNNI it takes the int8 path where that is measured faster (fast_inference.py), as scoring does.
 """
 
 from __future__ import annotations

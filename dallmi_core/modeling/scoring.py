@@ -1,7 +1,7 @@
 """Score documents with a classifier: length-sorted batches, dynamic padding, inference mode.
 
 `score_texts` (the `dallmi score` path, the score job) runs whole corpora and takes the int8 CPU
-path where it is measured faster (fast_inference.py); `logits_for`, which training, validation
+path where fast_inference.py takes it (a CPU with VNNI, measured faster); `logits_for`, which training, validation
 and the quality benchmark use, always runs the model it is given.
 """
 

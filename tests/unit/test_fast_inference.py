@@ -48,12 +48,17 @@ def test_the_encoder_is_quantised_and_the_head_stays_float32(tiny_clf):
         assert {m.version for m in fast.modules() if type(m).__name__ == "Linear" and hasattr(m, "version")} == {3}
 
 
-@needs_engine
-def test_switch_auto_probe_and_cache(tiny_clf, texts, monkeypatch):
-    model = tiny_clf.model
-    tokens = TokenizedCorpus.build(tiny_clf.tokenizer, texts, 32)
+@pytest.fixture()
+def probed_faster(tiny_clf, texts, monkeypatch):
+    """The tiny model and its tokens, with the probe stubbed to measure int8 faster on any corpus size."""
     monkeypatch.setattr(fast_inference, "AUTO_MIN_DOCS", 10)
     monkeypatch.setattr(fast_inference, "_measured_faster", lambda *_: True)
+    return tiny_clf.model, TokenizedCorpus.build(tiny_clf.tokenizer, texts, 32)
+
+
+@needs_engine
+def test_switch_auto_probe_and_cache(probed_faster, monkeypatch):
+    model, tokens = probed_faster
     monkeypatch.setenv(fast_inference.FAST_INFERENCE_ENV, "0")  # off, though auto would take it here
     assert fast_inference.inference_model(model, tokens, "cpu") == (model, None, 64)
     monkeypatch.setenv(fast_inference.FAST_INFERENCE_ENV, "1")
@@ -66,6 +71,7 @@ def test_switch_auto_probe_and_cache(tiny_clf, texts, monkeypatch):
         model.classifier.weight.add_(1.0)  # new weights: a stale int8 copy must not score them
     assert fast_inference.inference_model(model, tokens, "cpu").model is not fast
     monkeypatch.delenv(fast_inference.FAST_INFERENCE_ENV)  # auto: a probe decides, on corpora worth it
+    monkeypatch.setattr(fast_inference, "_cpu_has_vnni", lambda: True)
     monkeypatch.setattr(fast_inference, "AUTO_MIN_DOCS", 100)
     assert fast_inference.inference_model(model, tokens, "cpu") == (model, None, 64)  # 80 documents: not worth it
     monkeypatch.setattr(fast_inference, "AUTO_MIN_DOCS", 10)
@@ -82,3 +88,15 @@ def test_without_the_engine_scoring_stays_float32(tiny_clf, texts, monkeypatch):
     monkeypatch.setattr(fast_inference, "engine", lambda: None)
     exact = score_texts(tiny_clf, texts, max_length=32, fast=False)
     np.testing.assert_array_equal(score_texts(tiny_clf, texts, max_length=32, fast=True), exact)
+
+
+@needs_engine
+def test_auto_keeps_float32_on_a_cpu_without_vnni_and_forcing_still_works(probed_faster, monkeypatch):
+    """Without VNNI the activations keep 7 bits and the scores move too far for auto to take int8."""
+    model, tokens = probed_faster
+    monkeypatch.setattr(fast_inference, "_cpu_has_vnni", lambda: False)
+    monkeypatch.delenv(fast_inference.FAST_INFERENCE_ENV, raising=False)
+    assert fast_inference.inference_model(model, tokens, "cpu") == (model, None, 64)
+    assert fast_inference.inference_model(model, tokens, "cpu", fast=True).engine == fast_inference.ENGINE
+    monkeypatch.setattr(fast_inference, "_cpu_has_vnni", lambda: True)
+    assert fast_inference.inference_model(model, tokens, "cpu").engine == fast_inference.ENGINE
