@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import functools
 import os
 import time
 import warnings
@@ -86,6 +87,7 @@ def quantise(model: nn.Module) -> nn.Module:
     return fast
 
 
+@functools.cache  # the flags of a running machine do not change; auto asks on every scoring call
 def _cpu_has_vnni() -> bool:
     try:
         with open("/proc/cpuinfo", encoding="utf-8") as info:
