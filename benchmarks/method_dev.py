@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from dallmi_core.bench.quality import source_model, split_target
+from dallmi_core.bench.quality import source_logits_on, source_model, split_target
 from dallmi_core.config import AdaptConfig, SourceConfig
 from dallmi_core.data.corpus import read_corpus
 from dallmi_core.evaluation.metrics import ap_report
@@ -110,6 +110,7 @@ def main() -> None:
         target = corpus.where_domain("target")
         source_texts = corpus.where_domain("source").texts
         gold = target.label_matrix(labels)
+        start_logits = source_logits_on(src_dir, target.texts, AdaptConfig(max_length=args.max_length))
         for seed in (int(s) for s in args.seeds.split(",")):
             split = split_target(gold, seed, positives_per_label=10)
             train_texts = [target.texts[i] for i in split.train]
@@ -130,7 +131,8 @@ def main() -> None:
                     clf, start, dev_tokens, gold[split.dev], labels, budgets, alphas, rows, tag, train, prototypes
                 )
                 began = time.perf_counter()
-                adapt(clf, train_texts, split.tags, cfg, callbacks=[grid], source_texts=source_texts)
+                adapt(clf, train_texts, split.tags, cfg, callbacks=[grid], source_texts=source_texts,
+                      start_logits=start_logits[split.train])  # fmt: skip
                 rows.append({**tag, "seconds": time.perf_counter() - began})
                 out.write_text(json.dumps({"rows": rows}, indent=1))
     print(summary(rows))

@@ -23,7 +23,7 @@ from dallmi_core.config import DEFAULT_METHOD, AdaptConfig, SourceConfig
 from dallmi_core.data.corpus import Corpus
 from dallmi_core.errors import DataError
 from dallmi_core.evaluation.metrics import ap_report, f1_macro, f1_macro_best, thresholded_ap
-from dallmi_core.modeling.model import Classifier, load_classifier, new_classifier, save_classifier
+from dallmi_core.modeling.model import Classifier, load_classifier, new_classifier, resolve_device, save_classifier
 from dallmi_core.modeling.scoring import logits_for, sigmoid
 from dallmi_core.modeling.tokens import TokenizedCorpus
 from dallmi_core.training.adapt import adapt, calibrate_source_on_target
@@ -199,9 +199,11 @@ def prediction_report(
     }
 
 
-def _calibrated_scores(clf: Classifier, calibration, texts: Sequence[str], max_length: int):
-    """(calibrated probabilities, raw sigmoid probabilities, thresholds, priors, logits) on `texts`."""
-    logits = logits_for(clf.model, TokenizedCorpus.build(clf.tokenizer, texts, max_length))
+def _calibrated_scores(clf: Classifier, calibration, texts: Sequence[str], max_length: int, logits=None):
+    """(calibrated probabilities, raw sigmoid probabilities, thresholds, priors, logits) on `texts`
+    (`logits`: the model's on them, when known already)."""
+    if logits is None:
+        logits = logits_for(clf.model, TokenizedCorpus.build(clf.tokenizer, texts, max_length))
     raw = sigmoid(logits)
     if calibration is None:
         return raw, raw, [0.5] * clf.num_labels, None, logits
@@ -209,6 +211,15 @@ def _calibrated_scores(clf: Classifier, calibration, texts: Sequence[str], max_l
     priors = [calibration.labels[name].prior for name in clf.label_names]
     calibrated = calibration.apply(logits, clf.label_names).astype(np.float32)  # as stored
     return calibrated, raw, thresholds, priors, logits
+
+
+def source_logits_on(src_dir: Path, texts: Sequence[str], cfg: AdaptConfig) -> np.ndarray:
+    """The source model's logits on every target document, computed once per benchmark: every method
+    of every seed starts from this model, so its passes over a seed's train part (the priors, the
+    anchor, source-only's calibration) and source-only's evaluation scores are read from here."""
+    clf = load_classifier(src_dir)
+    clf.model.to(resolve_device(cfg.device))
+    return logits_for(clf.model, TokenizedCorpus.build(clf.tokenizer, texts, cfg.max_length))
 
 
 def run_quality(
@@ -241,6 +252,12 @@ def run_quality(
     source = corpus.where_domain("source")
     needs_model = any(m != "tfidf-source" for m in methods)
     src_dir = source_model(corpus, labels, backbone, source_cfg, work_dir, log) if needs_model else None
+    start_logits = None
+    if needs_model:
+        started = time.perf_counter()
+        start_logits = source_logits_on(src_dir, target.texts, adapt_cfg)
+        log(f"source model's logits on {len(target)} target documents, shared by every method and seed "
+            f"({time.perf_counter() - started:.0f}s)")  # fmt: skip
     result = QualityResult(labels)
     for seed in seeds:
         split = split_target(gold, seed, positives_per_label=positives_per_label, remove_ratio=remove_ratio)
@@ -256,8 +273,12 @@ def run_quality(
             else:
                 torch.manual_seed(seed)
                 clf: Classifier = load_classifier(src_dir)
+                known = None  # the model's logits on the evaluation part, when they are known already
                 if method == "source-only":
-                    calibration = calibrate_source_on_target(clf, train_texts, split.tags, adapt_cfg.max_length, seed)
+                    calibration = calibrate_source_on_target(
+                        clf, train_texts, split.tags, adapt_cfg.max_length, seed, logits=start_logits[split.train]
+                    )
+                    known = start_logits[part]
                 else:
                     extra = callbacks(method, seed) if callbacks else [TqdmProgress(f"{method} seed {seed}")]
                     if trace_test:
@@ -272,11 +293,12 @@ def run_quality(
                         callbacks=extra,
                         gold=gold[split.train] if method == "target-oracle" else None,
                         source_texts=source.texts if method == "aad" else None,
+                        start_logits=start_logits[split.train],
                     )
                     calibration = res.extras.get("calibration")
                     info = {"steps": res.state.step, "best_step": res.state.best_step, "history": res.state.history}
                 scores, raw, thresholds, priors, logits = _calibrated_scores(
-                    clf, calibration, eval_texts, adapt_cfg.max_length
+                    clf, calibration, eval_texts, adapt_cfg.max_length, logits=known
                 )
                 if dump_dir is not None:
                     _dump(dump_dir, f"{method}-seed{seed}-{eval_on}", clf, train_texts, logits, gold[part],

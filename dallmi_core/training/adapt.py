@@ -51,14 +51,21 @@ def calibrate_adapted(
 
 
 def calibrate_source_on_target(
-    clf: Classifier, texts: Sequence[str], tags: Sequence[Sequence[int]], max_length: int, seed: int = 0
+    clf: Classifier,
+    texts: Sequence[str],
+    tags: Sequence[Sequence[int]],
+    max_length: int,
+    seed: int = 0,
+    logits: np.ndarray | None = None,
 ) -> Calibration | None:
     """A source model's calibration re-estimated on target `texts` and their tags (its source fit
-    kept); a model without a source fit keeps the calibration it carries."""
+    kept; `logits`: its logits on `texts`, when the caller has them); a model without a source fit
+    keeps the calibration it carries."""
     fit = clf.source_fit()
     if fit is None or not len(texts):
         return clf.calibration()
-    logits = logits_for(clf.model, TokenizedCorpus.build(clf.tokenizer, texts, max_length))
+    if logits is None:
+        logits = logits_for(clf.model, TokenizedCorpus.build(clf.tokenizer, texts, max_length))
     calibration = calibrate_on_target(clf.label_names, logits, tags, source_fit=fit, same_model=True, seed=seed)
     clf.set_calibration(calibration, source_fit=fit)
     return calibration
@@ -82,6 +89,7 @@ def adapt(
     gold: np.ndarray | None = None,
     tokens: TokenizedCorpus | None = None,
     source_texts: Sequence[str] | None = None,
+    start_logits: np.ndarray | None = None,
 ) -> TrainResult:
     """Adapt `clf` to target `texts`; `tags[l]` lists the documents tagged positive for label l.
 
@@ -90,15 +98,20 @@ def adapt(
     dallmi-anchored uses that pass as its anchor too, and ends with the WiSE-FT interpolation toward
     the source weights and the tags' prototypes folded into the head (one pass, which the
     calibration reuses); a model whose head was never trained has no knowledge to keep, and is not
-    anchored. aad also needs `source_texts`."""
+    anchored. aad also needs `source_texts`. `start_logits`: `clf`'s logits on `texts` before
+    training, when the caller has them already (the quality benchmark scores its source model once
+    for every method and seed), so that pass is skipped."""
     tokens = tokens or TokenizedCorpus.build(clf.tokenizer, texts, cfg.max_length)
+    if start_logits is not None and len(start_logits) != len(tokens):
+        raise ConfigError(f"start_logits has {len(start_logits)} rows for {len(tokens)} documents.")
     callbacks = list(callbacks)
     if cfg.patience is not None:
         callbacks.append(EarlyStopping(cfg.patience))
     source_fit = clf.source_fit()
     anchored = cfg.anchored and not clf.fresh_head
     clf.model.to(rank_device(resolve_device(cfg.device)))  # each rank on its own device under a launcher
-    start_logits = logits_for(clf.model, tokens) if source_fit or anchored else None
+    if start_logits is None and (source_fit or anchored):
+        start_logits = logits_for(clf.model, tokens)
     inputs = CalibrationInputs(start_logits if source_fit else None, source_fit)
     start = {k: v.detach().to("cpu", copy=True) for k, v in clf.model.state_dict().items()} if anchored else None
     kw = {"callbacks": callbacks, "checkpoint_dir": checkpoint_dir}

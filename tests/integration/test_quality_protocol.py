@@ -11,6 +11,9 @@ from conftest import LABELS, make_texts
 from dallmi_core.bench import quality
 from dallmi_core.config import AdaptConfig, SourceConfig
 from dallmi_core.data.corpus import read_corpus
+from dallmi_core.modeling.model import load_classifier
+from dallmi_core.modeling.scoring import logits_for
+from dallmi_core.modeling.tokens import TokenizedCorpus
 
 
 @pytest.fixture()
@@ -29,16 +32,18 @@ def corpus(tmp_path):
 
 @pytest.mark.parametrize("eval_on", ["dev", "test"])
 def test_gold_reaches_only_the_oracle_and_the_final_scoring(corpus, tmp_path, tiny_backbone, monkeypatch, eval_on):
-    seen, scored = [], []
+    seen, scored, known = [], [], []
     real_adapt, real_scores = quality.adapt, quality._calibrated_scores
 
-    def recording_adapt(clf, texts, tags, cfg, callbacks=(), gold=None, source_texts=None):
-        seen.append((cfg.method, list(texts), tags, gold, source_texts))
-        return real_adapt(clf, texts, tags, cfg, callbacks=callbacks, gold=gold, source_texts=source_texts)
+    def recording_adapt(clf, texts, tags, cfg, callbacks=(), gold=None, source_texts=None, start_logits=None):
+        seen.append((cfg.method, list(texts), tags, gold, source_texts, start_logits))
+        return real_adapt(clf, texts, tags, cfg, callbacks=callbacks, gold=gold, source_texts=source_texts,
+                          start_logits=start_logits)  # fmt: skip
 
-    def recording_scores(clf, calibration, texts, max_length):
+    def recording_scores(clf, calibration, texts, max_length, logits=None):
         scored.append(list(texts))
-        return real_scores(clf, calibration, texts, max_length)
+        known.append(logits)
+        return real_scores(clf, calibration, texts, max_length, logits)
 
     monkeypatch.setattr(quality, "adapt", recording_adapt)
     monkeypatch.setattr(quality, "_calibrated_scores", recording_scores)
@@ -55,7 +60,11 @@ def test_gold_reaches_only_the_oracle_and_the_final_scoring(corpus, tmp_path, ti
     train_texts = [target.texts[i] for i in split.train]
     eval_texts = [target.texts[i] for i in split.part(eval_on)]
     assert [m for m, *_ in seen] == ["dallmi", "dallmi-anchored", "bce-partial", "aad", "target-oracle"]
-    for method, texts, tags, given_gold, source_texts in seen:
+    source = load_classifier(next((tmp_path / "work").glob("source-*")))
+    own = logits_for(source.model, TokenizedCorpus.build(source.tokenizer, train_texts, 24))
+    for method, texts, tags, given_gold, source_texts, start_logits in seen:
+        # the source model's logits on the train part, scored once for all methods: row for row its own
+        np.testing.assert_allclose(start_logits, own, atol=1e-5)
         assert texts == train_texts and tags == split.tags  # the train part alone, and only its tags
         if method == "target-oracle":
             np.testing.assert_array_equal(given_gold, gold[split.train])
@@ -64,6 +73,10 @@ def test_gold_reaches_only_the_oracle_and_the_final_scoring(corpus, tmp_path, ti
         # aad alone learns from source text (its domain discriminator), and never from target gold
         assert source_texts == (corpus.where_domain("source").texts if method == "aad" else None)
     assert scored == [eval_texts] * 6  # every model is scored on the evaluation part only
+    # source-only's scores are the source model's own on that part; every trained model scores itself
+    own_eval = logits_for(source.model, TokenizedCorpus.build(source.tokenizer, eval_texts, 24))
+    np.testing.assert_allclose(known[0], own_eval, atol=1e-5)
+    assert all(logits is None for logits in known[1:])
     summary = result.summary()
     assert summary["default_method"] == "dallmi-anchored" and "dallmi-anchored" in summary["methods"]
     assert {r["eval_on"] for r in result.runs} == {eval_on}

@@ -9,6 +9,7 @@ import torch
 from conftest import LABELS, make_texts
 
 from dallmi_core.config import AdaptConfig
+from dallmi_core.errors import ConfigError
 from dallmi_core.method.losses import anchor_term
 from dallmi_core.method.mixup import draw_mixup
 from dallmi_core.method.sampling import LabelBalancedSampler
@@ -125,3 +126,31 @@ def test_a_fresh_head_is_not_anchored(tiny_clf):
     result = adapt(tiny_clf, texts, tags, AdaptConfig(max_steps=1, max_length=32, batch_size=8, positives_per_label=2))
     assert result.extras["anchored"] is False
     assert result.clf.fresh_head is False  # it has been trained now
+
+
+def test_given_start_logits_replace_the_source_pass_and_feed_the_anchor(source_model, monkeypatch):
+    import dallmi_core.training.adapt as adapt_module
+
+    folder, texts, tags = source_model
+    cfg = AdaptConfig(max_steps=2, max_length=32, batch_size=8, positives_per_label=3, lr=1e-3, wise_alpha=1.0)
+    clf = load_classifier(folder)
+    own = logits_for(clf.model, TokenizedCorpus.build(clf.tokenizer, texts, 32))
+    passes = []
+    real = adapt_module.logits_for
+    monkeypatch.setattr(adapt_module, "logits_for", lambda *a, **kw: passes.append(1) or real(*a, **kw))
+
+    def run(start_logits=None):
+        torch.manual_seed(0)
+        passes.clear()
+        result = adapt(load_classifier(folder), texts, tags, cfg, start_logits=start_logits)
+        return _weights(result.clf), len(passes)
+
+    computed, computed_passes = run()
+    given, given_passes = run(own)
+    assert given_passes == computed_passes - 1  # the pass over the texts before training is skipped
+    for name, value in given.items():
+        torch.testing.assert_close(value, computed[name])
+    flipped, _ = run(-own)  # the anchor reads the given logits: other logits, other weights
+    assert any(not torch.equal(v, computed[k]) for k, v in flipped.items())
+    with pytest.raises(ConfigError, match="3 rows for 48 documents"):
+        adapt(load_classifier(folder), texts, tags, cfg, start_logits=own[:3])
